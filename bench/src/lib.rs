@@ -1,0 +1,1 @@
+//! Workloads, overhead comparisons and reports for Augur.

@@ -1,0 +1,563 @@
+//! Per-replica live state: pending-I/O counters and the seqlock-protected
+//! history of the last [`HISTORY_LEN`] completed reads.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+
+use crossbeam_utils::{Backoff, CachePadded};
+
+/// Number of completed reads kept per replica (LinnOS uses the last 4).
+pub const HISTORY_LEN: usize = 4;
+
+/// Unit in which pending I/O is counted (LinnOS counts 4 KiB pages).
+pub const PAGE_SIZE: u32 = 4096;
+
+/// Kind of block I/O; only reads enter the history, every op counts as pending.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Op {
+    /// Read data (the only op LinnOS predicts and remembers).
+    #[default]
+    Read = 0,
+    /// Write data.
+    Write = 1,
+    /// Flush the volatile cache (counts 1 pending I/O, 0 pages).
+    Flush = 2,
+    /// Discard (TRIM) a range.
+    Discard = 3,
+    /// Write zeroes to a range.
+    WriteZeroes = 4,
+}
+
+impl Op {
+    /// Every op, in discriminant order (handy for tests and encoders).
+    pub const ALL: [Op; 5] = [Op::Read, Op::Write, Op::Flush, Op::Discard, Op::WriteZeroes];
+
+    /// Decode the `repr(u8)` discriminant; `None` for an unknown byte.
+    pub fn from_u8(v: u8) -> Option<Op> {
+        Op::ALL.get(usize::from(v)).copied()
+    }
+
+    /// True for [`Op::Read`], the only op that is pushed into the history.
+    pub fn is_read(self) -> bool {
+        self == Op::Read
+    }
+}
+
+impl TryFrom<u8> for Op {
+    type Error = u8;
+    /// Decode a discriminant byte; the error is the rejected byte.
+    fn try_from(v: u8) -> Result<Self, u8> {
+        Op::from_u8(v).ok_or(v)
+    }
+}
+
+/// Pending-I/O weight of one op in 4 KiB pages: `ceil(size / 4096)` (so at
+/// least 1 for a non-zero size), and 0 for a flush, which moves no data.
+pub fn pages_for(op: Op, size_bytes: u32) -> u32 {
+    match op {
+        Op::Flush => 0,
+        _ => size_bytes.div_ceil(PAGE_SIZE),
+    }
+}
+
+/// One completed read as the history remembers it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Completed {
+    /// Observed latency, microseconds (not capped here; encoders cap).
+    pub latency_us: u32,
+    /// Replica's pending I/O in 4 KiB pages when this read was issued.
+    pub pending_pages_at_issue: u32,
+    /// Replica's pending I/O count when this read was issued.
+    pub pending_ios_at_issue: u32,
+    /// Size of the read in bytes.
+    pub size_bytes: u32,
+}
+
+/// A consistent copy of one replica's state, taken without locks.
+///
+/// The history part (`recent`, `len`) is one atomic view (never torn); the
+/// pending pair is read with a single atomic load, so pages and ios always
+/// belong together too.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HistorySnapshot {
+    /// Pending I/O now, in 4 KiB pages (rounded up per I/O).
+    pub pending_pages: u32,
+    /// Pending I/O count now.
+    pub pending_ios: u32,
+    /// Last completed reads, newest first; entries beyond `len` are zero.
+    pub recent: [Completed; HISTORY_LEN],
+    /// How many of `recent` are real (0..=HISTORY_LEN).
+    pub len: u8,
+}
+
+impl HistorySnapshot {
+    /// The real entries of `recent` (newest first), i.e. `&recent[..len]`.
+    pub fn completed(&self) -> &[Completed] {
+        &self.recent[..usize::from(self.len).min(HISTORY_LEN)]
+    }
+}
+
+/// What [`ReplicaHistory::on_submit`] hands out and `on_complete` takes back:
+/// the op, its page weight, and the replica's pending state at issue time.
+#[derive(Clone, Copy, Debug)]
+pub struct Ticket {
+    /// The submitted op.
+    pub op: Op,
+    /// Its size in bytes.
+    pub size_bytes: u32,
+    /// Its weight in pending pages (see [`pages_for`]); subtracted on completion.
+    pub pages: u32,
+    /// Pending pages just before this I/O was counted.
+    pub pending_pages_at_issue: u32,
+    /// Pending I/O count just before this I/O was counted.
+    pub pending_ios_at_issue: u32,
+}
+
+/// Pack (ios, pages) into one word so both change with one atomic RMW.
+#[inline]
+fn pack(ios: u32, pages: u32) -> u64 {
+    (u64::from(ios) << 32) | u64::from(pages)
+}
+
+/// Inverse of [`pack`]: returns (pages, ios).
+#[inline]
+fn unpack(v: u64) -> (u32, u32) {
+    (v as u32, (v >> 32) as u32)
+}
+
+/// The seqlock-protected part: a ring of completed reads.
+///
+/// Every field is an atomic so that a reader racing a writer performs no data
+/// race (no UB); the sequence counter only decides whether the copy is kept.
+struct SeqHistory {
+    /// Even: stable. Odd: a writer is inside. Bumped by 2 per push.
+    seq: AtomicU64,
+    /// Ring index of the newest entry (always `< HISTORY_LEN`).
+    head: AtomicU32,
+    /// Number of valid entries (saturates at `HISTORY_LEN`).
+    len: AtomicU32,
+    /// `[latency_us, pending_pages_at_issue, pending_ios_at_issue, size_bytes]`.
+    entries: [[AtomicU32; 4]; HISTORY_LEN],
+}
+
+/// Per-replica live state: pending counters + history of the last completed reads.
+///
+/// All methods take `&self` and may be called from any thread; none allocates
+/// or takes a lock. Writers of the history serialise on the seqlock (a CAS),
+/// readers never block writers and retry only while a push is in progress.
+pub struct ReplicaHistory {
+    /// Pending `(ios << 32) | pages`, one word so the pair is never torn.
+    pending: CachePadded<AtomicU64>,
+    hist: CachePadded<SeqHistory>,
+}
+
+impl Default for ReplicaHistory {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for ReplicaHistory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaHistory")
+            .field("snapshot", &self.snapshot())
+            .finish()
+    }
+}
+
+impl ReplicaHistory {
+    /// An idle replica: nothing pending, empty history.
+    pub fn new() -> Self {
+        Self {
+            pending: CachePadded::new(AtomicU64::new(0)),
+            hist: CachePadded::new(SeqHistory {
+                seq: AtomicU64::new(0),
+                head: AtomicU32::new(0),
+                len: AtomicU32::new(0),
+                entries: [const { [const { AtomicU32::new(0) }; 4] }; HISTORY_LEN],
+            }),
+        }
+    }
+
+    /// Count an I/O as pending; returns the Ticket needed at completion
+    /// (it records pending pages/ios *before* adding this I/O, i.e. at issue time).
+    ///
+    /// Pending pages are kept in 32 bits; more than 2^32 pages (16 TiB) in
+    /// flight on one replica is not supported.
+    pub fn on_submit(&self, op: Op, size_bytes: u32) -> Ticket {
+        let pages = pages_for(op, size_bytes);
+        // Relaxed: the counters are statistics; nothing else is published with them.
+        let prev = self.pending.fetch_add(pack(1, pages), Ordering::Relaxed);
+        let (pending_pages_at_issue, pending_ios_at_issue) = unpack(prev);
+        Ticket {
+            op,
+            size_bytes,
+            pages,
+            pending_pages_at_issue,
+            pending_ios_at_issue,
+        }
+    }
+
+    /// Like [`on_submit`](Self::on_submit), but also returns the feature
+    /// snapshot at issue time (pending_* are the ticket's at-issue values),
+    /// which is what a prediction or a [`crate::TrainingRecord`] needs.
+    pub fn on_submit_with_snapshot(&self, op: Op, size_bytes: u32) -> (Ticket, HistorySnapshot) {
+        let ticket = self.on_submit(op, size_bytes);
+        let (recent, len) = self.read_history();
+        let snap = HistorySnapshot {
+            pending_pages: ticket.pending_pages_at_issue,
+            pending_ios: ticket.pending_ios_at_issue,
+            recent,
+            len,
+        };
+        (ticket, snap)
+    }
+
+    /// Un-count the I/O; if it was a read, push it into the history (any thread).
+    ///
+    /// Each ticket must be completed exactly once.
+    pub fn on_complete(&self, ticket: Ticket, latency_us: u32) {
+        let prev = self
+            .pending
+            .fetch_sub(pack(1, ticket.pages), Ordering::Relaxed);
+        let (pages, ios) = unpack(prev);
+        debug_assert!(
+            ios >= 1 && pages >= ticket.pages,
+            "on_complete without a matching on_submit (pending ios {ios}, pages {pages}, ticket {ticket:?})"
+        );
+        if ticket.op.is_read() {
+            self.push_completed(Completed {
+                latency_us,
+                pending_pages_at_issue: ticket.pending_pages_at_issue,
+                pending_ios_at_issue: ticket.pending_ios_at_issue,
+                size_bytes: ticket.size_bytes,
+            });
+        }
+    }
+
+    /// Push a completed read into the history without touching the pending
+    /// counters (trace replay, warm-up from a log, tests).
+    pub fn push_completed(&self, c: Completed) {
+        let h = &*self.hist;
+        // Writer lock: CAS the sequence from even `s` to odd `s + 1`.
+        // Acquire pairs with the previous writer's Release store of `s`, so
+        // its ring updates are visible to us.
+        let backoff = Backoff::new();
+        let mut s = h.seq.load(Ordering::Relaxed);
+        loop {
+            if s & 1 == 1 {
+                backoff.snooze();
+                s = h.seq.load(Ordering::Relaxed);
+                continue;
+            }
+            match h.seq.compare_exchange_weak(
+                s,
+                s.wrapping_add(1),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(cur) => s = cur,
+            }
+        }
+        // Orders the odd sequence before the data stores below: a reader that
+        // observes any of them (then issues its Acquire fence) is guaranteed
+        // to re-read a sequence != the even value it started with.
+        fence(Ordering::Release);
+
+        let head = (h.head.load(Ordering::Relaxed) as usize + 1) % HISTORY_LEN;
+        let e = &h.entries[head];
+        e[0].store(c.latency_us, Ordering::Relaxed);
+        e[1].store(c.pending_pages_at_issue, Ordering::Relaxed);
+        e[2].store(c.pending_ios_at_issue, Ordering::Relaxed);
+        e[3].store(c.size_bytes, Ordering::Relaxed);
+        h.head.store(head as u32, Ordering::Relaxed);
+        let len = h.len.load(Ordering::Relaxed);
+        if (len as usize) < HISTORY_LEN {
+            h.len.store(len + 1, Ordering::Relaxed);
+        }
+
+        // Unlock: publish the data with the next even sequence.
+        h.seq.store(s.wrapping_add(2), Ordering::Release);
+    }
+
+    /// A consistent snapshot (never torn), lock-free for readers.
+    pub fn snapshot(&self) -> HistorySnapshot {
+        let (recent, len) = self.read_history();
+        let (pending_pages, pending_ios) = unpack(self.pending.load(Ordering::Relaxed));
+        HistorySnapshot {
+            pending_pages,
+            pending_ios,
+            recent,
+            len,
+        }
+    }
+
+    /// Pending I/O now as `(pages, ios)`, without reading the history.
+    pub fn pending(&self) -> (u32, u32) {
+        unpack(self.pending.load(Ordering::Relaxed))
+    }
+
+    /// Seqlock read side: copy the ring, keep the copy only if the sequence
+    /// was even and unchanged around it.
+    fn read_history(&self) -> ([Completed; HISTORY_LEN], u8) {
+        let h = &*self.hist;
+        let backoff = Backoff::new();
+        loop {
+            // Acquire pairs with the writer's Release unlock store.
+            let s1 = h.seq.load(Ordering::Acquire);
+            if s1 & 1 == 0 {
+                // Values read here may be torn; they are only used if the
+                // sequence check below passes, and any value is memory safe.
+                let head = h.head.load(Ordering::Relaxed) as usize % HISTORY_LEN;
+                let len = (h.len.load(Ordering::Relaxed) as usize).min(HISTORY_LEN);
+                let mut recent = [Completed::default(); HISTORY_LEN];
+                for (i, slot) in recent.iter_mut().enumerate().take(len) {
+                    let e = &h.entries[(head + HISTORY_LEN - i) % HISTORY_LEN];
+                    *slot = Completed {
+                        latency_us: e[0].load(Ordering::Relaxed),
+                        pending_pages_at_issue: e[1].load(Ordering::Relaxed),
+                        pending_ios_at_issue: e[2].load(Ordering::Relaxed),
+                        size_bytes: e[3].load(Ordering::Relaxed),
+                    };
+                }
+                // Keeps the data loads above before the re-check below, and
+                // synchronises with the writer's Release fence if we saw any
+                // of its stores.
+                fence(Ordering::Acquire);
+                let s2 = h.seq.load(Ordering::Relaxed);
+                if s1 == s2 {
+                    return (recent, len as u8);
+                }
+            }
+            backoff.snooze();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn pages_round_up_and_flush_is_zero() {
+        assert_eq!(pages_for(Op::Read, 0), 0);
+        assert_eq!(pages_for(Op::Read, 1), 1);
+        assert_eq!(pages_for(Op::Read, 4096), 1);
+        assert_eq!(pages_for(Op::Write, 4097), 2);
+        assert_eq!(pages_for(Op::Discard, u32::MAX), 1 << 20);
+        assert_eq!(pages_for(Op::Flush, 1 << 20), 0);
+        assert_eq!(Op::try_from(4), Ok(Op::WriteZeroes));
+        assert_eq!(Op::try_from(5), Err(5));
+    }
+
+    #[test]
+    fn ticket_records_pending_at_issue_and_flush_counts_one_io() {
+        let h = ReplicaHistory::new();
+        let a = h.on_submit(Op::Write, 8192);
+        assert_eq!((a.pending_pages_at_issue, a.pending_ios_at_issue), (0, 0));
+        let f = h.on_submit(Op::Flush, 0);
+        assert_eq!((f.pending_pages_at_issue, f.pending_ios_at_issue), (2, 1));
+        let (r, snap) = h.on_submit_with_snapshot(Op::Read, 100);
+        assert_eq!((r.pending_pages_at_issue, r.pending_ios_at_issue), (2, 2));
+        assert_eq!((snap.pending_pages, snap.pending_ios), (2, 2));
+        assert_eq!(h.pending(), (3, 3));
+        h.on_complete(f, 5);
+        assert_eq!(h.pending(), (3, 2));
+        h.on_complete(a, 5);
+        h.on_complete(r, 77);
+        let s = h.snapshot();
+        assert_eq!((s.pending_pages, s.pending_ios), (0, 0));
+        // Only the read entered the history.
+        assert_eq!(s.len, 1);
+        assert_eq!(
+            s.recent[0],
+            Completed {
+                latency_us: 77,
+                pending_pages_at_issue: 2,
+                pending_ios_at_issue: 2,
+                size_bytes: 100
+            }
+        );
+        assert_eq!(s.recent[1], Completed::default());
+    }
+
+    #[test]
+    fn history_is_newest_first_and_bounded() {
+        let h = ReplicaHistory::new();
+        for k in 1..=10u32 {
+            let t = h.on_submit(Op::Read, 4096);
+            h.on_complete(t, k);
+            let s = h.snapshot();
+            assert_eq!(usize::from(s.len), (k as usize).min(HISTORY_LEN));
+            for (i, c) in s.completed().iter().enumerate() {
+                assert_eq!(c.latency_us, k - i as u32);
+            }
+            for c in &s.recent[usize::from(s.len)..] {
+                assert_eq!(*c, Completed::default());
+            }
+        }
+    }
+
+    #[test]
+    fn pending_counters_return_to_zero_after_balanced_threads() {
+        let h = Arc::new(ReplicaHistory::new());
+        let threads: Vec<_> = (0..4u32)
+            .map(|t| {
+                let h = Arc::clone(&h);
+                std::thread::spawn(move || {
+                    let mut held = Vec::with_capacity(8);
+                    for i in 0..20_000u32 {
+                        let op = Op::ALL[((i + t) % 5) as usize];
+                        let size = (i.wrapping_mul(2_654_435_761) >> 12) % (1 << 20);
+                        held.push(h.on_submit(op, size));
+                        if held.len() == 8 || i % 3 == 0 {
+                            // Complete out of order.
+                            while let Some(tk) = held.pop() {
+                                h.on_complete(tk, i);
+                            }
+                        }
+                    }
+                    for tk in held {
+                        h.on_complete(tk, 1);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("worker panicked");
+        }
+        let s = h.snapshot();
+        assert_eq!((s.pending_pages, s.pending_ios), (0, 0));
+        assert_eq!(usize::from(s.len), HISTORY_LEN);
+    }
+
+    // Every field of a pushed entry is derived from one value `k`, so an
+    // entry mixing two pushes is detectable.
+    fn entry_for(k: u32) -> (u32, u32, u32) {
+        (
+            k.wrapping_mul(2_654_435_761),
+            !k,
+            k.rotate_left(13) ^ 0x5bd1_e995,
+        )
+    }
+
+    fn check_snapshot(s: &HistorySnapshot, writers: u32, last_newest: &mut [u32]) {
+        let len = usize::from(s.len);
+        assert!(len <= HISTORY_LEN, "len {len}");
+        for c in &s.recent[len..] {
+            assert_eq!(*c, Completed::default(), "non-zero entry beyond len: {s:?}");
+        }
+        let mut prev_n: Vec<Option<u32>> = vec![None; writers as usize];
+        for (i, c) in s.completed().iter().enumerate() {
+            let k = c.latency_us;
+            let (p, q, z) = entry_for(k);
+            assert_eq!(
+                (
+                    c.pending_pages_at_issue,
+                    c.pending_ios_at_issue,
+                    c.size_bytes
+                ),
+                (p, q, z),
+                "torn entry {i}: {s:?}"
+            );
+            let (w, n) = ((k >> 24) as usize, k & 0xff_ffff);
+            assert!(w < writers as usize, "unknown writer in {s:?}");
+            match prev_n[w] {
+                // A writer's entries in the window are its latest pushes:
+                // consecutive, newest first.
+                Some(prev) => assert_eq!(n + 1, prev, "entry {i} out of order: {s:?}"),
+                None => {
+                    // Newest entry per writer never goes backwards.
+                    assert!(n >= last_newest[w], "stale snapshot: {s:?}");
+                    last_newest[w] = n;
+                }
+            }
+            prev_n[w] = Some(n);
+        }
+    }
+
+    /// Would catch a torn snapshot: writers push entries derived from one
+    /// counter each, readers check every snapshot for internal consistency.
+    #[test]
+    fn snapshot_never_torn_under_concurrent_writers() {
+        const WRITERS: u32 = 2;
+        const READERS: usize = 2;
+        let run_for = Duration::from_millis(1000);
+        let h = Arc::new(ReplicaHistory::new());
+        let stop = Arc::new(AtomicBool::new(false));
+
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let (h, stop) = (Arc::clone(&h), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut n = 0u32;
+                    while !stop.load(Ordering::Relaxed) && n < 0xff_ffff {
+                        n += 1;
+                        if n.is_multiple_of(16) {
+                            // Leave the 2 CI cores to the readers now and then.
+                            std::thread::yield_now();
+                        }
+                        let k = (w << 24) | n;
+                        let (p, q, z) = entry_for(k);
+                        if n.is_multiple_of(2) {
+                            // Through the public submit/complete path.
+                            let mut t = h.on_submit(Op::Read, 4096);
+                            t.pending_pages_at_issue = p;
+                            t.pending_ios_at_issue = q;
+                            t.size_bytes = z;
+                            h.on_complete(t, k);
+                        } else {
+                            h.push_completed(Completed {
+                                latency_us: k,
+                                pending_pages_at_issue: p,
+                                pending_ios_at_issue: q,
+                                size_bytes: z,
+                            });
+                        }
+                    }
+                    n
+                })
+            })
+            .collect();
+        let readers: Vec<_> = (0..READERS)
+            .map(|_| {
+                let (h, stop) = (Arc::clone(&h), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut last_newest = vec![0u32; WRITERS as usize];
+                    let mut snaps = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        check_snapshot(&h.snapshot(), WRITERS, &mut last_newest);
+                        snaps += 1;
+                    }
+                    snaps
+                })
+            })
+            .collect();
+
+        let start = Instant::now();
+        while start.elapsed() < run_for {
+            // Also check from this thread.
+            let mut last_newest = vec![0u32; WRITERS as usize];
+            check_snapshot(&h.snapshot(), WRITERS, &mut last_newest);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let pushed: u32 = writers
+            .into_iter()
+            .map(|t| t.join().expect("writer panicked"))
+            .sum();
+        let snaps: u64 = readers
+            .into_iter()
+            .map(|t| t.join().expect("reader panicked (torn snapshot?)"))
+            .sum();
+        assert!(pushed > 1000, "writers made too little progress: {pushed}");
+        assert!(snaps > 1000, "readers made too little progress: {snaps}");
+        let s = h.snapshot();
+        assert_eq!(usize::from(s.len), HISTORY_LEN);
+        assert_eq!((s.pending_pages, s.pending_ios), (0, 0));
+    }
+}

@@ -1,0 +1,304 @@
+//! `augur bench`, `augur record` and `augur demo`: run the load generator
+//! over fresh arrays, one policy after another, and report side by side.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use augur_feature_store::{LogWriter, TrainingLog};
+use serde::Serialize;
+
+use crate::array::{Array, ArrayConfig, FaultPlan, ReplicaStatus};
+use crate::emu::Profile;
+use crate::error::ArrayError;
+use crate::loadgen::{LoadResult, LoadSpec, Progress, run_load};
+use crate::policy::{Policy, SlowPredictor};
+use crate::replica::ReplicaSpec;
+
+/// Where the replicas of a bench run come from.
+#[derive(Clone, Debug)]
+pub enum ReplicaSource {
+    /// Fresh emulated replica files, made anew for every policy and removed after.
+    Fresh {
+        /// How many.
+        count: usize,
+        /// Their emulator profile.
+        profile: Profile,
+        /// Directory for the files (None: /dev/shm when present, else the temp dir).
+        dir: Option<PathBuf>,
+        /// Size of each, bytes.
+        size: u64,
+    },
+    /// The user's replicas, used as they are by every policy in turn;
+    /// missing files are created with the size, when one is given.
+    Given(Vec<ReplicaSpec>, Option<u64>),
+}
+
+/// Everything one bench run needs besides the policies.
+#[derive(Clone, Debug)]
+pub struct BenchSetup {
+    /// The replicas.
+    pub replicas: ReplicaSource,
+    /// The load.
+    pub load: LoadSpec,
+    /// Per-replica queue depth.
+    pub replica_depth: u32,
+    /// Hedging percentile.
+    pub hedge_percentile: f64,
+    /// Fault injection.
+    pub faults: Vec<(usize, FaultPlan)>,
+}
+
+/// Read latency summary in microseconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencySummary {
+    /// Mean.
+    pub avg: f64,
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// 99.99th percentile.
+    pub p9999: u64,
+    /// Largest seen.
+    pub max: u64,
+}
+
+/// One policy's row of the report (also its JSON object).
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyReport {
+    /// Policy name.
+    pub policy: String,
+    /// Requests per second.
+    pub iops: f64,
+    /// Read latency.
+    pub read_lat_us: LatencySummary,
+    /// Write latency.
+    pub write_lat_us: LatencySummary,
+    /// Percent of reads served by a replica other than their primary.
+    pub reroute_pct: f64,
+    /// Extra replica reads (hedged copies) as a percent of reads.
+    pub extra_io_pct: f64,
+    /// Reads completed.
+    pub reads: u64,
+    /// Writes completed.
+    pub writes: u64,
+    /// Requests that failed.
+    pub errors: u64,
+    /// Predictor calls per read.
+    pub predictions_per_read: f64,
+    /// Replicas marked failed during the run.
+    pub replica_failures: u64,
+    /// Seconds measured.
+    pub duration_s: f64,
+    /// Replica states at the end.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+fn summary(h: &hdrhistogram::Histogram<u64>) -> LatencySummary {
+    LatencySummary {
+        avg: (h.mean() * 10.0).round() / 10.0,
+        p50: h.value_at_quantile(0.50),
+        p99: h.value_at_quantile(0.99),
+        p999: h.value_at_quantile(0.999),
+        p9999: h.value_at_quantile(0.9999),
+        max: h.max(),
+    }
+}
+
+impl PolicyReport {
+    fn new(policy: &str, r: &LoadResult, replicas: Vec<ReplicaStatus>) -> Self {
+        let reads = r.stats.reads.max(1) as f64;
+        PolicyReport {
+            policy: policy.to_string(),
+            iops: r.iops().round(),
+            read_lat_us: summary(&r.read_us),
+            write_lat_us: summary(&r.write_us),
+            reroute_pct: round2(r.stats.rerouted as f64 * 100.0 / reads),
+            extra_io_pct: round2(r.stats.hedges as f64 * 100.0 / reads),
+            reads: r.reads,
+            writes: r.writes,
+            errors: r.errors,
+            predictions_per_read: round2(r.stats.predictions as f64 / reads),
+            replica_failures: r.stats.replica_failures,
+            duration_s: round2(r.elapsed_s),
+            replicas,
+        }
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// The directory fresh replicas go in by default: tmpfs when there is one,
+/// so the emulator, not the host's disk, shapes the latency.
+pub fn default_replica_dir() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// Runs the load once per policy, each on a fresh array, and returns one
+/// report per policy. `on_progress` gets (policy, progress).
+pub fn run_bench(
+    setup: &BenchSetup,
+    policies: &[String],
+    predictor: Option<Arc<dyn SlowPredictor>>,
+    on_progress: &mut dyn FnMut(&str, Progress),
+) -> anyhow::Result<Vec<PolicyReport>> {
+    // Validate every policy name before running anything.
+    let built: Vec<Policy> = policies
+        .iter()
+        .map(|p| Policy::from_name(p, predictor.clone()))
+        .collect::<Result<_, _>>()?;
+    let mut reports = Vec::new();
+    for policy in built {
+        let name = policy.name().to_string();
+        let (array, _dir) = open_array(setup, policy, None)?;
+        let r = run_load(&array, &setup.load, &mut |p| on_progress(&name, p))?;
+        reports.push(PolicyReport::new(&name, &r, array.replica_status()));
+    }
+    Ok(reports)
+}
+
+/// Runs the load once with one policy, writing every completed read's
+/// training record to `out`. Returns the report and (records, dropped).
+pub fn run_record(
+    setup: &BenchSetup,
+    policy: Policy,
+    out: &Path,
+    on_progress: &mut dyn FnMut(&str, Progress),
+) -> anyhow::Result<(PolicyReport, u64, u64)> {
+    let file = std::fs::File::create(out)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
+    let mut writer = LogWriter::new(std::io::BufWriter::new(file))?;
+    let log = Arc::new(TrainingLog::new(1 << 16));
+    let name = policy.name().to_string();
+    let (array, _dir) = open_array(setup, policy, Some(log.clone()))?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drainer = {
+        let log = log.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || -> anyhow::Result<(LogWriter<_>, u64)> {
+            let mut batch = Vec::with_capacity(4096);
+            let mut written = 0u64;
+            loop {
+                let done = stop.load(std::sync::atomic::Ordering::Acquire);
+                batch.clear();
+                let n = log.get(4096, &mut batch);
+                if n > 0 {
+                    writer.write(&batch)?;
+                    log.truncate(n);
+                    written += n as u64;
+                    continue;
+                }
+                if done {
+                    return Ok((writer, written));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let r = run_load(&array, &setup.load, &mut |p| on_progress(&name, p));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let (writer, written) = drainer
+        .join()
+        .map_err(|_| anyhow::anyhow!("log writer thread panicked"))??;
+    writer.finish()?;
+    let r = r?;
+    Ok((
+        PolicyReport::new(&name, &r, array.replica_status()),
+        written,
+        log.dropped(),
+    ))
+}
+
+/// Opens the array for one run; fresh replicas live in the returned temp dir.
+fn open_array(
+    setup: &BenchSetup,
+    policy: Policy,
+    log: Option<Arc<TrainingLog>>,
+) -> anyhow::Result<(Array, Option<tempfile::TempDir>)> {
+    let (specs, dir, create) = match &setup.replicas {
+        ReplicaSource::Given(specs, size) => (specs.clone(), None, *size),
+        ReplicaSource::Fresh {
+            count,
+            profile,
+            dir,
+            size,
+        } => {
+            let base = dir.clone().unwrap_or_else(default_replica_dir);
+            let tmp = tempfile::Builder::new()
+                .prefix("augur-bench-")
+                .tempdir_in(&base)
+                .map_err(|e| ArrayError::io(&base, "create temp dir", e))?;
+            let specs = (0..*count)
+                .map(|i| {
+                    ReplicaSpec::emulated(
+                        profile.clone(),
+                        tmp.path().join(format!("replica{i}.img")),
+                    )
+                })
+                .collect();
+            (specs, Some(tmp), Some(*size))
+        }
+    };
+    let mut cfg = ArrayConfig::new(specs);
+    cfg.create_size = create;
+    cfg.replica_depth = setup.replica_depth;
+    cfg.seed = setup.load.seed;
+    cfg.hedge_percentile = setup.hedge_percentile;
+    cfg.faults = setup.faults.clone();
+    let array = match log {
+        Some(log) => Array::open_with_log(cfg, policy, log)?,
+        None => Array::open(cfg, policy)?,
+    };
+    Ok((array, dir))
+}
+
+/// Renders reports as the side-by-side table.
+pub fn render_table(reports: &[PolicyReport]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<13} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8}",
+        "policy",
+        "IOPS",
+        "avg us",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "p99.99 us",
+        "reroute%",
+        "extra%"
+    );
+    for r in reports {
+        let l = &r.read_lat_us;
+        let _ = writeln!(
+            s,
+            "{:<13} {:>9.0} {:>8.1} {:>8} {:>8} {:>9} {:>9} {:>9.2} {:>8.2}",
+            r.policy, r.iops, l.avg, l.p50, l.p99, l.p999, l.p9999, r.reroute_pct, r.extra_io_pct
+        );
+    }
+    let failures: Vec<String> = reports
+        .iter()
+        .filter(|r| r.replica_failures > 0 || r.errors > 0)
+        .map(|r| {
+            format!(
+                "{}: {} replica(s) failed, {} request error(s)",
+                r.policy, r.replica_failures, r.errors
+            )
+        })
+        .collect();
+    for f in failures {
+        let _ = writeln!(s, "{f}");
+    }
+    s
+}

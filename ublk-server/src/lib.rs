@@ -1,0 +1,11 @@
+//! The augur daemon and CLI: replica array, routing policies, emulated flash,
+//! block-device front-ends, control and metrics.
+
+pub mod array;
+pub mod bench;
+pub mod buf;
+pub mod emu;
+pub mod error;
+pub mod loadgen;
+pub mod policy;
+pub mod replica;

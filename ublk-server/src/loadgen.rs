@@ -1,0 +1,341 @@
+//! The in-process load generator behind `augur bench` and `augur record`:
+//! seeded workloads driven straight into the array through one [`Queue`],
+//! with no kernel front-end in the way.
+//!
+//! The request sequence depends only on the seed and the workload (never on
+//! the policy), so every policy sees the identical stream of offsets and ops;
+//! with an open-loop `rate`, the arrival times are identical too, and latency
+//! counts from the scheduled arrival, so a stalled array cannot hide its queue
+//! (no coordinated omission).
+
+use std::time::Duration;
+
+use augur_feature_store::Op;
+use hdrhistogram::Histogram;
+
+use crate::array::{Array, ArrayStats, Completion, Request};
+use crate::buf::AlignedBuf;
+use crate::policy::SplitMix;
+
+/// Which mix of requests to generate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Workload {
+    /// Random reads only.
+    RandRead,
+    /// Random reads and writes, `read_pct` percent reads.
+    Mixed {
+        /// Percent of requests that are reads.
+        read_pct: f64,
+    },
+    /// Reads all the time, with periodic bursts in which most requests are writes.
+    WriteBurst {
+        /// Length of one burst cycle.
+        period: Duration,
+        /// Fraction of each cycle that is a burst.
+        burst_fraction: f64,
+        /// Percent writes during a burst.
+        burst_write_pct: f64,
+        /// Percent writes between bursts.
+        base_write_pct: f64,
+    },
+}
+
+impl Workload {
+    /// Names accepted by [`Workload::parse`].
+    pub const NAMES: &'static [&'static str] = &["randread", "mixed", "write-burst"];
+
+    /// Parses a workload name; `read_pct` applies to `mixed`.
+    pub fn parse(name: &str, read_pct: f64) -> Result<Workload, String> {
+        match name {
+            "randread" => Ok(Workload::RandRead),
+            "mixed" => Ok(Workload::Mixed { read_pct }),
+            "write-burst" => Ok(Workload::WriteBurst {
+                period: Duration::from_millis(1000),
+                burst_fraction: 0.3,
+                burst_write_pct: 80.0,
+                base_write_pct: 5.0,
+            }),
+            other => Err(format!(
+                "unknown workload '{other}' (known: {})",
+                Workload::NAMES.join(", ")
+            )),
+        }
+    }
+
+    fn write_pct_at(&self, t_ns: u64) -> f64 {
+        match *self {
+            Workload::RandRead => 0.0,
+            Workload::Mixed { read_pct } => 100.0 - read_pct,
+            Workload::WriteBurst {
+                period,
+                burst_fraction,
+                burst_write_pct,
+                base_write_pct,
+            } => {
+                let p = period.as_nanos().max(1) as u64;
+                if ((t_ns % p) as f64) < p as f64 * burst_fraction {
+                    burst_write_pct
+                } else {
+                    base_write_pct
+                }
+            }
+        }
+    }
+}
+
+/// A load to drive into an array.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    /// The request mix.
+    pub workload: Workload,
+    /// Request size in bytes (a multiple of 512).
+    pub block_size: u32,
+    /// Closed loop: requests kept in flight. Open loop: the most in flight
+    /// before arrivals are counted as overrun.
+    pub depth: u32,
+    /// Open-loop arrival rate (requests per second, Poisson); `None` = closed loop.
+    pub rate: Option<f64>,
+    /// How long to run.
+    pub duration: Duration,
+    /// Seeds offsets, ops and arrivals.
+    pub seed: u64,
+}
+
+/// What a load run measured.
+#[derive(Debug)]
+pub struct LoadResult {
+    /// Requests completed.
+    pub completed: u64,
+    /// Reads completed.
+    pub reads: u64,
+    /// Writes completed.
+    pub writes: u64,
+    /// Requests that failed.
+    pub errors: u64,
+    /// Open-loop arrivals that found `depth` requests already in flight.
+    pub overruns: u64,
+    /// Wall time of the run, seconds.
+    pub elapsed_s: f64,
+    /// Read latency, microseconds.
+    pub read_us: Histogram<u64>,
+    /// Write latency, microseconds.
+    pub write_us: Histogram<u64>,
+    /// The array's counters over the run.
+    pub stats: ArrayStats,
+}
+
+impl LoadResult {
+    /// Requests per second.
+    pub fn iops(&self) -> f64 {
+        self.completed as f64 / self.elapsed_s.max(1e-9)
+    }
+}
+
+/// A progress report, about twice a second.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// Seconds run so far.
+    pub elapsed_s: f64,
+    /// Requests completed so far.
+    pub completed: u64,
+    /// Read p99 so far, microseconds.
+    pub read_p99_us: u64,
+}
+
+/// Generates the seeded request stream.
+struct Gen {
+    rng: SplitMix,
+    blocks: u64,
+    bs: u32,
+}
+
+impl Gen {
+    fn next(&mut self, workload: &Workload, t_ns: u64) -> (Op, u64) {
+        let block = self.rng.below(self.blocks);
+        let write = self.rng.unit() * 100.0 < workload.write_pct_at(t_ns);
+        let op = if write { Op::Write } else { Op::Read };
+        (op, block * self.bs as u64)
+    }
+}
+
+fn new_hist() -> Histogram<u64> {
+    // 1 us .. 100 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Drives `spec` into `array` from the calling thread and measures it.
+pub fn run_load(
+    array: &Array,
+    spec: &LoadSpec,
+    progress: &mut dyn FnMut(Progress),
+) -> std::io::Result<LoadResult> {
+    let bs = spec.block_size;
+    assert!(
+        bs > 0 && bs.is_multiple_of(512),
+        "block size must be a multiple of 512"
+    );
+    let blocks = array.size() / bs as u64;
+    assert!(blocks > 0, "device smaller than one block");
+    let depth = spec.depth.max(1) as usize;
+    let ring = (depth as u32 * array.replica_count() as u32 * 2).clamp(64, 4096);
+    let mut q = array
+        .queue(0, ring)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut gen_ = Gen {
+        rng: SplitMix(spec.seed),
+        blocks,
+        bs,
+    };
+    let mut arrivals = SplitMix(spec.seed ^ 0xA5A5_5A5A_0F0F_F0F0);
+    // Write payload: seeded bytes, the same for every policy.
+    let mut payload = AlignedBuf::new(bs as usize);
+    let mut fill = SplitMix(spec.seed ^ 0x5EED);
+    for chunk in payload.chunks_mut(8) {
+        let v = fill.next_u64().to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+    let mut pool: Vec<AlignedBuf> = (0..depth).map(|_| AlignedBuf::new(bs as usize)).collect();
+    let mut start_of = vec![0u64; depth];
+    let mut op_of = vec![Op::Read; depth];
+    let mut free_tags: Vec<usize> = (0..depth).rev().collect();
+
+    let before = array.stats();
+    let t0 = array.now_ns();
+    let end = t0 + spec.duration.as_nanos() as u64;
+    let mut res = LoadResult {
+        completed: 0,
+        reads: 0,
+        writes: 0,
+        errors: 0,
+        overruns: 0,
+        elapsed_s: 0.0,
+        read_us: new_hist(),
+        write_us: new_hist(),
+        stats: ArrayStats::default(),
+    };
+    let mut next_arrival = t0;
+    let mut next_progress = t0 + 500_000_000;
+    let mut out: Vec<Completion> = Vec::with_capacity(depth);
+    let mut submit = |q: &mut crate::array::Queue,
+                      free_tags: &mut Vec<usize>,
+                      pool: &mut Vec<AlignedBuf>,
+                      start: u64,
+                      start_of: &mut [u64],
+                      op_of: &mut [Op]| {
+        let Some(tag) = free_tags.pop() else {
+            return false;
+        };
+        let (op, offset) = gen_.next(&spec.workload, start - t0);
+        let mut buf = pool.pop().unwrap_or_else(|| AlignedBuf::new(bs as usize));
+        if op == Op::Write {
+            buf.copy_from_slice(&payload);
+        }
+        start_of[tag] = start;
+        op_of[tag] = op;
+        q.submit(Request {
+            op,
+            offset,
+            len: bs,
+            buf: Some(buf),
+            user: tag as u64,
+        });
+        true
+    };
+    loop {
+        let now = array.now_ns();
+        if now >= end {
+            break;
+        }
+        let mut timeout = Some(100_000_000u64.min(end - now));
+        match spec.rate {
+            None => {
+                while q.in_flight() < depth {
+                    if !submit(
+                        &mut q,
+                        &mut free_tags,
+                        &mut pool,
+                        now,
+                        &mut start_of,
+                        &mut op_of,
+                    ) {
+                        break;
+                    }
+                }
+            }
+            Some(rate) => {
+                while next_arrival <= now {
+                    if !submit(
+                        &mut q,
+                        &mut free_tags,
+                        &mut pool,
+                        next_arrival,
+                        &mut start_of,
+                        &mut op_of,
+                    ) {
+                        res.overruns += 1;
+                    }
+                    let gap = -(1.0 - arrivals.unit()).ln() / rate * 1e9;
+                    next_arrival += gap.max(1.0) as u64;
+                }
+                timeout = Some(next_arrival.saturating_sub(now).max(1_000));
+            }
+        }
+        q.poll(&mut out, true, timeout)?;
+        let now = array.now_ns();
+        for c in out.drain(..) {
+            let tag = c.user as usize;
+            let lat_us = (now.saturating_sub(start_of[tag]) / 1000).max(1);
+            res.completed += 1;
+            if c.result < 0 {
+                res.errors += 1;
+            } else if op_of[tag] == Op::Read {
+                res.reads += 1;
+                let _ = res.read_us.record(lat_us.min(100_000_000));
+            } else {
+                res.writes += 1;
+                let _ = res.write_us.record(lat_us.min(100_000_000));
+            }
+            if let Some(b) = c.buf {
+                pool.push(b);
+            }
+            free_tags.push(tag);
+        }
+        if now >= next_progress {
+            next_progress = now + 500_000_000;
+            progress(Progress {
+                elapsed_s: (now - t0) as f64 / 1e9,
+                completed: res.completed,
+                read_p99_us: res.read_us.value_at_quantile(0.99),
+            });
+        }
+    }
+    // Let what is in flight finish (not counted: the measured window is over).
+    let stop = array.now_ns();
+    while q.in_flight() > 0 {
+        q.poll(&mut out, true, Some(100_000_000))?;
+        out.clear();
+    }
+    drop(q);
+    res.elapsed_s = (stop - t0) as f64 / 1e9;
+    let after = array.stats();
+    res.stats = diff_stats(&before, &after);
+    Ok(res)
+}
+
+fn diff_stats(a: &ArrayStats, b: &ArrayStats) -> ArrayStats {
+    ArrayStats {
+        reads: b.reads - a.reads,
+        writes: b.writes - a.writes,
+        flushes: b.flushes - a.flushes,
+        discards: b.discards - a.discards,
+        write_zeroes: b.write_zeroes - a.write_zeroes,
+        rerouted: b.rerouted - a.rerouted,
+        hedges: b.hedges - a.hedges,
+        hedge_wins: b.hedge_wins - a.hedge_wins,
+        predictions: b.predictions - a.predictions,
+        all_slow: b.all_slow - a.all_slow,
+        read_retries: b.read_retries - a.read_retries,
+        failed_requests: b.failed_requests - a.failed_requests,
+        replica_failures: b.replica_failures - a.replica_failures,
+    }
+}

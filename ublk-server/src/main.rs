@@ -1,0 +1,412 @@
+//! `augur`: the daemon and command line of Augur, the replicated flash block
+//! device that predicts slow reads and sends them elsewhere.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use augur::array::FaultPlan;
+use augur::bench::{BenchSetup, PolicyReport, ReplicaSource, render_table, run_bench, run_record};
+use augur::emu::Profile;
+use augur::error::ArrayError;
+use augur::loadgen::{LoadSpec, Progress, Workload};
+use augur::policy::Policy;
+use augur::replica::ReplicaSpec;
+use clap::{Args, Parser, Subcommand};
+
+/// Augur: a replicated flash block device that predicts, per read, whether a
+/// replica is about to be slow and sends the read elsewhere.
+#[derive(Parser)]
+#[command(name = "augur", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Three emulated gc-heavy replicas, every policy side by side (no arguments, no root).
+    Demo(DemoArgs),
+    /// Drive the array in-process with a seeded workload and compare routing policies.
+    Bench(BenchArgs),
+    /// Run a workload with one policy and write every completed read's training record.
+    Record(RecordArgs),
+    /// Emulator profiles: list the shipped ones, or show one's parameters and latency.
+    Profile(ProfileArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// How long each policy runs.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Clone)]
+struct LoadArgs {
+    /// Number of fresh emulated replicas (ignored with --replica).
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// Emulator profile of the fresh replicas.
+    #[arg(long, default_value = "gc-heavy")]
+    profile: String,
+    /// A profile TOML file of one's own (overrides --profile).
+    #[arg(long)]
+    profile_file: Option<PathBuf>,
+    /// Use these replicas instead of fresh ones: PATH or emu:PROFILE:PATH (repeat).
+    #[arg(long = "replica")]
+    replica: Vec<String>,
+    /// Create missing --replica files with this size; size of fresh replicas.
+    #[arg(long, value_parser = parse_size)]
+    size: Option<u64>,
+    /// Directory for fresh replicas (default /dev/shm, else the temp dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Workload: randread, mixed, write-burst.
+    #[arg(long, default_value = "mixed")]
+    workload: String,
+    /// Percent reads for the mixed workload.
+    #[arg(long, default_value_t = 70.0)]
+    read_pct: f64,
+    /// Request size (e.g. 4k).
+    #[arg(long = "bs", default_value = "4k", value_parser = parse_size)]
+    block_size: u64,
+    /// Closed loop: requests in flight. Open loop: most in flight.
+    #[arg(long, default_value_t = 32)]
+    depth: u32,
+    /// Open-loop arrival rate in requests/s (Poisson); default is closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// How long each policy runs (e.g. 10s).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Seed of the workload and the emulators.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Most I/Os in flight to one replica.
+    #[arg(long, default_value_t = 64)]
+    replica_depth: u32,
+    /// Percentile of recent read latency after which `hedge` sends a second copy.
+    #[arg(long, default_value_t = 95.0)]
+    hedge_pct: f64,
+    /// Inject a failure into this replica (index from 0).
+    #[arg(long)]
+    fail_replica: Option<usize>,
+    /// ...after this many of its I/Os.
+    #[arg(long, requires = "fail_replica")]
+    fail_after: Option<u64>,
+    /// ...or from this time on (e.g. 2s).
+    #[arg(long, requires = "fail_replica", value_parser = humantime::parse_duration)]
+    fail_at: Option<Duration>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Policies to compare, comma-separated.
+    #[arg(long, default_value = "baseline,random,hedge,oracle")]
+    policy: String,
+    /// Print one JSON array (an object per policy) instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct RecordArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Policy to run.
+    #[arg(long, default_value = "baseline")]
+    policy: String,
+    /// Training-log file to write.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct ProfileArgs {
+    /// A shipped profile name or a TOML file; none lists the shipped ones.
+    name: Option<String>,
+}
+
+/// Parses sizes like 4096, 4k, 64K, 256M, 1G, 2T.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = t[i..].to_ascii_lowercase();
+            let m = match unit.trim_end_matches("ib").trim_end_matches('b') {
+                "" => 1,
+                "k" => 1 << 10,
+                "m" => 1 << 20,
+                "g" => 1 << 30,
+                "t" => 1u64 << 40,
+                _ => return Err(format!("unknown size unit in '{s}' (use k, M, G, T)")),
+            };
+            (&t[..i], m)
+        }
+        None => (t, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 4k, 256M, 1G)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+fn load_profile(args: &LoadArgs) -> Result<Profile, ArrayError> {
+    match &args.profile_file {
+        Some(p) => Ok(Profile::from_file(p)?),
+        None => Ok(Profile::builtin(&args.profile)?),
+    }
+}
+
+fn bench_setup(args: &LoadArgs) -> anyhow::Result<BenchSetup> {
+    let workload = Workload::parse(&args.workload, args.read_pct).map_err(ArrayError::BadSpec)?;
+    if !(0.0..=100.0).contains(&args.read_pct) {
+        return Err(
+            ArrayError::BadSpec(format!("--read-pct {} is not in 0..100", args.read_pct)).into(),
+        );
+    }
+    if args.block_size == 0 || !args.block_size.is_multiple_of(512) || args.block_size > 1 << 20 {
+        return Err(ArrayError::BadSpec(format!(
+            "--bs {} must be a multiple of 512 up to 1M",
+            args.block_size
+        ))
+        .into());
+    }
+    if args.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        return Err(ArrayError::BadSpec("--rate must be positive".into()).into());
+    }
+    let replicas = if args.replica.is_empty() {
+        if !(2..=8).contains(&args.replicas) {
+            return Err(ArrayError::BadSpec(format!(
+                "--replicas {} must be between 2 and 8",
+                args.replicas
+            ))
+            .into());
+        }
+        ReplicaSource::Fresh {
+            count: args.replicas,
+            profile: load_profile(args)?,
+            dir: args.dir.clone(),
+            size: args.size.unwrap_or(1 << 30),
+        }
+    } else {
+        let specs = args
+            .replica
+            .iter()
+            .map(|s| ReplicaSpec::parse(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        ReplicaSource::Given(specs, args.size)
+    };
+    let mut faults = Vec::new();
+    if let Some(r) = args.fail_replica {
+        if args.fail_after.is_none() && args.fail_at.is_none() {
+            return Err(ArrayError::BadSpec(
+                "--fail-replica needs --fail-after N or --fail-at TIME".into(),
+            )
+            .into());
+        }
+        faults.push((
+            r,
+            FaultPlan {
+                after_ios: args.fail_after,
+                at_ns: args.fail_at.map(|d| d.as_nanos() as u64),
+            },
+        ));
+    }
+    Ok(BenchSetup {
+        replicas,
+        load: LoadSpec {
+            workload,
+            block_size: args.block_size as u32,
+            depth: args.depth,
+            rate: args.rate,
+            duration: args.duration,
+            seed: args.seed,
+        },
+        replica_depth: args.replica_depth,
+        hedge_percentile: args.hedge_pct,
+        faults,
+    })
+}
+
+/// A progress line on stderr (only when stderr is a terminal).
+struct ProgressLine {
+    bar: indicatif::ProgressBar,
+    total_s: f64,
+}
+
+impl ProgressLine {
+    fn new(total: Duration) -> Self {
+        let bar = indicatif::ProgressBar::new(1000);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{prefix:>13} [{bar:30}] {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        ProgressLine {
+            bar,
+            total_s: total.as_secs_f64().max(1e-9),
+        }
+    }
+    fn update(&self, policy: &str, p: Progress) {
+        self.bar.set_prefix(policy.to_string());
+        self.bar
+            .set_position(((p.elapsed_s / self.total_s) * 1000.0).min(1000.0) as u64);
+        self.bar.set_message(format!(
+            "{:.1}s  {:.0} IOPS  read p99 {} us",
+            p.elapsed_s,
+            p.completed as f64 / p.elapsed_s.max(1e-9),
+            p.read_p99_us
+        ));
+    }
+}
+
+fn print_reports(reports: &[PolicyReport], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(reports)?);
+    } else {
+        print!("{}", render_table(reports));
+    }
+    Ok(())
+}
+
+fn policies(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn cmd_bench(args: BenchArgs) -> anyhow::Result<()> {
+    let setup = bench_setup(&args.load)?;
+    let pols = policies(&args.policy);
+    if pols.is_empty() {
+        return Err(ArrayError::BadSpec("--policy is empty".into()).into());
+    }
+    let line = ProgressLine::new(setup.load.duration);
+    let reports = run_bench(&setup, &pols, None, &mut |p, pr| line.update(p, pr))?;
+    line.bar.finish_and_clear();
+    print_reports(&reports, args.json)
+}
+
+fn cmd_record(args: RecordArgs) -> anyhow::Result<()> {
+    let setup = bench_setup(&args.load)?;
+    let policy = Policy::from_name(&args.policy, None)?;
+    let line = ProgressLine::new(setup.load.duration);
+    let (report, written, dropped) =
+        run_record(&setup, policy, &args.out, &mut |p, pr| line.update(p, pr))?;
+    line.bar.finish_and_clear();
+    print!("{}", render_table(std::slice::from_ref(&report)));
+    println!(
+        "wrote {written} training records to {} ({dropped} dropped because the writer fell behind)",
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn cmd_demo(args: DemoArgs) -> anyhow::Result<()> {
+    let load = LoadArgs {
+        replicas: 3,
+        profile: "gc-heavy".into(),
+        profile_file: None,
+        replica: Vec::new(),
+        size: Some(1 << 30),
+        dir: None,
+        workload: "mixed".into(),
+        read_pct: 70.0,
+        block_size: 4096,
+        depth: 32,
+        rate: None,
+        duration: args.duration,
+        seed: 1,
+        replica_depth: 64,
+        hedge_pct: 95.0,
+        fail_replica: None,
+        fail_after: None,
+        fail_at: None,
+    };
+    let setup = bench_setup(&load)?;
+    let pols = policies("baseline,random,hedge,oracle");
+    if !args.json {
+        println!(
+            "Augur demo: 3 emulated gc-heavy replicas (1 GiB each, tmpfs), 70/30 random 4 KiB read/write,\n\
+             depth 32, {} per policy, seed 1. Read latency in microseconds.\n",
+            humantime::format_duration(args.duration)
+        );
+    }
+    let line = ProgressLine::new(setup.load.duration);
+    let reports = run_bench(&setup, &pols, None, &mut |p, pr| line.update(p, pr))?;
+    line.bar.finish_and_clear();
+    print_reports(&reports, args.json)?;
+    if !args.json {
+        println!(
+            "\nbaseline reads the primary replica even while it garbage-collects; hedge sends a\n\
+             second copy after p95; oracle knows the emulator's stalls (the best any predictor can do)."
+        );
+    }
+    Ok(())
+}
+
+fn cmd_profile(args: ProfileArgs) -> anyhow::Result<()> {
+    match args.name {
+        None => {
+            for n in Profile::builtin_names() {
+                println!("{n}");
+            }
+        }
+        Some(n) => {
+            let p = if n.ends_with(".toml") {
+                Profile::from_file(std::path::Path::new(&n))?
+            } else {
+                Profile::builtin(&n)?
+            };
+            println!(
+                "{}",
+                toml::to_string_pretty(&p).context("rendering profile")?
+            );
+            let s = augur::emu::simulate_closed_loop(&p, 1, 16, 100_000, 0.7, 4096);
+            println!("# simulated, one replica, depth 16, 70/30 random 4 KiB: {s:?}");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Demo(a) => cmd_demo(a),
+        Cmd::Bench(a) => cmd_bench(a),
+        Cmd::Record(a) => cmd_record(a),
+        Cmd::Profile(a) => cmd_profile(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("augur: {e:#}");
+            // Bad input (the user's to fix) exits 2; anything else 1.
+            if e.downcast_ref::<ArrayError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

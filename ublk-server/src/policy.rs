@@ -1,0 +1,501 @@
+//! Read routing policies: which replica serves a read.
+//!
+//! Every policy sits behind [`Policy::route_batch`]: the reads that arrive
+//! together are routed together, so a predictor can score them in one batch
+//! call. Writes never pass through here; they go to every live replica.
+//!
+//! | policy         | what it does |
+//! |----------------|--------------|
+//! | `baseline`     | the primary replica for the offset (128 KiB stripes, round-robin), no prediction |
+//! | `random`       | a uniformly random live replica |
+//! | `hedge`        | the primary; a second copy to the next replica if the first has not completed by a percentile (default p95) of recent read latency; first completion wins |
+//! | `linnos`       | ask the predictor about the primary; predicted slow, try the next live replica, up to N-1 times; all slow, the one with the lowest score |
+//! | `linnos+hedge` | `linnos`, then hedged like `hedge` |
+//! | `oracle`       | the emulator's own forecast picks the replica that would answer first: the best any predictor could do (benchmarks only) |
+
+use std::sync::Arc;
+
+use augur_feature_store::HistorySnapshot;
+
+use crate::error::ArrayError;
+
+/// Most replicas an array may have.
+pub const MAX_REPLICAS: usize = 8;
+/// Bytes of device address space given to one replica in turn as primary.
+pub const STRIPE_BYTES: u64 = 128 * 1024;
+/// Names accepted by [`Policy::from_name`].
+pub const POLICY_NAMES: &[&str] = &[
+    "baseline",
+    "random",
+    "hedge",
+    "linnos",
+    "linnos+hedge",
+    "oracle",
+];
+
+/// One input for a slow-I/O predictor: a replica's state and the read's size.
+#[derive(Clone, Copy, Debug)]
+pub struct PredictInput {
+    /// Replica the read would go to.
+    pub replica: u16,
+    /// That replica's history at routing time.
+    pub snapshot: HistorySnapshot,
+    /// Size of the read in bytes.
+    pub size_bytes: u32,
+}
+
+/// Anything that can say, for a batch of (replica state, read) pairs, how
+/// likely each read is to be slow. Scores above zero mean "slow".
+pub trait SlowPredictor: Send + Sync {
+    /// Short name for reports.
+    fn name(&self) -> &str;
+    /// Scores each input into `out` (same length); > 0 predicts slow.
+    fn score_batch(&self, inputs: &[PredictInput], out: &mut [i64]);
+}
+
+/// What the router may ask of the array about its replicas.
+pub trait ReplicaView {
+    /// Number of replicas, live or not.
+    fn replica_count(&self) -> usize;
+    /// True while the replica serves I/O.
+    fn is_live(&self, i: usize) -> bool;
+    /// A consistent copy of the replica's history.
+    fn snapshot(&self, i: usize) -> HistorySnapshot;
+    /// The emulator's forecast of a read's latency (ns), `None` if not emulated.
+    fn forecast_read_ns(&self, i: usize, now_ns: u64, offset: u64, len: u32) -> Option<u64>;
+}
+
+/// A read to route.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadInfo {
+    /// Byte offset.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+/// Where one read goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    /// Replica that serves the read.
+    pub replica: u16,
+    /// True when that is not the primary for the offset.
+    pub rerouted: bool,
+    /// True when a hedged second copy may be sent.
+    pub hedge: bool,
+    /// Predictor calls made for this read.
+    pub predictions: u16,
+    /// True when every candidate was predicted slow.
+    pub all_slow: bool,
+}
+
+/// Which routing rule a [`Policy`] applies.
+#[derive(Clone)]
+pub enum PolicyKind {
+    /// Primary by offset.
+    Baseline,
+    /// Random live replica.
+    Random,
+    /// Primary, hedged after a latency percentile.
+    Hedge,
+    /// Predictor-driven reroute-on-slow, optionally hedged too.
+    Linnos {
+        /// The model.
+        predictor: Arc<dyn SlowPredictor>,
+        /// Also hedge.
+        hedge: bool,
+    },
+    /// The emulator's forecast.
+    Oracle,
+}
+
+/// A routing policy selected by name.
+#[derive(Clone)]
+pub struct Policy {
+    kind: PolicyKind,
+    name: String,
+}
+
+/// Reusable buffers for [`Policy::route_batch`], so routing allocates nothing
+/// once warmed up.
+#[derive(Default)]
+pub struct RouteScratch {
+    inputs: Vec<PredictInput>,
+    which: Vec<usize>,
+    scores: Vec<i64>,
+    best: Vec<(i64, u16)>,
+    cand: Vec<u16>,
+}
+
+/// A small seeded generator for the `random` policy (SplitMix64).
+#[derive(Clone, Debug)]
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The primary replica for an offset: stripes of [`STRIPE_BYTES`] go to the
+/// replicas in turn, skipping failed ones. `None` when no replica is live.
+pub fn primary_for(view: &dyn ReplicaView, offset: u64) -> Option<u16> {
+    let n = view.replica_count();
+    let first = ((offset / STRIPE_BYTES) % n as u64) as usize;
+    next_live(view, first, 0)
+}
+
+/// The first live replica at or after `from + skip` (wrapping), skipping
+/// `skip` positions first.
+fn next_live(view: &dyn ReplicaView, from: usize, skip: usize) -> Option<u16> {
+    let n = view.replica_count();
+    (skip..skip + n)
+        .map(|k| (from + k) % n)
+        .find(|&i| view.is_live(i))
+        .map(|i| i as u16)
+}
+
+/// The next live replica after `r`, or `None` if `r` is the only live one.
+pub fn next_after(view: &dyn ReplicaView, r: u16) -> Option<u16> {
+    next_live(view, r as usize, 1).filter(|&x| x != r)
+}
+
+impl Policy {
+    /// Builds a policy by name. `linnos` and `linnos+hedge` need a predictor.
+    pub fn from_name(
+        name: &str,
+        predictor: Option<Arc<dyn SlowPredictor>>,
+    ) -> Result<Policy, ArrayError> {
+        let kind = match name {
+            "baseline" => PolicyKind::Baseline,
+            "random" => PolicyKind::Random,
+            "hedge" => PolicyKind::Hedge,
+            "oracle" => PolicyKind::Oracle,
+            "linnos" | "linnos+hedge" => PolicyKind::Linnos {
+                predictor: predictor
+                    .ok_or_else(|| ArrayError::BadSpec(format!("policy '{name}' needs a model")))?,
+                hedge: name == "linnos+hedge",
+            },
+            other => return Err(ArrayError::UnknownPolicy(other.to_string())),
+        };
+        Ok(Policy {
+            kind,
+            name: name.to_string(),
+        })
+    }
+
+    /// The name it was selected by.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The rule it applies.
+    pub fn kind(&self) -> &PolicyKind {
+        &self.kind
+    }
+
+    /// Routes `reads` (arrived together) into `out`, one [`Route`] each.
+    /// Returns `false` when no replica is live.
+    pub fn route_batch(
+        &self,
+        view: &dyn ReplicaView,
+        now_ns: u64,
+        reads: &[ReadInfo],
+        rng: &mut SplitMix,
+        scratch: &mut RouteScratch,
+        out: &mut Vec<Route>,
+    ) -> bool {
+        out.clear();
+        let n = view.replica_count();
+        if (0..n).all(|i| !view.is_live(i)) {
+            return false;
+        }
+        match &self.kind {
+            PolicyKind::Baseline | PolicyKind::Hedge => {
+                let hedge = matches!(self.kind, PolicyKind::Hedge);
+                for r in reads {
+                    let p = primary_for(view, r.offset).unwrap_or(0);
+                    out.push(Route {
+                        replica: p,
+                        hedge,
+                        ..Route::default()
+                    });
+                }
+            }
+            PolicyKind::Random => {
+                for r in reads {
+                    let p = primary_for(view, r.offset).unwrap_or(0);
+                    let start = rng.below(n as u64) as usize;
+                    let pick = next_live(view, start, 0).unwrap_or(p);
+                    out.push(Route {
+                        replica: pick,
+                        rerouted: pick != p,
+                        ..Route::default()
+                    });
+                }
+            }
+            PolicyKind::Oracle => {
+                for r in reads {
+                    let p = primary_for(view, r.offset).unwrap_or(0);
+                    let mut best = (
+                        view.forecast_read_ns(p as usize, now_ns, r.offset, r.len),
+                        p,
+                    );
+                    for i in 0..n {
+                        if !view.is_live(i) || i == p as usize {
+                            continue;
+                        }
+                        let f = view.forecast_read_ns(i, now_ns, r.offset, r.len);
+                        if let (Some(fi), Some(fb)) = (f, best.0)
+                            && fi < fb
+                        {
+                            best = (f, i as u16);
+                        }
+                    }
+                    out.push(Route {
+                        replica: best.1,
+                        rerouted: best.1 != p,
+                        ..Route::default()
+                    });
+                }
+            }
+            PolicyKind::Linnos { predictor, hedge } => {
+                self.route_linnos(view, reads, predictor.as_ref(), *hedge, scratch, out);
+            }
+        }
+        true
+    }
+
+    /// LinnOS reroute-on-slow, in rounds: every undecided read's current
+    /// candidate is scored in one batch; fast ones are decided, slow ones move
+    /// to their next live replica, for at most as many rounds as there are
+    /// live replicas; reads slow everywhere go to their lowest-scored replica.
+    fn route_linnos(
+        &self,
+        view: &dyn ReplicaView,
+        reads: &[ReadInfo],
+        predictor: &dyn SlowPredictor,
+        hedge: bool,
+        s: &mut RouteScratch,
+        out: &mut Vec<Route>,
+    ) {
+        let n = view.replica_count();
+        let live = (0..n).filter(|&i| view.is_live(i)).count();
+        let mut snaps: [Option<HistorySnapshot>; MAX_REPLICAS] = [None; MAX_REPLICAS];
+        s.cand.clear();
+        s.best.clear();
+        s.which.clear();
+        for (k, r) in reads.iter().enumerate() {
+            let p = primary_for(view, r.offset).unwrap_or(0);
+            out.push(Route {
+                replica: p,
+                hedge,
+                ..Route::default()
+            });
+            s.cand.push(p);
+            s.best.push((i64::MAX, p));
+            s.which.push(k);
+        }
+        for _round in 0..live {
+            if s.which.is_empty() {
+                break;
+            }
+            s.inputs.clear();
+            for &k in &s.which {
+                let c = s.cand[k] as usize;
+                let snap = *snaps[c].get_or_insert_with(|| view.snapshot(c));
+                s.inputs.push(PredictInput {
+                    replica: c as u16,
+                    snapshot: snap,
+                    size_bytes: reads[k].len,
+                });
+            }
+            s.scores.clear();
+            s.scores.resize(s.inputs.len(), 0);
+            predictor.score_batch(&s.inputs, &mut s.scores);
+            let mut still = 0;
+            for j in 0..s.which.len() {
+                let k = s.which[j];
+                let c = s.cand[k];
+                let score = s.scores[j];
+                out[k].predictions += 1;
+                if score <= 0 {
+                    // out[k].replica still holds the primary here.
+                    out[k].rerouted = c != out[k].replica;
+                    out[k].replica = c;
+                    continue;
+                }
+                if score < s.best[k].0 {
+                    s.best[k] = (score, c);
+                }
+                match next_after(view, c) {
+                    Some(nx) => {
+                        s.cand[k] = nx;
+                        s.which[still] = k;
+                        still += 1;
+                    }
+                    None => {
+                        s.which[still] = k;
+                        still += 1;
+                    }
+                }
+            }
+            s.which.truncate(still);
+        }
+        for &k in &s.which {
+            let b = s.best[k].1;
+            out[k].all_slow = true;
+            out[k].rerouted = out[k].replica != b;
+            out[k].replica = b;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct View {
+        live: Vec<bool>,
+        forecast: Vec<u64>,
+    }
+    impl ReplicaView for View {
+        fn replica_count(&self) -> usize {
+            self.live.len()
+        }
+        fn is_live(&self, i: usize) -> bool {
+            self.live[i]
+        }
+        fn snapshot(&self, i: usize) -> HistorySnapshot {
+            HistorySnapshot {
+                pending_ios: i as u32,
+                ..HistorySnapshot::default()
+            }
+        }
+        fn forecast_read_ns(&self, i: usize, _: u64, _: u64, _: u32) -> Option<u64> {
+            Some(self.forecast[i])
+        }
+    }
+
+    /// Predicts slow for the replicas in `slow`, with score = 10 + replica.
+    struct Fixed {
+        slow: Vec<u16>,
+    }
+    impl SlowPredictor for Fixed {
+        fn name(&self) -> &str {
+            "fixed"
+        }
+        fn score_batch(&self, inputs: &[PredictInput], out: &mut [i64]) {
+            for (i, o) in inputs.iter().zip(out) {
+                assert_eq!(i.snapshot.pending_ios, i.replica as u32);
+                *o = if self.slow.contains(&i.replica) {
+                    10 + i.replica as i64
+                } else {
+                    -1
+                };
+            }
+        }
+    }
+
+    fn route(p: &Policy, v: &View, offsets: &[u64]) -> Vec<Route> {
+        let reads: Vec<ReadInfo> = offsets
+            .iter()
+            .map(|&offset| ReadInfo { offset, len: 4096 })
+            .collect();
+        let mut out = Vec::new();
+        assert!(p.route_batch(
+            v,
+            0,
+            &reads,
+            &mut SplitMix(1),
+            &mut RouteScratch::default(),
+            &mut out
+        ));
+        out
+    }
+
+    #[test]
+    fn baseline_stripes_and_skips_failed() {
+        let mut v = View {
+            live: vec![true; 3],
+            forecast: vec![0; 3],
+        };
+        let p = Policy::from_name("baseline", None).unwrap();
+        let r = route(
+            &p,
+            &v,
+            &[0, STRIPE_BYTES, 2 * STRIPE_BYTES, 3 * STRIPE_BYTES],
+        );
+        let reps: Vec<u16> = r.iter().map(|r| r.replica).collect();
+        assert_eq!(reps, vec![0, 1, 2, 0]);
+        v.live[1] = false;
+        let r = route(&p, &v, &[STRIPE_BYTES]);
+        assert_eq!(r[0].replica, 2);
+    }
+
+    #[test]
+    fn linnos_reroutes_and_falls_back_to_least_bad() {
+        let v = View {
+            live: vec![true; 3],
+            forecast: vec![0; 3],
+        };
+        let pred = Arc::new(Fixed { slow: vec![0] });
+        let p = Policy::from_name("linnos", Some(pred)).unwrap();
+        let r = route(&p, &v, &[0, STRIPE_BYTES]);
+        assert_eq!(
+            (r[0].replica, r[0].rerouted, r[0].predictions),
+            (1, true, 2)
+        );
+        assert_eq!(
+            (r[1].replica, r[1].rerouted, r[1].predictions),
+            (1, false, 1)
+        );
+
+        let pred = Arc::new(Fixed {
+            slow: vec![0, 1, 2],
+        });
+        let p = Policy::from_name("linnos", Some(pred)).unwrap();
+        let r = route(&p, &v, &[STRIPE_BYTES]);
+        // all slow: lowest score is replica 0 (score 10)
+        assert_eq!(r[0].replica, 0);
+        assert!(r[0].all_slow && r[0].rerouted);
+        assert_eq!(r[0].predictions, 3);
+    }
+
+    #[test]
+    fn oracle_picks_fastest_live() {
+        let mut v = View {
+            live: vec![true; 3],
+            forecast: vec![900, 500, 100],
+        };
+        let p = Policy::from_name("oracle", None).unwrap();
+        assert_eq!(route(&p, &v, &[0])[0].replica, 2);
+        v.live[2] = false;
+        assert_eq!(route(&p, &v, &[0])[0].replica, 1);
+    }
+
+    #[test]
+    fn unknown_and_missing_model() {
+        let e = Policy::from_name("fastest", None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("fastest") && e.contains("baseline"), "{e}");
+        assert!(Policy::from_name("linnos", None).is_err());
+    }
+}

@@ -1,0 +1,277 @@
+//! Data integrity of the replica array: random writes, reads, flushes,
+//! discards and write-zeroes against a shadow copy, across every policy, with
+//! emulated delays, and with replicas failing mid-run. Needs only io_uring
+//! and a writable temp dir.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use augur::array::{Array, ArrayConfig, Completion, FaultPlan, Request};
+use augur::buf::AlignedBuf;
+use augur::emu::Profile;
+use augur::policy::{POLICY_NAMES, Policy, PredictInput, SlowPredictor, SplitMix};
+use augur::replica::ReplicaSpec;
+use augur_feature_store::Op;
+
+const SIZE: u64 = 8 << 20;
+const BS: u64 = 4096;
+
+/// gc-heavy, with GC every ~1 MiB written so short tests see stalls.
+fn test_profile() -> Profile {
+    let mut p = Profile::builtin("gc-heavy").unwrap();
+    if let Some(gc) = p.gc.as_mut() {
+        gc.trigger_mib = 1.0;
+        gc.duration_ms = 3.0;
+    }
+    p
+}
+
+/// A predictor that calls a read slow when the replica has reads pending or
+/// its last read was slower than 1 ms; exercises every linnos branch.
+struct Heuristic;
+impl SlowPredictor for Heuristic {
+    fn name(&self) -> &str {
+        "heuristic"
+    }
+    fn score_batch(&self, inputs: &[PredictInput], out: &mut [i64]) {
+        for (i, o) in inputs.iter().zip(out) {
+            let last = i.snapshot.recent[0].latency_us as i64;
+            *o = last - 1000 + i.snapshot.pending_ios as i64;
+        }
+    }
+}
+
+fn scratch_dir() -> tempfile::TempDir {
+    let base = augur::bench::default_replica_dir();
+    tempfile::tempdir_in(base).unwrap()
+}
+
+fn open(dir: &std::path::Path, policy: &str, faults: Vec<(usize, FaultPlan)>) -> Array {
+    let specs = (0..3)
+        .map(|i| ReplicaSpec::emulated(test_profile(), dir.join(format!("r{i}"))))
+        .collect();
+    let mut cfg = ArrayConfig::new(specs);
+    cfg.create_size = Some(SIZE);
+    cfg.replica_depth = 8;
+    cfg.faults = faults;
+    let predictor: Arc<dyn SlowPredictor> = Arc::new(Heuristic);
+    Array::open(cfg, Policy::from_name(policy, Some(predictor)).unwrap()).unwrap()
+}
+
+/// A request in flight: op, offset, length, the data a write carries.
+type InFlight = (Op, u64, u32, Vec<u8>);
+
+struct Outcome {
+    failed_requests: u64,
+    reads_checked: u64,
+}
+
+/// Runs `n` random requests at depth 16 and checks every read against the
+/// shadow copy; requests never overlap a block already in flight, so the
+/// expected content is always defined.
+fn drive(array: &Array, seed: u64, n: usize, expect_all_ok: bool) -> (Vec<u8>, Outcome) {
+    let mut shadow = vec![0u8; SIZE as usize];
+    let mut q = array.queue(0, 256).unwrap();
+    let mut rng = SplitMix(seed);
+    let blocks = SIZE / BS;
+    let mut busy: HashSet<u64> = HashSet::new();
+    let mut pending: Vec<Option<InFlight>> = (0..16).map(|_| None).collect();
+    let mut out: Vec<Completion> = Vec::new();
+    let mut issued = 0;
+    let mut outcome = Outcome {
+        failed_requests: 0,
+        reads_checked: 0,
+    };
+    while issued < n || q.in_flight() > 0 {
+        while issued < n && q.in_flight() < 16 {
+            let nblk = 1 + rng.below(4);
+            let first = rng.below(blocks - nblk);
+            if (first..first + nblk).any(|b| busy.contains(&b)) {
+                continue;
+            }
+            let Some(tag) = pending.iter().position(|p| p.is_none()) else {
+                break;
+            };
+            let len = (nblk * BS) as u32;
+            let off = first * BS;
+            let dice = rng.below(100);
+            let op = match dice {
+                0..=44 => Op::Read,
+                45..=84 => Op::Write,
+                85..=89 => Op::Flush,
+                90..=94 => Op::Discard,
+                _ => Op::WriteZeroes,
+            };
+            let mut data = Vec::new();
+            let buf = match op {
+                Op::Read => Some(AlignedBuf::new(len as usize)),
+                Op::Write => {
+                    let mut b = AlignedBuf::new(len as usize);
+                    for x in b.iter_mut() {
+                        *x = rng.next_u64() as u8;
+                    }
+                    data = b.to_vec();
+                    Some(b)
+                }
+                _ => None,
+            };
+            if op != Op::Flush {
+                busy.extend(first..first + nblk);
+            }
+            pending[tag] = Some((op, off, len, data));
+            q.submit(Request {
+                op,
+                offset: off,
+                len: if op == Op::Flush { 0 } else { len },
+                buf,
+                user: tag as u64,
+            });
+            issued += 1;
+        }
+        q.poll(&mut out, true, Some(50_000_000)).unwrap();
+        for c in out.drain(..) {
+            let (op, off, len, data) = pending[c.user as usize].take().unwrap();
+            if op != Op::Flush {
+                for b in off / BS..(off + len as u64) / BS {
+                    busy.remove(&b);
+                }
+            }
+            if c.result != 0 {
+                assert!(!expect_all_ok, "{op:?} at {off}+{len} failed: {}", c.result);
+                outcome.failed_requests += 1;
+                continue;
+            }
+            let range = off as usize..(off + len as u64) as usize;
+            match op {
+                Op::Read => {
+                    let got = c.buf.expect("read returns its buffer");
+                    assert_eq!(got.len(), len as usize);
+                    assert!(
+                        got[..] == shadow[range],
+                        "read at {off}+{len} from replica {:?} differs from what was written",
+                        c.replica
+                    );
+                    outcome.reads_checked += 1;
+                }
+                Op::Write => shadow[range].copy_from_slice(&data),
+                Op::Discard | Op::WriteZeroes => shadow[range].fill(0),
+                Op::Flush => {}
+            }
+        }
+    }
+    // A final flush: then every live replica's file must equal the shadow.
+    q.submit(Request {
+        op: Op::Flush,
+        offset: 0,
+        len: 0,
+        buf: None,
+        user: 0,
+    });
+    while q.in_flight() > 0 {
+        q.poll(&mut out, true, None).unwrap();
+    }
+    if expect_all_ok {
+        assert!(out.iter().all(|c| c.result == 0), "final flush failed");
+    }
+    (shadow, outcome)
+}
+
+fn check_replicas(array: &Array, dir: &std::path::Path, shadow: &[u8]) {
+    for (i, st) in array.replica_status().iter().enumerate() {
+        if !st.live {
+            continue;
+        }
+        let data = std::fs::read(dir.join(format!("r{i}"))).unwrap();
+        assert!(
+            data == shadow,
+            "replica {i} differs from the shadow copy after flush"
+        );
+    }
+}
+
+#[test]
+fn every_policy_reads_back_what_was_written() {
+    for (k, policy) in POLICY_NAMES.iter().enumerate() {
+        let dir = scratch_dir();
+        let array = open(dir.path(), policy, Vec::new());
+        let (shadow, o) = drive(&array, 100 + k as u64, 3000, true);
+        assert!(
+            o.reads_checked > 1000,
+            "{policy}: only {} reads",
+            o.reads_checked
+        );
+        check_replicas(&array, dir.path(), &shadow);
+        let st = array.stats();
+        assert_eq!(st.failed_requests, 0, "{policy}");
+        match *policy {
+            "baseline" => assert_eq!(st.rerouted + st.hedges, 0),
+            "random" | "oracle" => assert!(st.rerouted > 0, "{policy} never left the primary"),
+            "linnos" => assert!(st.predictions > 0 && st.rerouted > 0, "{st:?}"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn replica_failing_mid_run_loses_nothing() {
+    for policy in ["baseline", "hedge", "linnos"] {
+        let dir = scratch_dir();
+        let fault = FaultPlan {
+            after_ios: Some(700),
+            at_ns: None,
+        };
+        let array = open(dir.path(), policy, vec![(1, fault)]);
+        let (shadow, o) = drive(&array, 7, 3000, true);
+        assert_eq!(o.failed_requests, 0);
+        let st = array.stats();
+        assert_eq!(st.replica_failures, 1, "{policy}: {st:?}");
+        assert_eq!(array.live_count(), 2);
+        assert!(!array.replica_status()[1].live);
+        check_replicas(&array, dir.path(), &shadow);
+    }
+}
+
+#[test]
+fn no_replica_left_means_eio_not_wrong_data() {
+    let dir = scratch_dir();
+    let f = |n| FaultPlan {
+        after_ios: Some(n),
+        at_ns: None,
+    };
+    let array = open(
+        dir.path(),
+        "baseline",
+        vec![(0, f(200)), (1, f(300)), (2, f(400))],
+    );
+    let (_, o) = drive(&array, 9, 2000, false);
+    assert!(o.failed_requests > 0);
+    assert_eq!(array.live_count(), 0);
+    assert_eq!(array.stats().replica_failures, 3);
+}
+
+#[test]
+fn bad_requests_are_rejected_with_einval() {
+    let dir = scratch_dir();
+    let array = open(dir.path(), "baseline", Vec::new());
+    let mut q = array.queue(0, 32).unwrap();
+    let bad = [
+        (SIZE, 4096u32), // beyond the end
+        (100, 4096),     // unaligned offset
+        (0, 100),        // unaligned length
+    ];
+    for (i, (off, len)) in bad.iter().enumerate() {
+        q.submit(Request {
+            op: Op::Read,
+            offset: *off,
+            len: *len,
+            buf: Some(AlignedBuf::new(*len as usize)),
+            user: i as u64,
+        });
+    }
+    let mut out = Vec::new();
+    while q.in_flight() > 0 {
+        q.poll(&mut out, true, None).unwrap();
+    }
+    assert_eq!(out.len(), 3);
+    assert!(out.iter().all(|c| c.result == -libc::EINVAL));
+}

@@ -1,0 +1,206 @@
+//! The `augur` command line end to end: bench, record and bad input (one
+//! clear line, exit status 2, nothing half-created left behind).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn augur(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_augur"))
+        .args(args)
+        .output()
+        .expect("run augur")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Exit 2 with exactly one line on stderr that contains `needle`.
+fn assert_bad_input(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "want one line, got: {err}"
+    );
+    assert!(err.contains(needle), "'{needle}' not in: {err}");
+}
+
+/// A scratch dir where fresh replicas go by default (tmpfs when present).
+fn shm_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(augur::bench::default_replica_dir()).unwrap()
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn missing_replica_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("a.img");
+    let b = d.path().join("b.img");
+    std::fs::write(&b, vec![0u8; 1 << 20]).unwrap();
+    let o = augur(&[
+        "bench",
+        "--replica",
+        a.to_str().unwrap(),
+        "--replica",
+        b.to_str().unwrap(),
+        "--duration",
+        "100ms",
+    ]);
+    assert_bad_input(&o, "a.img does not exist");
+}
+
+#[test]
+fn mismatched_sizes_leave_nothing_created() {
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("a.img");
+    let b = d.path().join("b.img");
+    let c = d.path().join("c.img");
+    std::fs::write(&a, vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(&b, vec![0u8; 2 << 20]).unwrap();
+    let o = augur(&[
+        "bench",
+        "--replica",
+        a.to_str().unwrap(),
+        "--replica",
+        b.to_str().unwrap(),
+        "--replica",
+        &format!("emu:gc-heavy:{}", c.display()),
+        "--size",
+        "1M",
+        "--duration",
+        "100ms",
+    ]);
+    assert_bad_input(&o, "sizes differ");
+    // c.img was created for the run and must be gone again.
+    assert_eq!(files_in(d.path()), vec!["a.img", "b.img"]);
+}
+
+#[test]
+fn unknown_profile_policy_and_workload() {
+    let o = augur(&["bench", "--profile", "nope", "--duration", "100ms"]);
+    assert_bad_input(&o, "unknown profile 'nope'");
+    let o = augur(&[
+        "bench",
+        "--policy",
+        "baseline,fastest",
+        "--duration",
+        "100ms",
+    ]);
+    assert_bad_input(&o, "unknown policy 'fastest'");
+    let o = augur(&["bench", "--workload", "zipf", "--duration", "100ms"]);
+    assert_bad_input(&o, "unknown workload 'zipf'");
+    let o = augur(&["bench", "--replicas", "9", "--duration", "100ms"]);
+    assert_bad_input(&o, "between 2 and 8");
+}
+
+#[test]
+fn malformed_profile_names_the_line() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("mine.toml");
+    std::fs::write(
+        &p,
+        "name = \"mine\"\nchannels = 4\nread_base_us = \"fast\"\n",
+    )
+    .unwrap();
+    let o = augur(&[
+        "bench",
+        "--profile-file",
+        p.to_str().unwrap(),
+        "--duration",
+        "100ms",
+    ]);
+    assert_bad_input(&o, "line 3");
+    assert!(stderr(&o).contains("mine.toml"));
+}
+
+#[test]
+fn bench_json_has_one_object_per_policy() {
+    let d = shm_dir();
+    let o = augur(&[
+        "bench",
+        "--policy",
+        "baseline,hedge,oracle",
+        "--duration",
+        "400ms",
+        "--size",
+        "64M",
+        "--dir",
+        d.path().to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("stdout is JSON");
+    let arr = v.as_array().expect("a JSON array");
+    assert_eq!(arr.len(), 3);
+    for (obj, name) in arr.iter().zip(["baseline", "hedge", "oracle"]) {
+        assert_eq!(obj["policy"], name);
+        assert!(obj["iops"].as_f64().unwrap() > 0.0);
+        for k in ["avg", "p50", "p99", "p999", "p9999"] {
+            assert!(obj["read_lat_us"][k].as_f64().unwrap() > 0.0, "{name} {k}");
+        }
+        assert!(obj["reroute_pct"].is_number() && obj["extra_io_pct"].is_number());
+    }
+    assert_eq!(arr[0]["reroute_pct"], 0.0);
+    // Fresh replicas are removed after each run.
+    assert!(files_in(d.path()).is_empty());
+}
+
+#[test]
+fn record_writes_a_readable_training_log() {
+    let d = shm_dir();
+    let out = d.path().join("train.log");
+    let o = augur(&[
+        "record",
+        "--duration",
+        "300ms",
+        "--size",
+        "64M",
+        "--dir",
+        d.path().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let recs = augur_feature_store::read_log(&out).unwrap();
+    assert!(recs.len() > 100, "only {} records", recs.len());
+    assert!(recs.iter().all(|r| r.op == augur_feature_store::Op::Read));
+    assert!(recs.iter().any(|r| r.features.len == 4));
+    assert!(recs.iter().all(|r| (r.replica as usize) < 3));
+}
+
+#[test]
+fn fault_injection_flag_fails_a_replica_and_bench_still_serves() {
+    let d = shm_dir();
+    let o = augur(&[
+        "bench",
+        "--policy",
+        "baseline",
+        "--duration",
+        "400ms",
+        "--size",
+        "64M",
+        "--dir",
+        d.path().to_str().unwrap(),
+        "--fail-replica",
+        "1",
+        "--fail-after",
+        "100",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("replica 1") && stderr(&o).contains("FAILED"));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["replica_failures"], 1);
+    assert_eq!(v[0]["errors"], 0);
+    assert_eq!(v[0]["replicas"][1]["live"], false);
+}
