@@ -1,1 +1,98 @@
 //! Workloads, overhead comparisons and reports for Augur.
+//!
+//! [`raw_randread`] is the reference peer for the array-overhead measurement:
+//! the same random-read load as `augur bench --workload randread`, issued with
+//! plain io_uring straight at the file, with nothing of Augur in between.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use augur::buf::AlignedBuf;
+use augur::emu::rng::Rng;
+use io_uring::{IoUring, opcode, types};
+
+/// What one raw run measured.
+#[derive(Clone, Copy, Debug)]
+pub struct RawResult {
+    /// Reads completed.
+    pub reads: u64,
+    /// Seconds measured.
+    pub elapsed_s: f64,
+}
+
+impl RawResult {
+    /// Reads per second.
+    pub fn iops(&self) -> f64 {
+        self.reads as f64 / self.elapsed_s.max(1e-9)
+    }
+}
+
+/// Random `bs`-byte reads over the whole file at `depth`, O_DIRECT where the
+/// file system allows it, with one io_uring, for `duration`.
+pub fn raw_randread(
+    path: &Path,
+    depth: u32,
+    bs: u32,
+    duration: Duration,
+    seed: u64,
+) -> std::io::Result<RawResult> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .or_else(|_| OpenOptions::new().read(true).open(path))?;
+    let blocks = file.metadata()?.len() / bs as u64;
+    if blocks == 0 {
+        return Err(std::io::Error::other("file smaller than one block"));
+    }
+    let mut ring = IoUring::new((depth * 2).max(8))?;
+    let mut bufs: Vec<AlignedBuf> = (0..depth).map(|_| AlignedBuf::new(bs as usize)).collect();
+    let mut rng = Rng::new(seed);
+    let fd = types::Fd(file.as_raw_fd());
+    let start = Instant::now();
+    let end = start + duration;
+    let mut inflight = 0u32;
+    let mut free: Vec<usize> = (0..depth as usize).collect();
+    let mut reads = 0u64;
+    loop {
+        let now = Instant::now();
+        let running = now < end;
+        if running {
+            while let Some(i) = free.pop() {
+                let off = rng.below(blocks) * bs as u64;
+                let e = opcode::Read::new(fd, bufs[i].as_mut_ptr(), bs)
+                    .offset(off)
+                    .build()
+                    .user_data(i as u64);
+                // SAFETY: bufs[i] lives until the ring is drained below.
+                unsafe { ring.submission().push(&e) }
+                    .map_err(|_| std::io::Error::other("submission queue full"))?;
+                inflight += 1;
+            }
+        } else if inflight == 0 {
+            break;
+        }
+        ring.submit_and_wait(1)?;
+        let done: Vec<(u64, i32)> = ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        for (i, res) in done {
+            if res < 0 {
+                return Err(std::io::Error::from_raw_os_error(-res));
+            }
+            inflight -= 1;
+            if Instant::now() <= end {
+                reads += 1;
+            }
+            free.push(i as usize);
+        }
+    }
+    Ok(RawResult {
+        reads,
+        elapsed_s: duration.as_secs_f64(),
+    })
+}

@@ -26,11 +26,10 @@ use augur_feature_store::{
 use io_uring::{IoUring, opcode, squeue, types};
 
 use crate::buf::AlignedBuf;
+use crate::emu::rng::Rng;
 use crate::emu::{FlashEmu, Outcome};
 use crate::error::ArrayError;
-use crate::policy::{
-    MAX_REPLICAS, Policy, ReadInfo, ReplicaView, Route, RouteScratch, SplitMix, next_after,
-};
+use crate::policy::{MAX_REPLICAS, Policy, ReadInfo, ReplicaView, Route, RouteScratch, next_after};
 use crate::replica::{ReplicaSpec, SECTOR, open_backing};
 
 /// A fault to inject into one replica, for tests and demonstrations: from the
@@ -595,7 +594,7 @@ pub struct Queue {
     ready: Vec<Completion>,
     failed_now: Vec<usize>,
     window: LatencyWindow,
-    rng: SplitMix,
+    rng: Rng,
     scratch: RouteScratch,
     reads: Vec<ReadInfo>,
     read_slots: Vec<usize>,
@@ -625,7 +624,7 @@ impl Queue {
             ready: Vec::new(),
             failed_now: Vec::new(),
             window: LatencyWindow::new(pct),
-            rng: SplitMix(seed),
+            rng: Rng::new(seed),
             scratch: RouteScratch::default(),
             reads: Vec::new(),
             read_slots: Vec::new(),

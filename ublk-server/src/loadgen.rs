@@ -15,7 +15,7 @@ use hdrhistogram::Histogram;
 
 use crate::array::{Array, ArrayStats, Completion, Request};
 use crate::buf::AlignedBuf;
-use crate::policy::SplitMix;
+use crate::emu::rng::Rng;
 
 /// Which mix of requests to generate.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -144,7 +144,7 @@ pub struct Progress {
 
 /// Generates the seeded request stream.
 struct Gen {
-    rng: SplitMix,
+    rng: Rng,
     blocks: u64,
     bs: u32,
 }
@@ -152,7 +152,7 @@ struct Gen {
 impl Gen {
     fn next(&mut self, workload: &Workload, t_ns: u64) -> (Op, u64) {
         let block = self.rng.below(self.blocks);
-        let write = self.rng.unit() * 100.0 < workload.write_pct_at(t_ns);
+        let write = self.rng.next_f64() * 100.0 < workload.write_pct_at(t_ns);
         let op = if write { Op::Write } else { Op::Read };
         (op, block * self.bs as u64)
     }
@@ -182,14 +182,14 @@ pub fn run_load(
         .queue(0, ring)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut gen_ = Gen {
-        rng: SplitMix(spec.seed),
+        rng: Rng::new(spec.seed),
         blocks,
         bs,
     };
-    let mut arrivals = SplitMix(spec.seed ^ 0xA5A5_5A5A_0F0F_F0F0);
+    let mut arrivals = Rng::new(spec.seed ^ 0xA5A5_5A5A_0F0F_F0F0);
     // Write payload: seeded bytes, the same for every policy.
     let mut payload = AlignedBuf::new(bs as usize);
-    let mut fill = SplitMix(spec.seed ^ 0x5EED);
+    let mut fill = Rng::new(spec.seed ^ 0x5EED);
     for chunk in payload.chunks_mut(8) {
         let v = fill.next_u64().to_le_bytes();
         chunk.copy_from_slice(&v[..chunk.len()]);
@@ -274,7 +274,7 @@ pub fn run_load(
                     ) {
                         res.overruns += 1;
                     }
-                    let gap = -(1.0 - arrivals.unit()).ln() / rate * 1e9;
+                    let gap = -(1.0 - arrivals.next_f64()).ln() / rate * 1e9;
                     next_arrival += gap.max(1.0) as u64;
                 }
                 timeout = Some(next_arrival.saturating_sub(now).max(1_000));

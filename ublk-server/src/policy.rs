@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use augur_feature_store::HistorySnapshot;
 
+use crate::emu::rng::Rng;
 use crate::error::ArrayError;
 
 /// Most replicas an array may have.
@@ -127,31 +128,6 @@ pub struct RouteScratch {
     cand: Vec<u16>,
 }
 
-/// A small seeded generator for the `random` policy (SplitMix64).
-#[derive(Clone, Debug)]
-pub struct SplitMix(pub u64);
-
-impl SplitMix {
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((self.next_u64() as u128 * n as u128) >> 64) as u64
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// The primary replica for an offset: stripes of [`STRIPE_BYTES`] go to the
 /// replicas in turn, skipping failed ones. `None` when no replica is live.
 pub fn primary_for(view: &dyn ReplicaView, offset: u64) -> Option<u16> {
@@ -216,7 +192,7 @@ impl Policy {
         view: &dyn ReplicaView,
         now_ns: u64,
         reads: &[ReadInfo],
-        rng: &mut SplitMix,
+        rng: &mut Rng,
         scratch: &mut RouteScratch,
         out: &mut Vec<Route>,
     ) -> bool {
@@ -422,7 +398,7 @@ mod tests {
             v,
             0,
             &reads,
-            &mut SplitMix(1),
+            &mut Rng::new(1),
             &mut RouteScratch::default(),
             &mut out
         ));

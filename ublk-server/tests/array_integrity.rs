@@ -9,7 +9,8 @@ use std::sync::Arc;
 use augur::array::{Array, ArrayConfig, Completion, FaultPlan, Request};
 use augur::buf::AlignedBuf;
 use augur::emu::Profile;
-use augur::policy::{POLICY_NAMES, Policy, PredictInput, SlowPredictor, SplitMix};
+use augur::emu::rng::Rng;
+use augur::policy::{POLICY_NAMES, Policy, PredictInput, SlowPredictor};
 use augur::replica::ReplicaSpec;
 use augur_feature_store::Op;
 
@@ -72,7 +73,7 @@ struct Outcome {
 fn drive(array: &Array, seed: u64, n: usize, expect_all_ok: bool) -> (Vec<u8>, Outcome) {
     let mut shadow = vec![0u8; SIZE as usize];
     let mut q = array.queue(0, 256).unwrap();
-    let mut rng = SplitMix(seed);
+    let mut rng = Rng::new(seed);
     let blocks = SIZE / BS;
     let mut busy: HashSet<u64> = HashSet::new();
     let mut pending: Vec<Option<InFlight>> = (0..16).map(|_| None).collect();
