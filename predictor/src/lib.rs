@@ -1,4 +1,25 @@
 //! Feature encodings, model file, CPU inference (f32 and integer), training,
 //! quantization, evaluation and C code generation for the slow-I/O predictor.
 //!
-//! Being built: the predictor arrives in its own issue.
+//! - [`features`]: the LinnOS (31 digits) and Heimdall (12 features) encodings.
+//! - [`model`]: f32 + quantized layers, the self-describing model file.
+//! - [`infer`]: the f32 path and the bit-specified integer fast path.
+//! - `train`, `label`, `eval`, `trace`: training from logs and traces.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod features;
+pub mod infer;
+pub mod model;
+
+pub mod eval;
+pub mod label;
+pub mod trace;
+pub mod train;
+
+pub use features::{
+    FeatureSet, HEIMDALL_INPUTS, IntScaler, LINNOS_INPUTS, MinMax, ReadInfo, encode_linnos,
+    heimdall_raw,
+};
+pub use infer::{Kernel, Scratch};
+pub use model::{Activation, Layer, Model, ModelError, QuantLayer, TrainingMeta};

@@ -23,7 +23,7 @@ pub enum ReplicaSource {
         /// How many.
         count: usize,
         /// Their emulator profile.
-        profile: Profile,
+        profile: Box<Profile>,
         /// Directory for the files (None: /dev/shm when present, else the temp dir).
         dir: Option<PathBuf>,
         /// Size of each, bytes.
@@ -241,7 +241,7 @@ fn open_array(
             let specs = (0..*count)
                 .map(|i| {
                     ReplicaSpec::emulated(
-                        profile.clone(),
+                        (**profile).clone(),
                         tmp.path().join(format!("replica{i}.img")),
                     )
                 })

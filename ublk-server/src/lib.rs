@@ -6,6 +6,8 @@ pub mod bench;
 pub mod buf;
 pub mod emu;
 pub mod error;
+pub mod fuse;
 pub mod loadgen;
 pub mod policy;
+pub mod predict;
 pub mod replica;

@@ -12,8 +12,12 @@ use augur::emu::Profile;
 use augur::error::ArrayError;
 use augur::loadgen::{LoadSpec, Progress, Workload};
 use augur::policy::Policy;
+use augur::predict::ModelPredictor;
 use augur::replica::ReplicaSpec;
 use clap::{Args, Parser, Subcommand};
+use std::sync::Arc;
+
+mod cli_predict;
 
 /// Augur: a replicated flash block device that predicts, per read, whether a
 /// replica is about to be slow and sends the read elsewhere.
@@ -34,6 +38,18 @@ enum Cmd {
     Record(RecordArgs),
     /// Emulator profiles: list the shipped ones, or show one's parameters and latency.
     Profile(ProfileArgs),
+    /// Serve the array as one file, disk.img, in a FUSE mount (a block device where ublk is missing).
+    Fuse(FuseArgs),
+    /// Train a model from training logs (burn, CPU).
+    Train(cli_predict::TrainArgs),
+    /// Accuracy, false-submit/revoke rates, ROC AUC of a model on logs, f32 and integer paths.
+    Eval(cli_predict::EvalArgs),
+    /// Inspect model files.
+    #[command(subcommand)]
+    Model(cli_predict::ModelCmd),
+    /// Import I/O traces (MSR-Cambridge CSV, blkparse text).
+    #[command(subcommand)]
+    Trace(cli_predict::TraceCmd),
 }
 
 #[derive(Args)]
@@ -114,6 +130,9 @@ struct BenchArgs {
     /// Print one JSON array (an object per policy) instead of the table.
     #[arg(long)]
     json: bool,
+    /// Model for the linnos policies: a file, or `default` for the shipped one.
+    #[arg(long, default_value = "default")]
+    model: String,
 }
 
 #[derive(Args)]
@@ -126,6 +145,43 @@ struct RecordArgs {
     /// Training-log file to write.
     #[arg(long)]
     out: PathBuf,
+    /// Model for the linnos policies: a file, or `default` for the shipped one.
+    #[arg(long, default_value = "default")]
+    model: String,
+}
+
+#[derive(Args)]
+struct FuseArgs {
+    /// Replicas: PATH or emu:PROFILE:PATH (repeat).
+    #[arg(long = "replica", required_unless_present = "cleanup")]
+    replica: Vec<String>,
+    /// Empty directory to mount on; it will hold disk.img.
+    #[arg(long, required_unless_present = "cleanup")]
+    mount: Option<PathBuf>,
+    /// Read routing policy.
+    #[arg(long, default_value = "baseline")]
+    policy: String,
+    /// FUSE worker threads, each with its own array queue.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+    /// Attach a loop device (direct I/O, 4096-byte sectors) to disk.img and print it.
+    #[arg(long = "loop")]
+    attach_loop: bool,
+    /// Create missing --replica files with this size.
+    #[arg(long, value_parser = parse_size)]
+    size: Option<u64>,
+    /// Most I/Os in flight to one replica from one worker.
+    #[arg(long, default_value_t = 64)]
+    replica_depth: u32,
+    /// Seed of the emulators and the random policy.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Percentile of recent read latency after which `hedge` sends a second copy.
+    #[arg(long, default_value_t = 95.0)]
+    hedge_pct: f64,
+    /// Clear what a crashed daemon left at DIR (loop devices on DIR/disk.img, the mount) and exit.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["replica", "mount", "attach_loop"])]
+    cleanup: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -194,7 +250,7 @@ fn bench_setup(args: &LoadArgs) -> anyhow::Result<BenchSetup> {
         }
         ReplicaSource::Fresh {
             count: args.replicas,
-            profile: load_profile(args)?,
+            profile: Box::new(load_profile(args)?),
             dir: args.dir.clone(),
             size: args.size.unwrap_or(1 << 30),
         }
@@ -286,21 +342,35 @@ fn policies(list: &str) -> Vec<String> {
         .collect()
 }
 
+/// The model-backed predictor, loaded only when a policy needs one.
+fn predictor_for(
+    pols: &[String],
+    model: &str,
+) -> anyhow::Result<Option<Arc<dyn augur::policy::SlowPredictor>>> {
+    if !pols.iter().any(|p| p.starts_with("linnos")) {
+        return Ok(None);
+    }
+    let m = cli_predict::load_model(model)?;
+    Ok(Some(ModelPredictor::new(m, model).into_dyn()))
+}
+
 fn cmd_bench(args: BenchArgs) -> anyhow::Result<()> {
     let setup = bench_setup(&args.load)?;
     let pols = policies(&args.policy);
     if pols.is_empty() {
         return Err(ArrayError::BadSpec("--policy is empty".into()).into());
     }
+    let predictor = predictor_for(&pols, &args.model)?;
     let line = ProgressLine::new(setup.load.duration);
-    let reports = run_bench(&setup, &pols, None, &mut |p, pr| line.update(p, pr))?;
+    let reports = run_bench(&setup, &pols, predictor, &mut |p, pr| line.update(p, pr))?;
     line.bar.finish_and_clear();
     print_reports(&reports, args.json)
 }
 
 fn cmd_record(args: RecordArgs) -> anyhow::Result<()> {
     let setup = bench_setup(&args.load)?;
-    let policy = Policy::from_name(&args.policy, None)?;
+    let predictor = predictor_for(std::slice::from_ref(&args.policy), &args.model)?;
+    let policy = Policy::from_name(&args.policy, predictor)?;
     let line = ProgressLine::new(setup.load.duration);
     let (report, written, dropped) =
         run_record(&setup, policy, &args.out, &mut |p, pr| line.update(p, pr))?;
@@ -335,7 +405,14 @@ fn cmd_demo(args: DemoArgs) -> anyhow::Result<()> {
         fail_at: None,
     };
     let setup = bench_setup(&load)?;
-    let pols = policies("baseline,random,hedge,oracle");
+    // The learned policies join when this build ships a model.
+    let model = augur_predictor::Model::default_model().ok();
+    let pols = policies(if model.is_some() {
+        "baseline,random,hedge,linnos,linnos+hedge,oracle"
+    } else {
+        "baseline,random,hedge,oracle"
+    });
+    let predictor = model.map(|m| ModelPredictor::new(m, "default").into_dyn());
     if !args.json {
         println!(
             "Augur demo: 3 emulated gc-heavy replicas (1 GiB each, tmpfs), 70/30 random 4 KiB read/write,\n\
@@ -344,16 +421,54 @@ fn cmd_demo(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     let line = ProgressLine::new(setup.load.duration);
-    let reports = run_bench(&setup, &pols, None, &mut |p, pr| line.update(p, pr))?;
+    let reports = run_bench(&setup, &pols, predictor, &mut |p, pr| line.update(p, pr))?;
     line.bar.finish_and_clear();
     print_reports(&reports, args.json)?;
     if !args.json {
         println!(
             "\nbaseline reads the primary replica even while it garbage-collects; hedge sends a\n\
-             second copy after p95; oracle knows the emulator's stalls (the best any predictor can do)."
+             second copy after p95; linnos asks the shipped model whether the replica is about\n\
+             to be slow and, if so, reads elsewhere; oracle knows the emulator's stalls (the\n\
+             best any predictor can do). Tails move with CPU noise: compare rows of one run."
         );
     }
     Ok(())
+}
+
+fn cmd_fuse(args: FuseArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &args.cleanup {
+        let r = augur::fuse::cleanup(dir)?;
+        for dev in &r.loops {
+            println!("detached {dev}");
+        }
+        if r.unmounted {
+            println!("unmounted {}", dir.display());
+        }
+        if r.loops.is_empty() && !r.unmounted {
+            println!("nothing to clean up at {}", dir.display());
+        }
+        return Ok(());
+    }
+    let Some(mount) = args.mount else {
+        return Err(ArrayError::BadSpec("--mount DIR is required".into()).into());
+    };
+    let replicas = args
+        .replica
+        .iter()
+        .map(|s| ReplicaSpec::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut cfg = augur::array::ArrayConfig::new(replicas);
+    cfg.create_size = args.size;
+    cfg.replica_depth = args.replica_depth;
+    cfg.seed = args.seed;
+    cfg.hedge_percentile = args.hedge_pct;
+    let policy = Policy::from_name(&args.policy, None)?;
+    let opts = augur::fuse::FuseOptions {
+        mount,
+        threads: args.threads,
+        attach_loop: args.attach_loop,
+    };
+    augur::fuse::serve(cfg, policy, &opts)
 }
 
 fn cmd_profile(args: ProfileArgs) -> anyhow::Result<()> {
@@ -396,6 +511,11 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => cmd_bench(a),
         Cmd::Record(a) => cmd_record(a),
         Cmd::Profile(a) => cmd_profile(a),
+        Cmd::Fuse(a) => cmd_fuse(a),
+        Cmd::Train(a) => cli_predict::cmd_train(a),
+        Cmd::Eval(a) => cli_predict::cmd_eval(a),
+        Cmd::Model(c) => cli_predict::cmd_model(c),
+        Cmd::Trace(c) => cli_predict::cmd_trace(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -204,3 +204,96 @@ fn fault_injection_flag_fails_a_replica_and_bench_still_serves() {
     assert_eq!(v[0]["errors"], 0);
     assert_eq!(v[0]["replicas"][1]["live"], false);
 }
+
+#[test]
+fn record_train_eval_show_and_linnos_bench() {
+    let d = shm_dir();
+    let log = d.path().join("train.log");
+    let model = d.path().join("m.augm");
+    let o = augur(&[
+        "record",
+        "--duration",
+        "400ms",
+        "--size",
+        "64M",
+        "--dir",
+        d.path().to_str().unwrap(),
+        "--out",
+        log.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = augur(&[
+        "train",
+        "--log",
+        log.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--label",
+        "p95",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = augur(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--log",
+        log.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for path in ["f32", "int"] {
+        for k in ["accuracy", "false_submit_rate", "false_revoke_rate", "auc"] {
+            assert!(v[path][k].is_number(), "{path}.{k} missing: {v}");
+        }
+    }
+    let o = augur(&["model", "show", model.to_str().unwrap()]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("31-256-2"));
+    let o = augur(&[
+        "bench",
+        "--policy",
+        "baseline,linnos,linnos+hedge",
+        "--model",
+        model.to_str().unwrap(),
+        "--duration",
+        "300ms",
+        "--size",
+        "64M",
+        "--dir",
+        d.path().to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v[1]["predictions_per_read"].as_f64().unwrap() >= 1.0, "{v}");
+}
+
+#[test]
+fn corrupt_model_is_rejected_by_name() {
+    let d = tempfile::tempdir().unwrap();
+    let bad = d.path().join("bad.augm");
+    std::fs::write(&bad, b"AUGURMDL but not really a model").unwrap();
+    let o = augur(&["model", "show", bad.to_str().unwrap()]);
+    assert_bad_input(&o, "bad.augm");
+    let o = augur(&[
+        "bench",
+        "--policy",
+        "linnos",
+        "--model",
+        bad.to_str().unwrap(),
+        "--duration",
+        "100ms",
+    ]);
+    assert_bad_input(&o, "bad.augm");
+}
+
+#[test]
+fn default_model_ships_and_shows() {
+    let o = augur(&["model", "show", "default"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("feature set linnos"));
+}

@@ -85,6 +85,9 @@ struct GcParams {
     duration_jitter: f64,
     read_stall: bool,
     write_slowdown: f64,
+    read_block_fraction: Option<f64>,
+    erase_ns: Option<f64>,
+    erase_gap_ns: Option<f64>,
 }
 
 /// Precomputed noisy-neighbour slowdown.
@@ -126,6 +129,8 @@ pub struct FlashEmu {
     next_threshold: u64,
     gc_start: u64,
     gc_end: u64,
+    /// Channels the current GC window erases (with `read_block_fraction`).
+    gc_busy: Vec<bool>,
     // Noisy neighbour.
     noisy: Option<(NoisyParams, NoisyTrack)>,
     // Faults.
@@ -157,6 +162,9 @@ impl FlashEmu {
             duration_jitter: g.duration_jitter.clamp(0.0, 1.0),
             read_stall: g.read_stall,
             write_slowdown: g.write_slowdown.max(1.0),
+            read_block_fraction: g.read_block_fraction,
+            erase_ns: g.erase_ms.map(|e| e * 1e6),
+            erase_gap_ns: g.erase_gap_ms.map(|e| e * 1e6),
         });
         let (since_gc, next_threshold) = match &gc {
             Some(g) => {
@@ -200,6 +208,7 @@ impl FlashEmu {
             next_threshold,
             gc_start: 0,
             gc_end: 0,
+            gc_busy: vec![false; profile.channels.max(1) as usize],
             noisy,
             fail_after_ios,
             fail_at_ns,
@@ -248,7 +257,28 @@ impl FlashEmu {
                     && g.read_stall
                     && let Some(end) = self.gc_covering(start)
                 {
-                    start = end;
+                    // Without read_block_fraction/erase_ms every read waits
+                    // for the window's end. With them, the window erases
+                    // some channels in cycles of `erase` busy then
+                    // `erase_gap` idle (reads run in between): a
+                    // read *arriving* on such a channel mid-erase waits for
+                    // that erase to finish.
+                    if g.read_block_fraction.is_none() {
+                        start = end;
+                    } else if self.gc_busy[ch] && now_ns >= self.gc_start {
+                        let wait = match g.erase_ns {
+                            Some(e) => {
+                                let e = (e as u64).max(1);
+                                let gap = g.erase_gap_ns.map_or(e, |x| x as u64);
+                                let phase = (now_ns - self.gc_start) % (e + gap);
+                                (phase < e).then(|| now_ns + (e - phase))
+                            }
+                            None => Some(end),
+                        };
+                        if let Some(t) = wait {
+                            start = start.max(end.min(t));
+                        }
+                    }
                 }
                 (
                     Some(ch),
@@ -336,6 +366,16 @@ impl FlashEmu {
             } else {
                 self.gc_start = now_ns;
                 self.gc_end = now_ns.saturating_add(dur);
+                if let Some(f) = g.read_block_fraction {
+                    // A fresh set of erasing channels, at least one.
+                    for b in self.gc_busy.iter_mut() {
+                        *b = self.gc_rng.next_f64() < f;
+                    }
+                    if !self.gc_busy.iter().any(|&b| b) {
+                        let ch = self.gc_rng.below(self.gc_busy.len() as u64) as usize;
+                        self.gc_busy[ch] = true;
+                    }
+                }
             }
             self.stats.gc_windows += 1;
         }

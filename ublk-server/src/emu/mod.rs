@@ -22,8 +22,13 @@
 //!    `busy_until[ch] = completion`. A flush holds no channel; it starts once
 //!    every channel has drained (`max(now, max busy_until)`).
 //! 3. **GC stall.** If a GC window covers `start` and `gc.read_stall`, a read
-//!    starts when the window ends. A write started inside a window has its
-//!    service time multiplied by `gc.write_slowdown`.
+//!    starts when the window ends — or, with `gc.read_block_fraction` set,
+//!    only a read on one of the channels the window erases (each channel is
+//!    picked with that probability when the window opens, at least one) and
+//!    arriving while an erase runs waits for that erase to finish: erasing
+//!    channels cycle through `gc.erase_ms` of erase and `gc.erase_gap_ms` of
+//!    idle time from the window's start. A write started inside a window has
+//!    its service time multiplied by `gc.write_slowdown`.
 //! 4. **Service time** (µs): read `read_base_us + read_us_per_kib * KiB`,
 //!    write `write_base_us + write_us_per_kib * KiB`, flush `flush_us`,
 //!    discard and write-zeroes `discard_us`.
@@ -67,8 +72,8 @@
 //! | profile | channels | 4 KiB read / write | jitter σ | GC | noisy neighbour |
 //! |---|---|---|---|---|---|
 //! | `fast-nvme` | 8 | 80 / 20 µs | 0.15 | every 512 MiB ±50 %, 1 ms ±50 % | — |
-//! | `gc-heavy` | 8 | 90 / 24 µs | 0.2 | every 24 MiB ±50 %, 10 ms ±50 %, reads stall, writes ×4 | — |
-//! | `noisy-neighbor` | 8 | 80 / 20 µs | 0.15 | — | gap 150 ms, period 3 ms, ×25 |
+//! | `gc-heavy` | 8 | 90 / 24 µs | 0.2 | every 128 MiB ±50 %, 120 ms ±50 %; half the channels erase (3 ms erase, 1 ms gap) and block reads; writes ×4 | — |
+//! | `noisy-neighbor` | 8 | 80 / 20 µs | 0.15 | — | gap 300 ms, period 20 ms, ×10 |
 //!
 //! # Simulated read latency
 //!
@@ -79,24 +84,16 @@
 //! | profile | read p50 µs | p99 µs | p99.9 µs | max µs | IOPS |
 //! |---|---|---|---|---|---|
 //! | `fast-nvme` | 150 | 568 | 741 | 970 | 97 125 |
-//! | `gc-heavy` | 170 | 658 | 5 503 | 13 666 | 81 663 |
-//! | `noisy-neighbor` | 150 | 599 | 2 436 | 6 627 | 93 883 |
+//! | `gc-heavy` | 171 | 703 | 3 057 | 3 403 | 80 526 |
+//! | `noisy-neighbor` | 151 | 624 | 2 571 | 6 931 | 92 759 |
 //!
 //! (Depth 16 on 8 channels keeps the device busy, so p50 includes channel
 //! queueing: it is about twice the unloaded 80 µs read.)
 //!
-//! Three replicas, writes to all, open-loop Poisson arrivals at 20 000 IOPS
-//! total capped at depth 32 ([`simulate`]), read p99.9 by routing policy:
-//!
-//! | profile | IOPS | baseline p50 / p99 / p99.9 µs | oracle p50 / p99 / p99.9 µs |
-//! |---|---|---|---|
-//! | `fast-nvme` | 20 000 | 81 / 149 / 189 | 76 / 99 / 109 |
-//! | `gc-heavy` | 10 000 | 91 / 176 / 8 574 | 83 / 118 / 131 |
-//! | `gc-heavy` | 20 000 | 92 / 219 / 10 656 | 84 / 120 / 137 |
-//! | `gc-heavy` | 30 000 | 93 / 266 / 11 437 | 84 / 123 / 145 |
-//! | `noisy-neighbor` | 10 000 | 81 / 2 124 / 4 284 | 75 / 98 / 108 |
-//! | `noisy-neighbor` | 20 000 | 81 / 2 223 / 5 573 | 76 / 100 / 112 |
-//! | `noisy-neighbor` | 30 000 | 82 / 2 126 / 5 666 | 76 / 102 / 120 |
+//! The three-replica tables by policy come from the real array:
+//! `augur bench --profile NAME --policy baseline,hedge,oracle` (see the
+//! README). An earlier, virtual-time version of that comparison is kept as
+//! [`simulate`].
 //!
 //! (`emu::tests::array_oracle_halves_baseline_tail` checks the oracle at
 //! least halves baseline p99.9 and that baseline p99.9 exceeds 2 ms.)

@@ -78,10 +78,26 @@ pub struct GcConfig {
     /// Each window lasts `duration_ms * (1 + duration_jitter * U(-1, 1))`;
     /// a fraction in `0..1`.
     pub duration_jitter: f64,
-    /// Reads that would start inside a window wait until it ends.
+    /// Reads that would start inside a window are blocked (see
+    /// `read_block_fraction` and `erase_ms`; without them, every such read
+    /// waits until the window ends).
     pub read_stall: bool,
     /// Multiplier (>= 1) on the service time of writes started inside a window.
     pub write_slowdown: f64,
+    /// Fraction in `(0, 1]` of the reads started inside a window that land
+    /// on a die busy erasing and are blocked; the others run normally.
+    /// Unset: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_block_fraction: Option<f64>,
+    /// How long a blocked read waits behind the erase, ms (each wait is
+    /// `erase_ms * U(0.5, 1.5)`, never past the window's end). Unset: until
+    /// the window ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erase_ms: Option<f64>,
+    /// Idle time between two erases on an erasing channel, ms (reads run
+    /// freely then). Unset: the same as `erase_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erase_gap_ms: Option<f64>,
 }
 
 /// Noisy-neighbour busy periods: an alternating renewal process in time.
@@ -330,6 +346,16 @@ impl Profile {
             non_negative(p, "gc.duration_ms", gc.duration_ms)?;
             in_range(p, "gc.duration_jitter", gc.duration_jitter, 0.0, 1.0, false)?;
             multiplier(p, "gc.write_slowdown", gc.write_slowdown)?;
+            if let Some(f) = gc.read_block_fraction {
+                positive(p, "gc.read_block_fraction", f)?;
+                in_range(p, "gc.read_block_fraction", f, 0.0, 1.0, false)?;
+            }
+            if let Some(e) = gc.erase_ms {
+                positive(p, "gc.erase_ms", e)?;
+            }
+            if let Some(e) = gc.erase_gap_ms {
+                non_negative(p, "gc.erase_gap_ms", e)?;
+            }
         }
         if let Some(n) = &p.noisy_neighbor {
             positive(p, "noisy_neighbor.mean_interval_ms", n.mean_interval_ms)?;

@@ -107,6 +107,9 @@ fn gc_windows_follow_written_volume_and_stall_reads() {
         duration_jitter: 0.0,
         read_stall: true,
         write_slowdown: 3.0,
+        read_block_fraction: None,
+        erase_ms: None,
+        erase_gap_ms: None,
     });
     let mut e = FlashEmu::new(p, 5);
     // The initial accumulated amount is random but below one threshold, so
@@ -304,19 +307,19 @@ fn print_builtin_profile_latencies() {
     }
 }
 
-/// The tuning target: on 3 replicas, 70/30 random 4 KiB, depth 32, at 10k,
-/// 20k and 30k IOPS total, baseline read p99.9 is several ms, while routing
+/// The tuning target: on 3 replicas, 70/30 random 4 KiB, depth 32, at 30k
+/// and 60k IOPS total, baseline read p99.9 is several ms, while routing
 /// each read to the replica the oracle says is fastest at least halves it.
 #[test]
 fn array_oracle_halves_baseline_tail() {
     for name in Profile::builtin_names() {
         let p = Profile::builtin(name).unwrap();
-        for iops in [10_000.0, 20_000.0, 30_000.0] {
+        for iops in [30_000.0, 60_000.0] {
             let cfg = |policy| SimConfig {
                 replicas: 3,
                 depth: 32,
                 iops: Some(iops),
-                n_ios: 200_000,
+                n_ios: 400_000,
                 read_fraction: 0.7,
                 bs: 4096,
                 span_bytes: 1 << 30,
@@ -342,4 +345,43 @@ fn array_oracle_halves_baseline_tail() {
             }
         }
     }
+}
+
+#[test]
+fn partial_gc_blocks_reads_on_erasing_channels_until_the_erase_ends() {
+    let mut p = flat(8);
+    p.gc = Some(GcConfig {
+        trigger_mib: 1.0,
+        trigger_jitter: 0.0,
+        duration_ms: 100.0,
+        duration_jitter: 0.0,
+        read_stall: true,
+        write_slowdown: 1.0,
+        read_block_fraction: Some(0.5),
+        erase_ms: Some(2.0),
+        erase_gap_ms: Some(1.0),
+    });
+    let mut e = FlashEmu::new(p, 9);
+    // Write until a window opens.
+    let mut now = 0u64;
+    while !e.is_stalled(now) {
+        now += 10_000;
+        e.submit(now, Op::Write, 0, 1 << 20);
+    }
+    let start = now;
+    let base = e.peek_read_latency(start + 50_000_000, 7 * 65536, 4096);
+    let ch_stride = 65536u64;
+    // Mid-erase (0.5 ms into the 2 ms erase): blocked channels wait ~1.5 ms,
+    // the others do not.
+    let t = start + 500_000;
+    let lat: Vec<u64> = (0..8)
+        .map(|c| e.peek_read_latency(t, c * ch_stride + 8 * ch_stride * 10, 4096))
+        .collect();
+    let blocked = lat.iter().filter(|&&l| l >= 1_400_000).count();
+    let free = lat.iter().filter(|&&l| l < 1_000_000).count();
+    assert!(blocked >= 1 && blocked + free == 8, "{lat:?}");
+    // In the gap between erases (2.5 ms in), nobody is blocked.
+    let t = start + 2_500_000;
+    assert!((0..8).all(|c| e.peek_read_latency(t, c * ch_stride, 4096) < 1_000_000));
+    assert!(base < 1_000_000);
 }

@@ -1,0 +1,288 @@
+//! The `augur` subcommands that make, inspect and judge models:
+//! `train`, `eval`, `model show`, `trace import`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use augur_feature_store::{LogWriter, TrainingRecord, read_log};
+use augur_predictor::eval::evaluate;
+use augur_predictor::label::LabelRule;
+use augur_predictor::trace::{ImportOptions, TraceFormat, import_file};
+use augur_predictor::train::{Arch, Progress, ReplicaSelection, TrainConfig, train};
+use augur_predictor::{Model, ModelError};
+use clap::{Args, Subcommand};
+
+use augur::error::ArrayError;
+
+/// `augur train`.
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Training logs (from `augur record` or `augur trace import`).
+    #[arg(long = "log", required = true, num_args = 1..)]
+    logs: Vec<PathBuf>,
+    /// Model file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Architecture: base (31-256-2), deep1, deep2, heimdall.
+    #[arg(long, default_value = "base")]
+    arch: String,
+    /// Train on one replica's reads (its index), or `pooled`.
+    #[arg(long, default_value = "pooled")]
+    replica: String,
+    /// Label rule: inflection (the tangent method) or a percentile like p95.
+    #[arg(long, default_value = "inflection")]
+    label: String,
+    /// Loss weight of a false submit (slow predicted fast) relative to a false revoke.
+    #[arg(long, default_value_t = 5.0)]
+    false_submit_weight: f32,
+    /// Fraction of reads held out for validation.
+    #[arg(long, default_value_t = 0.2)]
+    validation: f64,
+    /// Most epochs.
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    /// Epochs without validation improvement before stopping.
+    #[arg(long, default_value_t = 4)]
+    patience: usize,
+    /// Minibatch size.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Seed (training is reproducible for a given seed and data).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Date to record in the model (YYYY-MM-DD; default today), for byte-identical rebuilds.
+    #[arg(long)]
+    date: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `augur eval`.
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Model file, or `default` for the shipped model.
+    #[arg(long, default_value = "default")]
+    model: String,
+    /// Logs to evaluate on.
+    #[arg(long = "log", required = true, num_args = 1..)]
+    logs: Vec<PathBuf>,
+    /// Slow/fast threshold in microseconds (default: the model's own).
+    #[arg(long)]
+    threshold_us: Option<u32>,
+    /// Only this replica's reads.
+    #[arg(long)]
+    replica: Option<u16>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `augur model ...`.
+#[derive(Subcommand)]
+pub enum ModelCmd {
+    /// Print a model file's header, shapes, scales and training metadata.
+    Show {
+        /// Model file, or `default`.
+        model: String,
+    },
+}
+
+/// `augur trace ...`.
+#[derive(Subcommand)]
+pub enum TraceCmd {
+    /// Turn an MSR-Cambridge CSV or blkparse text trace into a training log.
+    Import {
+        /// The trace file.
+        input: PathBuf,
+        /// Training log to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// msr or blkparse (default: detect from the first line).
+        #[arg(long)]
+        format: Option<String>,
+        /// Skip malformed lines (counted) instead of stopping at the first.
+        #[arg(long)]
+        skip_bad: bool,
+    },
+}
+
+/// Loads a model by file name or `default`; errors name the file.
+pub fn load_model(spec: &str) -> anyhow::Result<Model> {
+    if spec == "default" {
+        return Model::default_model().map_err(|e| match e {
+            ModelError::NoDefaultModel => anyhow::Error::new(ArrayError::BadSpec(
+                "this build has no default model (predictor/models/default.augm); give --model FILE".into(),
+            )),
+            e => anyhow::Error::new(e).context("loading the default model"),
+        });
+    }
+    Model::load(Path::new(spec))
+        .map_err(|e| anyhow::Error::new(ArrayError::BadSpec(format!("model {spec}: {e}"))))
+}
+
+fn load_logs(paths: &[PathBuf]) -> anyhow::Result<Vec<TrainingRecord>> {
+    let mut all = Vec::new();
+    for p in paths {
+        let recs = read_log(p).map_err(|e| {
+            anyhow::Error::new(ArrayError::BadSpec(format!("{}: {e}", p.display())))
+        })?;
+        all.extend(recs);
+    }
+    Ok(all)
+}
+
+/// `augur train`.
+pub fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
+    let bad = |m: String| anyhow::Error::new(ArrayError::BadSpec(m));
+    let arch = Arch::parse(&a.arch).ok_or_else(|| {
+        bad(format!(
+            "unknown --arch '{}' (base, deep1, deep2, heimdall)",
+            a.arch
+        ))
+    })?;
+    let replicas = if a.replica == "pooled" {
+        ReplicaSelection::Pooled
+    } else {
+        ReplicaSelection::Only(a.replica.parse().map_err(|_| {
+            bad(format!(
+                "--replica '{}' is not an index or 'pooled'",
+                a.replica
+            ))
+        })?)
+    };
+    let label = LabelRule::parse(&a.label).map_err(|e| bad(format!("--label: {e}")))?;
+    let records = load_logs(&a.logs)?;
+    let names: Vec<String> = a.logs.iter().map(|p| p.display().to_string()).collect();
+    let cfg = TrainConfig {
+        arch,
+        replicas,
+        label,
+        false_submit_weight: a.false_submit_weight,
+        validation_fraction: a.validation,
+        max_epochs: a.epochs,
+        patience: a.patience,
+        batch_size: a.batch,
+        learning_rate: a.lr,
+        seed: a.seed,
+        data_description: format!("{} records from {}", records.len(), names.join(", ")),
+        date: a.date,
+        ..TrainConfig::default()
+    };
+    cfg.validate().map_err(|e| bad(e.to_string()))?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut batches = 0u64;
+    let (model, report) = train(&records, &cfg, &mut |p| match p {
+        Progress::Prepared {
+            batches_per_epoch,
+            max_epochs,
+            ..
+        } => {
+            batches = batches_per_epoch as u64;
+            bar.set_length(batches * max_epochs as u64);
+        }
+        Progress::Batch { epoch, loss, .. } => {
+            bar.set_prefix(epoch.to_string());
+            bar.inc(1);
+            if bar.position().is_multiple_of(64) {
+                bar.set_message(format!("loss {loss:.4}"));
+            }
+        }
+        Progress::Epoch(s) => {
+            bar.set_message(format!(
+                "val loss {:.4} acc {:.2}%",
+                s.val_loss,
+                s.val_accuracy * 100.0
+            ));
+        }
+        Progress::EarlyStopped { .. } => {}
+    })
+    .map_err(|e| bad(format!("training failed: {e}")))?;
+    bar.finish_and_clear();
+    model
+        .save(&a.out)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render_text());
+        println!("wrote {}", a.out.display());
+    }
+    Ok(())
+}
+
+/// `augur eval`.
+pub fn cmd_eval(a: EvalArgs) -> anyhow::Result<()> {
+    let model = load_model(&a.model)?;
+    let mut records = load_logs(&a.logs)?;
+    if let Some(r) = a.replica {
+        records.retain(|x| x.replica == r);
+    }
+    let threshold = a.threshold_us.unwrap_or(model.meta().threshold_us);
+    let report = evaluate(&model, &records, threshold);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render_text());
+    }
+    Ok(())
+}
+
+/// `augur model ...`.
+pub fn cmd_model(c: ModelCmd) -> anyhow::Result<()> {
+    match c {
+        ModelCmd::Show { model } => {
+            let m = load_model(&model)?;
+            print!("{}", m.describe());
+        }
+    }
+    Ok(())
+}
+
+/// `augur trace ...`.
+pub fn cmd_trace(c: TraceCmd) -> anyhow::Result<()> {
+    match c {
+        TraceCmd::Import {
+            input,
+            out,
+            format,
+            skip_bad,
+        } => {
+            let fmt = match format.as_deref() {
+                None => None,
+                Some(f) => Some(TraceFormat::parse(f).ok_or_else(|| {
+                    ArrayError::BadSpec(format!("unknown trace format '{f}' (msr, blkparse)"))
+                })?),
+            };
+            let trace = import_file(&input, fmt, ImportOptions { skip_bad })
+                .map_err(|e| ArrayError::BadSpec(format!("{}: {e}", input.display())))?;
+            let recs = trace.training_records();
+            let file = std::fs::File::create(&out)
+                .with_context(|| format!("creating {}", out.display()))?;
+            let mut w = LogWriter::new(std::io::BufWriter::new(file))?;
+            w.write(&recs)?;
+            w.finish()?;
+            println!(
+                "{}: {} I/Os on {} disk(s), {} read records written to {}, {} malformed line(s) skipped",
+                input.display(),
+                trace.events.len(),
+                trace.disks.len(),
+                recs.len(),
+                out.display(),
+                trace.skipped
+            );
+            for e in &trace.skipped_examples {
+                eprintln!("  skipped: {e}");
+            }
+        }
+    }
+    Ok(())
+}
