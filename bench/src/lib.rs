@@ -15,12 +15,14 @@ use augur::emu::rng::Rng;
 use io_uring::{IoUring, opcode, types};
 
 /// What one raw run measured.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct RawResult {
     /// Reads completed.
     pub reads: u64,
     /// Seconds measured.
     pub elapsed_s: f64,
+    /// Read latency, microseconds (measured as `augur bench` measures it).
+    pub read_us: hdrhistogram::Histogram<u64>,
 }
 
 impl RawResult {
@@ -57,12 +59,17 @@ pub fn raw_randread(
     let mut inflight = 0u32;
     let mut free: Vec<usize> = (0..depth as usize).collect();
     let mut reads = 0u64;
+    let mut started = vec![start; depth as usize];
+    let mut read_us = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 100_000_000, 3)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut done: Vec<(u64, i32)> = Vec::with_capacity(depth as usize);
     loop {
         let now = Instant::now();
         let running = now < end;
         if running {
             while let Some(i) = free.pop() {
                 let off = rng.below(blocks) * bs as u64;
+                started[i] = now;
                 let e = opcode::Read::new(fd, bufs[i].as_mut_ptr(), bs)
                     .offset(off)
                     .build()
@@ -76,17 +83,18 @@ pub fn raw_randread(
             break;
         }
         ring.submit_and_wait(1)?;
-        let done: Vec<(u64, i32)> = ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (i, res) in done {
+        done.clear();
+        done.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+        let now = Instant::now();
+        for &(i, res) in &done {
             if res < 0 {
                 return Err(std::io::Error::from_raw_os_error(-res));
             }
             inflight -= 1;
-            if Instant::now() <= end {
+            if now <= end {
                 reads += 1;
+                let us = (now - started[i as usize]).as_micros().max(1) as u64;
+                let _ = read_us.record(us.min(100_000_000));
             }
             free.push(i as usize);
         }
@@ -94,5 +102,6 @@ pub fn raw_randread(
     Ok(RawResult {
         reads,
         elapsed_s: duration.as_secs_f64(),
+        read_us,
     })
 }

@@ -29,7 +29,9 @@ use crate::buf::AlignedBuf;
 use crate::emu::rng::Rng;
 use crate::emu::{FlashEmu, Outcome};
 use crate::error::ArrayError;
-use crate::policy::{MAX_REPLICAS, Policy, ReadInfo, ReplicaView, Route, RouteScratch, next_after};
+use crate::policy::{
+    MAX_REPLICAS, Policy, PolicyKind, ReadInfo, ReplicaView, Route, RouteScratch, next_after,
+};
 use crate::replica::{ReplicaSpec, SECTOR, open_backing};
 
 /// A fault to inject into one replica, for tests and demonstrations: from the
@@ -603,6 +605,8 @@ pub struct Queue {
     subs_busy: usize,
     unsubmitted: bool,
     cqes: Vec<(u64, i32)>,
+    /// The policy may hedge, so the latency window is kept.
+    hedging: bool,
 }
 
 impl Queue {
@@ -611,6 +615,10 @@ impl Queue {
         let n = inner.replicas.len();
         let seed = inner.seed ^ ((id as u64 + 1) << 48);
         let pct = inner.hedge_percentile;
+        let hedging = matches!(
+            inner.policy.kind(),
+            PolicyKind::Hedge | PolicyKind::Linnos { hedge: true, .. }
+        );
         Ok(Queue {
             inner,
             ring,
@@ -633,6 +641,7 @@ impl Queue {
             subs_busy: 0,
             unsubmitted: false,
             cqes: Vec::new(),
+            hedging,
         })
     }
 
@@ -1192,7 +1201,9 @@ impl Queue {
                     if kind == SubKind::Hedge {
                         inner.counters.hedge_wins.fetch_add(1, Relaxed);
                     }
-                    self.window.record(now.saturating_sub(slot.start_ns));
+                    if self.hedging {
+                        self.window.record(now.saturating_sub(slot.start_ns));
+                    }
                     let buf = if kind == SubKind::Hedge {
                         hedge_buf
                     } else {

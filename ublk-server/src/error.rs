@@ -9,7 +9,7 @@ pub enum ArrayError {
     #[error("replica {0} does not exist (give --size to create it)")]
     Missing(PathBuf),
     /// An I/O error on a replica backing while setting up.
-    #[error("{path}: {what}: {source}")]
+    #[error("{path}: {what}")]
     Io {
         /// The replica path.
         path: PathBuf,

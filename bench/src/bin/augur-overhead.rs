@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         seed: 7,
     };
     let (mut raw, mut arr) = (Vec::new(), Vec::new());
-    println!("round  raw io_uring IOPS  augur array IOPS  ratio");
+    println!("round  raw io_uring IOPS  augur array IOPS  ratio  raw p99 us  array p99 us");
     for round in 0..a.rounds {
         let run_raw = || augur_bench::raw_randread(&path, a.depth, a.bs, dur, 7 + round as u64);
         let run_arr = || run_load(&array, &load, &mut |_| {});
@@ -86,10 +86,12 @@ fn main() -> anyhow::Result<()> {
             (run_raw()?, x)
         };
         println!(
-            "{round:>5}  {:>17.0}  {:>16.0}  {:.3}",
+            "{round:>5}  {:>17.0}  {:>16.0}  {:.3}  {:>10}  {:>12}",
             r.iops(),
             x.iops(),
-            x.iops() / r.iops()
+            x.iops() / r.iops(),
+            r.read_us.value_at_quantile(0.99),
+            x.read_us.value_at_quantile(0.99)
         );
         raw.push(r.iops());
         arr.push(x.iops());
