@@ -10,7 +10,7 @@
 //! keeps no page cache of the file, so every read and write reaches the array
 //! and many may run at once. `FUSE_ASYNC_DIO` is requested at init, so a loop
 //! device (or io_uring/aio with `O_DIRECT`) keeps many requests in flight.
-//! Each FUSE worker thread (`--threads`, default 4, each with its own
+//! Each FUSE worker thread (`--threads`, default 16, each with its own
 //! `/dev/fuse` clone) owns an array [`Queue`] in a thread-local, created on its
 //! first request: the thread that took the FUSE request submits the replica
 //! I/O and waits for it on its own io_uring, with no hand-off.

@@ -161,8 +161,12 @@ struct FuseArgs {
     /// Read routing policy.
     #[arg(long, default_value = "baseline")]
     policy: String,
-    /// FUSE worker threads, each with its own array queue.
-    #[arg(long, default_value_t = 4)]
+    /// Model for the linnos policies: a file, or `default` for the shipped one.
+    #[arg(long, default_value = "default")]
+    model: String,
+    /// FUSE worker threads, each with its own array queue. Each handles one
+    /// request at a time, so this is the daemon's queue depth.
+    #[arg(long, default_value_t = 16)]
     threads: usize,
     /// Attach a loop device (direct I/O, 4096-byte sectors) to disk.img and print it.
     #[arg(long = "loop")]
@@ -462,7 +466,8 @@ fn cmd_fuse(args: FuseArgs) -> anyhow::Result<()> {
     cfg.replica_depth = args.replica_depth;
     cfg.seed = args.seed;
     cfg.hedge_percentile = args.hedge_pct;
-    let policy = Policy::from_name(&args.policy, None)?;
+    let predictor = predictor_for(std::slice::from_ref(&args.policy), &args.model)?;
+    let policy = Policy::from_name(&args.policy, predictor)?;
     let opts = augur::fuse::FuseOptions {
         mount,
         threads: args.threads,
