@@ -17,9 +17,26 @@ use crate::array::{Array, ArrayStats, Completion, Request};
 use crate::buf::AlignedBuf;
 use crate::emu::rng::Rng;
 
+/// One request of a replayed trace: when (ns after the start), what, where.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplayIo {
+    /// Arrival, ns after the run starts.
+    pub t_ns: u64,
+    /// Read or write (other ops are not replayed).
+    pub op: Op,
+    /// Byte offset.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u32,
+}
+
 /// Which mix of requests to generate.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Workload {
+    /// Replays a trace open-loop at its own arrival times (offsets wrapped
+    /// into the device and aligned to 4 KiB, lengths to 512 bytes, at most
+    /// 1 MiB); `depth` bounds the requests in flight.
+    Replay(std::sync::Arc<Vec<ReplayIo>>),
     /// Random reads only.
     RandRead,
     /// Random reads and writes, `read_pct` percent reads.
@@ -63,8 +80,8 @@ impl Workload {
     }
 
     fn write_pct_at(&self, t_ns: u64) -> f64 {
-        match *self {
-            Workload::RandRead => 0.0,
+        match self {
+            Workload::RandRead | Workload::Replay(_) => 0.0,
             Workload::Mixed { read_pct } => 100.0 - read_pct,
             Workload::WriteBurst {
                 period,
@@ -74,9 +91,9 @@ impl Workload {
             } => {
                 let p = period.as_nanos().max(1) as u64;
                 if ((t_ns % p) as f64) < p as f64 * burst_fraction {
-                    burst_write_pct
+                    *burst_write_pct
                 } else {
-                    base_write_pct
+                    *base_write_pct
                 }
             }
         }
@@ -112,7 +129,8 @@ pub struct LoadResult {
     pub writes: u64,
     /// Requests that failed.
     pub errors: u64,
-    /// Open-loop arrivals that found `depth` requests already in flight.
+    /// Open-loop arrivals that found `depth` requests in flight and had to
+    /// wait for one to finish (their latency includes the wait).
     pub overruns: u64,
     /// Wall time of the run, seconds.
     pub elapsed_s: f64,
@@ -147,14 +165,34 @@ struct Gen {
     rng: Rng,
     blocks: u64,
     bs: u32,
+    size: u64,
+    replay_pos: usize,
 }
 
 impl Gen {
-    fn next(&mut self, workload: &Workload, t_ns: u64) -> (Op, u64) {
+    /// The next request: op, offset, length.
+    fn next(&mut self, workload: &Workload, t_ns: u64) -> (Op, u64, u32) {
+        if let Workload::Replay(ios) = workload {
+            let io = ios[self.replay_pos % ios.len()];
+            self.replay_pos += 1;
+            let len = (io.len.clamp(512, 1 << 20).div_ceil(512) * 512) as u64;
+            let len = len.min(self.size);
+            let span = (self.size - len) / 4096 + 1;
+            let offset = (io.offset / 4096 % span) * 4096;
+            return (io.op, offset, len as u32);
+        }
         let block = self.rng.below(self.blocks);
         let write = self.rng.next_f64() * 100.0 < workload.write_pct_at(t_ns);
         let op = if write { Op::Write } else { Op::Read };
-        (op, block * self.bs as u64)
+        (op, block * self.bs as u64, self.bs)
+    }
+
+    /// Arrival of the next replayed request (ns after the start), if any.
+    fn replay_arrival(&self, workload: &Workload) -> Option<u64> {
+        match workload {
+            Workload::Replay(ios) => ios.get(self.replay_pos).map(|io| io.t_ns),
+            _ => None,
+        }
     }
 }
 
@@ -185,7 +223,16 @@ pub fn run_load(
         rng: Rng::new(spec.seed),
         blocks,
         bs,
+        size: array.size(),
+        replay_pos: 0,
     };
+    if let Workload::Replay(ios) = &spec.workload
+        && ios.is_empty()
+    {
+        return Err(std::io::Error::other(
+            "the trace to replay has no reads or writes",
+        ));
+    }
     let mut arrivals = Rng::new(spec.seed ^ 0xA5A5_5A5A_0F0F_F0F0);
     // Write payload: seeded bytes, the same for every policy.
     let mut payload = AlignedBuf::new(bs as usize);
@@ -216,31 +263,39 @@ pub fn run_load(
     let mut next_arrival = t0;
     let mut next_progress = t0 + 500_000_000;
     let mut out: Vec<Completion> = Vec::with_capacity(depth);
-    let mut submit = |q: &mut crate::array::Queue,
-                      free_tags: &mut Vec<usize>,
-                      pool: &mut Vec<AlignedBuf>,
-                      start: u64,
-                      start_of: &mut [u64],
-                      op_of: &mut [Op]| {
+    let submit = |q: &mut crate::array::Queue,
+                  gen_: &mut Gen,
+                  free_tags: &mut Vec<usize>,
+                  pool: &mut Vec<AlignedBuf>,
+                  start: u64,
+                  start_of: &mut [u64],
+                  op_of: &mut [Op]| {
         let Some(tag) = free_tags.pop() else {
             return false;
         };
-        let (op, offset) = gen_.next(&spec.workload, start - t0);
-        let mut buf = pool.pop().unwrap_or_else(|| AlignedBuf::new(bs as usize));
+        let (op, offset, len) = gen_.next(&spec.workload, start - t0);
+        let mut buf = match pool.pop() {
+            Some(b) if b.capacity() >= len as usize => b,
+            _ => AlignedBuf::new(len as usize),
+        };
+        buf.set_len(len as usize);
         if op == Op::Write {
-            buf.copy_from_slice(&payload);
+            for chunk in buf.chunks_mut(payload.len()) {
+                chunk.copy_from_slice(&payload[..chunk.len()]);
+            }
         }
         start_of[tag] = start;
         op_of[tag] = op;
         q.submit(Request {
             op,
             offset,
-            len: bs,
+            len,
             buf: Some(buf),
             user: tag as u64,
         });
         true
     };
+    let replay = matches!(spec.workload, Workload::Replay(_));
     loop {
         let now = array.now_ns();
         if now >= end {
@@ -248,10 +303,41 @@ pub fn run_load(
         }
         let mut timeout = Some(100_000_000u64.min(end - now));
         match spec.rate {
+            _ if replay => {
+                // The trace's own arrival times; stop when it runs out.
+                match gen_.replay_arrival(&spec.workload) {
+                    Some(first) => next_arrival = t0 + first,
+                    // The trace is over: finish what is in flight, then stop.
+                    None if q.in_flight() == 0 => break,
+                    None => next_arrival = u64::MAX,
+                }
+                while next_arrival <= now {
+                    if !submit(
+                        &mut q,
+                        &mut gen_,
+                        &mut free_tags,
+                        &mut pool,
+                        next_arrival,
+                        &mut start_of,
+                        &mut op_of,
+                    ) {
+                        // Depth reached: it waits (its latency counts from
+                        // its arrival in the trace).
+                        res.overruns += 1;
+                        break;
+                    }
+                    match gen_.replay_arrival(&spec.workload) {
+                        Some(t) => next_arrival = t0 + t,
+                        None => break,
+                    }
+                }
+                timeout = Some(next_arrival.saturating_sub(now).clamp(1_000, 100_000_000));
+            }
             None => {
                 while q.in_flight() < depth {
                     if !submit(
                         &mut q,
+                        &mut gen_,
                         &mut free_tags,
                         &mut pool,
                         now,
@@ -266,13 +352,17 @@ pub fn run_load(
                 while next_arrival <= now {
                     if !submit(
                         &mut q,
+                        &mut gen_,
                         &mut free_tags,
                         &mut pool,
                         next_arrival,
                         &mut start_of,
                         &mut op_of,
                     ) {
+                        // Depth reached: the arrival waits for a free slot,
+                        // its latency counting from when it arrived.
                         res.overruns += 1;
+                        break;
                     }
                     let gap = -(1.0 - arrivals.next_f64()).ln() / rate * 1e9;
                     next_arrival += gap.max(1.0) as u64;

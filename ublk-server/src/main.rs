@@ -10,7 +10,7 @@ use augur::array::FaultPlan;
 use augur::bench::{BenchSetup, PolicyReport, ReplicaSource, render_table, run_bench, run_record};
 use augur::emu::Profile;
 use augur::error::ArrayError;
-use augur::loadgen::{LoadSpec, Progress, Workload};
+use augur::loadgen::{LoadSpec, Progress, ReplayIo, Workload};
 use augur::policy::Policy;
 use augur::predict::ModelPredictor;
 use augur::replica::ReplicaSpec;
@@ -118,6 +118,18 @@ struct LoadArgs {
     /// ...or from this time on (e.g. 2s).
     #[arg(long, requires = "fail_replica", value_parser = humantime::parse_duration)]
     fail_at: Option<Duration>,
+    /// Replay this trace (MSR-Cambridge CSV or blkparse text) instead of --workload.
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Trace format: msr or blkparse (default: detect).
+    #[arg(long, requires = "trace")]
+    trace_format: Option<String>,
+    /// Replay only this disk of the trace (index in order of appearance).
+    #[arg(long, requires = "trace")]
+    trace_disk: Option<u16>,
+    /// Skip malformed trace lines (counted) instead of stopping at the first.
+    #[arg(long, requires = "trace")]
+    skip_bad: bool,
 }
 
 #[derive(Args)]
@@ -227,8 +239,61 @@ fn load_profile(args: &LoadArgs) -> Result<Profile, ArrayError> {
     }
 }
 
+/// Imports `--trace` as a replay workload.
+fn trace_workload(args: &LoadArgs, path: &std::path::Path) -> anyhow::Result<Workload> {
+    use augur_predictor::trace::{ImportOptions, TraceFormat, import_file};
+    let fmt = match args.trace_format.as_deref() {
+        None => None,
+        Some(f) => Some(TraceFormat::parse(f).ok_or_else(|| {
+            ArrayError::BadSpec(format!("unknown trace format '{f}' (msr, blkparse)"))
+        })?),
+    };
+    let opts = ImportOptions {
+        skip_bad: args.skip_bad,
+    };
+    let trace = import_file(path, fmt, opts)
+        .map_err(|e| ArrayError::BadSpec(format!("{}: {e}", path.display())))?;
+    if trace.skipped > 0 {
+        tracing::warn!(
+            "{}: skipped {} malformed line(s)",
+            path.display(),
+            trace.skipped
+        );
+    }
+    let ios: Vec<ReplayIo> = trace
+        .workload(args.trace_disk)
+        .into_iter()
+        .filter(|io| {
+            matches!(
+                io.op,
+                augur_feature_store::Op::Read | augur_feature_store::Op::Write
+            )
+        })
+        .map(|io| ReplayIo {
+            t_ns: io.t_ns,
+            op: io.op,
+            offset: io.offset,
+            len: io.len,
+        })
+        .collect();
+    if ios.is_empty() {
+        return Err(ArrayError::BadSpec(format!(
+            "{}: no reads or writes to replay{}",
+            path.display(),
+            args.trace_disk
+                .map(|d| format!(" on disk {d}"))
+                .unwrap_or_default()
+        ))
+        .into());
+    }
+    Ok(Workload::Replay(Arc::new(ios)))
+}
+
 fn bench_setup(args: &LoadArgs) -> anyhow::Result<BenchSetup> {
-    let workload = Workload::parse(&args.workload, args.read_pct).map_err(ArrayError::BadSpec)?;
+    let workload = match &args.trace {
+        Some(path) => trace_workload(args, path)?,
+        None => Workload::parse(&args.workload, args.read_pct).map_err(ArrayError::BadSpec)?,
+    };
     if !(0.0..=100.0).contains(&args.read_pct) {
         return Err(
             ArrayError::BadSpec(format!("--read-pct {} is not in 0..100", args.read_pct)).into(),
@@ -407,6 +472,10 @@ fn cmd_demo(args: DemoArgs) -> anyhow::Result<()> {
         fail_replica: None,
         fail_after: None,
         fail_at: None,
+        trace: None,
+        trace_format: None,
+        trace_disk: None,
+        skip_bad: false,
     };
     let setup = bench_setup(&load)?;
     // The learned policies join when this build ships a model.

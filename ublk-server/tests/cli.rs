@@ -297,3 +297,63 @@ fn default_model_ships_and_shows() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("feature set linnos"));
 }
+
+#[test]
+fn bench_replays_an_msr_trace_and_names_a_bad_line() {
+    let d = shm_dir();
+    let trace = d.path().join("t.csv");
+    let mut csv = String::new();
+    for i in 0..3000u64 {
+        let ty = if i % 4 == 0 { "Write" } else { "Read" };
+        let t = 128_166_372_000_000_000u64 + i * 1000; // 100 us apart
+        csv.push_str(&format!(
+            "{t},host,0,{ty},{},4096,500\n",
+            (i * 7919 % 10_000) * 4096
+        ));
+        if i == 41 {
+            csv.push_str("128166372000041500,host,0,Read,notanumber,4096,500\n");
+        }
+    }
+    std::fs::write(&trace, csv).unwrap();
+    let t = trace.to_str().unwrap();
+    let dir = d.path().to_str().unwrap();
+    let o = augur(&[
+        "bench",
+        "--trace",
+        t,
+        "--size",
+        "64M",
+        "--dir",
+        dir,
+        "--duration",
+        "1s",
+    ]);
+    assert_bad_input(&o, "line 43");
+    let o = augur(&[
+        "bench",
+        "--trace",
+        t,
+        "--skip-bad",
+        "--policy",
+        "baseline,oracle",
+        "--size",
+        "64M",
+        "--dir",
+        dir,
+        "--duration",
+        "5s",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for p in v.as_array().unwrap() {
+        // The whole trace (3000 I/Os over 0.3 s) is replayed, then the run ends.
+        assert_eq!(
+            p["reads"].as_u64().unwrap() + p["writes"].as_u64().unwrap(),
+            3000,
+            "{p}"
+        );
+        assert_eq!(p["writes"], 750);
+        assert!(p["duration_s"].as_f64().unwrap() < 4.0);
+    }
+}
