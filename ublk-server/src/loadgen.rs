@@ -295,79 +295,69 @@ pub fn run_load(
         });
         true
     };
-    let replay = matches!(spec.workload, Workload::Replay(_));
+    // Open loop: the next arrival comes from the trace or from a Poisson
+    // process at `rate`; u64::MAX once a trace is over.
+    let open_loop = matches!(spec.workload, Workload::Replay(_)) || spec.rate.is_some();
+    let next_open = |gen_: &Gen, arrivals: &mut Rng, prev: u64| -> u64 {
+        match (&spec.workload, spec.rate) {
+            (Workload::Replay(_), _) => gen_
+                .replay_arrival(&spec.workload)
+                .map_or(u64::MAX, |t| t0 + t),
+            (_, Some(rate)) => {
+                let gap = -(1.0 - arrivals.next_f64()).ln() / rate * 1e9;
+                prev + gap.max(1.0) as u64
+            }
+            (_, None) => u64::MAX,
+        }
+    };
+    if matches!(spec.workload, Workload::Replay(_)) {
+        next_arrival = next_open(&gen_, &mut arrivals, t0);
+    }
     loop {
         let now = array.now_ns();
         if now >= end {
             break;
         }
         let mut timeout = Some(100_000_000u64.min(end - now));
-        match spec.rate {
-            _ if replay => {
-                // The trace's own arrival times; stop when it runs out.
-                match gen_.replay_arrival(&spec.workload) {
-                    Some(first) => next_arrival = t0 + first,
-                    // The trace is over: finish what is in flight, then stop.
-                    None if q.in_flight() == 0 => break,
-                    None => next_arrival = u64::MAX,
+        if open_loop {
+            if next_arrival == u64::MAX && q.in_flight() == 0 {
+                break; // the trace is over and everything has completed
+            }
+            let mut full = false;
+            while next_arrival <= now {
+                if !submit(
+                    &mut q,
+                    &mut gen_,
+                    &mut free_tags,
+                    &mut pool,
+                    next_arrival,
+                    &mut start_of,
+                    &mut op_of,
+                ) {
+                    // Depth reached: the arrival waits for a free slot, its
+                    // latency counting from when it arrived.
+                    res.overruns += 1;
+                    full = true;
+                    break;
                 }
-                while next_arrival <= now {
-                    if !submit(
-                        &mut q,
-                        &mut gen_,
-                        &mut free_tags,
-                        &mut pool,
-                        next_arrival,
-                        &mut start_of,
-                        &mut op_of,
-                    ) {
-                        // Depth reached: it waits (its latency counts from
-                        // its arrival in the trace).
-                        res.overruns += 1;
-                        break;
-                    }
-                    match gen_.replay_arrival(&spec.workload) {
-                        Some(t) => next_arrival = t0 + t,
-                        None => break,
-                    }
-                }
+                next_arrival = next_open(&gen_, &mut arrivals, next_arrival);
+            }
+            if !full {
                 timeout = Some(next_arrival.saturating_sub(now).clamp(1_000, 100_000_000));
             }
-            None => {
-                while q.in_flight() < depth {
-                    if !submit(
-                        &mut q,
-                        &mut gen_,
-                        &mut free_tags,
-                        &mut pool,
-                        now,
-                        &mut start_of,
-                        &mut op_of,
-                    ) {
-                        break;
-                    }
+        } else {
+            while q.in_flight() < depth {
+                if !submit(
+                    &mut q,
+                    &mut gen_,
+                    &mut free_tags,
+                    &mut pool,
+                    now,
+                    &mut start_of,
+                    &mut op_of,
+                ) {
+                    break;
                 }
-            }
-            Some(rate) => {
-                while next_arrival <= now {
-                    if !submit(
-                        &mut q,
-                        &mut gen_,
-                        &mut free_tags,
-                        &mut pool,
-                        next_arrival,
-                        &mut start_of,
-                        &mut op_of,
-                    ) {
-                        // Depth reached: the arrival waits for a free slot,
-                        // its latency counting from when it arrived.
-                        res.overruns += 1;
-                        break;
-                    }
-                    let gap = -(1.0 - arrivals.next_f64()).ln() / rate * 1e9;
-                    next_arrival += gap.max(1.0) as u64;
-                }
-                timeout = Some(next_arrival.saturating_sub(now).max(1_000));
             }
         }
         q.poll(&mut out, true, timeout)?;
