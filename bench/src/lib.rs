@@ -50,7 +50,12 @@ pub fn raw_randread(
     if blocks == 0 {
         return Err(std::io::Error::other("file smaller than one block"));
     }
-    let mut ring = IoUring::new((depth * 2).max(8))?;
+    // The same ring setup as the array's queues, so the comparison isolates
+    // what Augur adds per I/O.
+    let mut ring = IoUring::builder()
+        .setup_coop_taskrun()
+        .build((depth * 2).max(8))
+        .or_else(|_| IoUring::new((depth * 2).max(8)))?;
     let mut bufs: Vec<AlignedBuf> = (0..depth).map(|_| AlignedBuf::new(bs as usize)).collect();
     let mut rng = Rng::new(seed);
     let fd = types::Fd(file.as_raw_fd());
