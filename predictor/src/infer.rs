@@ -963,6 +963,20 @@ mod tests {
         }
     }
 
+    /// A random history, encoded for the f32 and the integer path.
+    fn random_encoded(
+        m: &Model,
+        rng: &mut SplitMix64,
+    ) -> ([f32; MAX_INPUTS], [i32; MAX_INPUTS], usize) {
+        let snap = random_snapshot(rng);
+        let r = ReadInfo { size_bytes: 4096 };
+        let mut xf = [0f32; MAX_INPUTS];
+        let k = m.encode_f32(&snap, r, &mut xf);
+        let mut xi = [0i32; MAX_INPUTS];
+        m.encode_int(&snap, r, &mut xi);
+        (xf, xi, k)
+    }
+
     /// Fraction of inputs on which the integer and f32 decisions differ.
     fn disagreement(
         m: &Model,
@@ -972,12 +986,7 @@ mod tests {
     ) -> f64 {
         let mut bad = 0;
         for _ in 0..n {
-            let snap = random_snapshot(rng);
-            let r = ReadInfo { size_bytes: 4096 };
-            let mut xf = [0f32; MAX_INPUTS];
-            let k = m.encode_f32(&snap, r, &mut xf);
-            let mut xi = [0i32; MAX_INPUTS];
-            m.encode_int(&snap, r, &mut xi);
+            let (xf, xi, k) = random_encoded(m, rng);
             let f = reference::score_f64(m, &xf[..k]) > 0.0;
             if f != is_slow(int_score(&xi[..k])) {
                 bad += 1;
@@ -1034,12 +1043,7 @@ mod tests {
     ) -> f64 {
         let mut err = 0.0;
         for _ in 0..n {
-            let snap = random_snapshot(rng);
-            let r = ReadInfo { size_bytes: 4096 };
-            let mut xf = [0f32; MAX_INPUTS];
-            let k = m.encode_f32(&snap, r, &mut xf);
-            let mut xi = [0i32; MAX_INPUTS];
-            m.encode_int(&snap, r, &mut xi);
+            let (xf, xi, k) = random_encoded(m, rng);
             err += (int_score(&xi[..k]) as f64 / scale - reference::score_f64(m, &xf[..k])).abs();
         }
         err / n as f64

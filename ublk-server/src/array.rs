@@ -384,16 +384,6 @@ impl Array {
             })
             .collect()
     }
-
-    /// Marks a replica failed by hand (operator action or tests).
-    pub fn fail_replica(&self, i: usize, why: &str) {
-        self.inner.mark_failed(i, why);
-    }
-
-    /// The replica's current history (pending counts and recent reads).
-    pub fn history(&self, i: usize) -> HistorySnapshot {
-        self.inner.replicas[i].history.snapshot()
-    }
 }
 
 impl Inner {
@@ -486,16 +476,7 @@ enum SubKind {
     Copy,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SubState {
-    Free,
-    Waiting,
-    InFlight,
-    Delaying,
-}
-
 struct Sub {
-    state: SubState,
     req: usize,
     replica: u16,
     kind: SubKind,
@@ -526,7 +507,6 @@ struct Slot {
     done: bool,
     primary: u16,
     tried: u16,
-    hedge: bool,
     hedged: bool,
     start_ns: u64,
     ts: Box<types::Timespec>,
@@ -684,7 +664,6 @@ impl Queue {
         s.ok = 0;
         s.done = false;
         s.tried = 0;
-        s.hedge = false;
         s.hedged = false;
         s.start_ns = now;
         self.active += 1;
@@ -742,7 +721,6 @@ impl Queue {
             done: false,
             primary: 0,
             tried: 0,
-            hedge: false,
             hedged: false,
             start_ns: 0,
             ts: Box::new(types::Timespec::new()),
@@ -755,7 +733,6 @@ impl Queue {
             Some(i) => i,
             None => {
                 self.subs.push(Sub {
-                    state: SubState::Free,
                     req: 0,
                     replica: 0,
                     kind: SubKind::Copy,
@@ -773,7 +750,6 @@ impl Queue {
             }
         };
         let s = &mut self.subs[idx];
-        s.state = SubState::Waiting;
         self.subs_busy += 1;
         s.req = req;
         s.replica = replica;
@@ -895,7 +871,6 @@ impl Queue {
                 }
                 let s = &mut self.slots[idx];
                 s.primary = r.replica;
-                s.hedge = r.hedge;
                 self.start_read(idx, r.replica, SubKind::Main);
                 if r.hedge && next_after(inner.as_ref(), r.replica).is_some() {
                     self.arm_hedge(idx);
@@ -981,7 +956,6 @@ impl Queue {
         };
         {
             let s = &mut self.subs[sub];
-            s.state = SubState::InFlight;
             s.ticket = Some(ticket);
             s.issue_ns = now;
             s.snap = snap;
@@ -1113,7 +1087,6 @@ impl Queue {
             *s.ts = types::Timespec::new()
                 .sec(t / 1_000_000_000)
                 .nsec((t % 1_000_000_000) as u32);
-            s.state = SubState::Delaying;
             let e = opcode::Timeout::new(&*s.ts as *const types::Timespec)
                 .build()
                 .user_data(ud(UD_DELAY, sub, 0));
@@ -1188,7 +1161,6 @@ impl Queue {
             });
         }
         let hedge_buf = self.subs[sub].buf.take();
-        self.subs[sub].state = SubState::Free;
         self.subs_busy -= 1;
         self.free_subs.push(sub);
         self.inflight[r] -= 1;
