@@ -11,6 +11,18 @@ pub const HISTORY_LEN: usize = 4;
 /// Unit in which pending I/O is counted (LinnOS counts 4 KiB pages).
 pub const PAGE_SIZE: u32 = 4096;
 
+/// log2 of the width of one in-flight age bucket in ns (2^17 ns, about 131 µs).
+pub const AGE_BUCKET_SHIFT: u32 = 17;
+/// Number of in-flight age buckets: ages are tracked up to
+/// `AGE_BUCKETS << AGE_BUCKET_SHIFT` ns (about 8.4 ms). An I/O pending longer
+/// than that shares its bucket with newer ones and is reported younger.
+pub const AGE_BUCKETS: usize = 64;
+
+/// log2 of the width of one recent-maximum window in ns (2^23 ns, about 8.4 ms).
+pub const RECENT_BUCKET_SHIFT: u32 = 23;
+/// Number of recent-maximum windows kept (about 67 ms in all).
+pub const RECENT_BUCKETS: usize = 8;
+
 /// Kind of block I/O; only reads enter the history, every op counts as pending.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -88,6 +100,14 @@ pub struct HistorySnapshot {
     pub recent: [Completed; HISTORY_LEN],
     /// How many of `recent` are real (0..=HISTORY_LEN).
     pub len: u8,
+    /// Age in µs of the oldest I/O (any op) pending on the replica, rounded
+    /// up to its age bucket; 0 when nothing is pending or the I/O was not
+    /// timed (see [`ReplicaHistory::oldest_pending_us`]).
+    pub oldest_pending_us: u32,
+    /// Largest latency in µs of any timed I/O (reads and writes alike) that
+    /// completed on the replica in the last [`RECENT_BUCKETS`] windows of
+    /// 2^[`RECENT_BUCKET_SHIFT`] ns (about 8 ms); 0 if none did.
+    pub recent_max_us: u32,
 }
 
 impl HistorySnapshot {
@@ -111,6 +131,11 @@ pub struct Ticket {
     pub pending_pages_at_issue: u32,
     /// Pending I/O count just before this I/O was counted.
     pub pending_ios_at_issue: u32,
+    /// Age bucket epoch (`now_ns >> AGE_BUCKET_SHIFT`) of a timed submit
+    /// ([`ReplicaHistory::on_submit_at`]); `None` for an untimed one.
+    pub issue_epoch: Option<u64>,
+    /// Issue time of a timed submit (caller's clock, ns).
+    pub issue_ns: Option<u64>,
 }
 
 /// Pack (ios, pages) into one word so both change with one atomic RMW.
@@ -149,6 +174,13 @@ pub struct ReplicaHistory {
     /// Pending `(ios << 32) | pages`, one word so the pair is never torn.
     pending: CachePadded<AtomicU64>,
     hist: CachePadded<SeqHistory>,
+    /// Timed pending I/Os per issue epoch, a ring of [`AGE_BUCKETS`]
+    /// (epoch `e` lives in `e % AGE_BUCKETS`): the oldest non-empty bucket
+    /// gives the age of the oldest pending I/O.
+    inflight: CachePadded<[AtomicU32; AGE_BUCKETS]>,
+    /// Per completion window `w` (slot `w % RECENT_BUCKETS`): `(w as u32) << 32
+    /// | max latency µs` of the timed I/Os that completed in it.
+    recent_max: CachePadded<[AtomicU64; RECENT_BUCKETS]>,
 }
 
 impl Default for ReplicaHistory {
@@ -176,6 +208,8 @@ impl ReplicaHistory {
                 len: AtomicU32::new(0),
                 entries: [const { [const { AtomicU32::new(0) }; 4] }; HISTORY_LEN],
             }),
+            inflight: CachePadded::new([const { AtomicU32::new(0) }; AGE_BUCKETS]),
+            recent_max: CachePadded::new([const { AtomicU64::new(0) }; RECENT_BUCKETS]),
         }
     }
 
@@ -195,7 +229,62 @@ impl ReplicaHistory {
             pages,
             pending_pages_at_issue,
             pending_ios_at_issue,
+            issue_epoch: None,
+            issue_ns: None,
         }
+    }
+
+    /// Like [`on_submit`](Self::on_submit), and also remembers the issue time
+    /// (`now_ns` on the caller's monotonic clock) so that
+    /// [`oldest_pending_us`](Self::oldest_pending_us) can see this I/O.
+    pub fn on_submit_at(&self, op: Op, size_bytes: u32, now_ns: u64) -> Ticket {
+        let mut t = self.on_submit(op, size_bytes);
+        let epoch = now_ns >> AGE_BUCKET_SHIFT;
+        self.inflight[(epoch % AGE_BUCKETS as u64) as usize].fetch_add(1, Ordering::Relaxed);
+        t.issue_epoch = Some(epoch);
+        t.issue_ns = Some(now_ns);
+        t
+    }
+
+    /// Age in µs, at `now_ns`, of the oldest timed I/O still pending, or 0
+    /// if none is. Measured from the start of its age bucket, so it is an
+    /// upper bound, at most one bucket (131 µs) above the true age. Reads
+    /// [`AGE_BUCKETS`] counters; no lock, no allocation.
+    pub fn oldest_pending_us(&self, now_ns: u64) -> u32 {
+        let now_epoch = now_ns >> AGE_BUCKET_SHIFT;
+        for back in (0..AGE_BUCKETS as u64).rev() {
+            let Some(e) = now_epoch.checked_sub(back) else {
+                continue;
+            };
+            if self.inflight[(e % AGE_BUCKETS as u64) as usize].load(Ordering::Relaxed) != 0 {
+                let age_ns = now_ns - (e << AGE_BUCKET_SHIFT);
+                return u32::try_from(age_ns / 1000).unwrap_or(u32::MAX);
+            }
+        }
+        0
+    }
+
+    /// [`on_submit_with_snapshot`](Self::on_submit_with_snapshot) for a timed
+    /// submit: the snapshot also carries the oldest pending age at issue
+    /// (before this I/O is counted).
+    pub fn on_submit_with_snapshot_at(
+        &self,
+        op: Op,
+        size_bytes: u32,
+        now_ns: u64,
+    ) -> (Ticket, HistorySnapshot) {
+        let oldest_pending_us = self.oldest_pending_us(now_ns);
+        let ticket = self.on_submit_at(op, size_bytes, now_ns);
+        let (recent, len) = self.read_history();
+        let snap = HistorySnapshot {
+            pending_pages: ticket.pending_pages_at_issue,
+            pending_ios: ticket.pending_ios_at_issue,
+            recent,
+            len,
+            oldest_pending_us,
+            recent_max_us: self.recent_max_us(now_ns),
+        };
+        (ticket, snap)
     }
 
     /// Like [`on_submit`](Self::on_submit), but also returns the feature
@@ -209,6 +298,8 @@ impl ReplicaHistory {
             pending_ios: ticket.pending_ios_at_issue,
             recent,
             len,
+            oldest_pending_us: 0,
+            recent_max_us: 0,
         };
         (ticket, snap)
     }
@@ -225,6 +316,13 @@ impl ReplicaHistory {
             ios >= 1 && pages >= ticket.pages,
             "on_complete without a matching on_submit (pending ios {ios}, pages {pages}, ticket {ticket:?})"
         );
+        if let Some(e) = ticket.issue_epoch {
+            self.inflight[(e % AGE_BUCKETS as u64) as usize].fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(t0) = ticket.issue_ns {
+            let done_ns = t0.saturating_add(u64::from(latency_us) * 1000);
+            self.note_recent(done_ns, latency_us);
+        }
         if ticket.op.is_read() {
             self.push_completed(Completed {
                 latency_us,
@@ -233,6 +331,45 @@ impl ReplicaHistory {
                 size_bytes: ticket.size_bytes,
             });
         }
+    }
+
+    /// Fold a latency completed at `done_ns` into its recent-maximum window
+    /// (a CAS loop on one word; a stale window's slot is taken over).
+    fn note_recent(&self, done_ns: u64, latency_us: u32) {
+        let w = (done_ns >> RECENT_BUCKET_SHIFT) as u32;
+        let slot = &self.recent_max[w as usize % RECENT_BUCKETS];
+        let mut cur = slot.load(Ordering::Relaxed);
+        loop {
+            let (tag, max) = ((cur >> 32) as u32, cur as u32);
+            let new_max = if tag == w {
+                max.max(latency_us)
+            } else {
+                latency_us
+            };
+            if tag == w && new_max == max {
+                return;
+            }
+            let new = (u64::from(w) << 32) | u64::from(new_max);
+            match slot.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(v) => cur = v,
+            }
+        }
+    }
+
+    /// Largest latency (µs) of the timed I/Os that completed in the last
+    /// [`RECENT_BUCKETS`] windows up to `now_ns`; 0 if none.
+    pub fn recent_max_us(&self, now_ns: u64) -> u32 {
+        let now_w = (now_ns >> RECENT_BUCKET_SHIFT) as u32;
+        let mut m = 0;
+        for slot in self.recent_max.iter() {
+            let v = slot.load(Ordering::Relaxed);
+            let (tag, max) = ((v >> 32) as u32, v as u32);
+            if v != 0 && now_w.wrapping_sub(tag) < RECENT_BUCKETS as u32 {
+                m = m.max(max);
+            }
+        }
+        m
     }
 
     /// Push a completed read into the history without touching the pending
@@ -281,7 +418,8 @@ impl ReplicaHistory {
         h.seq.store(s.wrapping_add(2), Ordering::Release);
     }
 
-    /// A consistent snapshot (never torn), lock-free for readers.
+    /// A consistent snapshot (never torn), lock-free for readers; its
+    /// `oldest_pending_us` is 0 (use [`snapshot_at`](Self::snapshot_at)).
     pub fn snapshot(&self) -> HistorySnapshot {
         let (recent, len) = self.read_history();
         let (pending_pages, pending_ios) = unpack(self.pending.load(Ordering::Relaxed));
@@ -290,6 +428,18 @@ impl ReplicaHistory {
             pending_ios,
             recent,
             len,
+            oldest_pending_us: 0,
+            recent_max_us: 0,
+        }
+    }
+
+    /// [`snapshot`](Self::snapshot) plus the oldest pending age and the
+    /// recent maximum latency at `now_ns`.
+    pub fn snapshot_at(&self, now_ns: u64) -> HistorySnapshot {
+        HistorySnapshot {
+            oldest_pending_us: self.oldest_pending_us(now_ns),
+            recent_max_us: self.recent_max_us(now_ns),
+            ..self.snapshot()
         }
     }
 
@@ -352,6 +502,70 @@ mod tests {
         assert_eq!(pages_for(Op::Flush, 1 << 20), 0);
         assert_eq!(Op::try_from(4), Ok(Op::WriteZeroes));
         assert_eq!(Op::try_from(5), Err(5));
+    }
+
+    #[test]
+    fn recent_max_covers_the_last_windows_of_timed_ios() {
+        const W: u64 = 1 << RECENT_BUCKET_SHIFT;
+        let h = ReplicaHistory::new();
+        assert_eq!(h.recent_max_us(0), 0);
+        // Untimed I/Os do not count.
+        let u = h.on_submit(Op::Read, 4096);
+        h.on_complete(u, 9000);
+        assert_eq!(h.recent_max_us(W), 0);
+        // A write issued at 10 W taking 3000 µs completes in window 10 W + 3 ms.
+        let t0 = 10 * W;
+        let w = h.on_submit_at(Op::Write, 4096, t0);
+        h.on_complete(w, 3000);
+        let done = t0 + 3_000_000;
+        assert_eq!(h.recent_max_us(done), 3000);
+        // A read completing one window later.
+        let r = h.on_submit_at(Op::Read, 4096, done + W);
+        h.on_complete(r, 100);
+        assert_eq!(h.snapshot_at(done + W + 200_000).recent_max_us, 3000);
+        // Still seen RECENT_BUCKETS - 1 windows later, gone after.
+        let last = ((done >> RECENT_BUCKET_SHIFT) + RECENT_BUCKETS as u64 - 1) * W;
+        assert_eq!(h.recent_max_us(last), 3000);
+        assert_eq!(
+            h.recent_max_us(last + W),
+            100,
+            "only the read's window is left"
+        );
+        assert_eq!(h.recent_max_us(last + 2 * W), 0);
+        // The untimed snapshot leaves it out.
+        assert_eq!(h.snapshot().recent_max_us, 0);
+    }
+
+    #[test]
+    fn oldest_pending_age_follows_the_oldest_timed_io() {
+        const B: u64 = 1 << AGE_BUCKET_SHIFT;
+        let h = ReplicaHistory::new();
+        let t0 = 10 * B + 5;
+        assert_eq!(h.oldest_pending_us(t0), 0);
+        let a = h.on_submit_at(Op::Read, 4096, t0);
+        let b = h.on_submit_at(Op::Write, 4096, t0 + 3 * B);
+        // Untimed submits are invisible to the age.
+        let u = h.on_submit(Op::Read, 4096);
+        let now = t0 + 7 * B;
+        // Measured from the start of a's bucket (10 * B): an upper bound
+        // at most one bucket above a's true age.
+        assert_eq!(h.oldest_pending_us(now), ((now - 10 * B) / 1000) as u32);
+        let (_, snap) = h.on_submit_with_snapshot_at(Op::Read, 4096, now);
+        assert_eq!(snap.oldest_pending_us, ((now - 10 * B) / 1000) as u32);
+        assert_eq!(h.snapshot_at(now).oldest_pending_us, snap.oldest_pending_us);
+        assert_eq!(h.snapshot().oldest_pending_us, 0);
+        h.on_complete(a, 100);
+        assert_eq!(h.oldest_pending_us(now), ((now - 13 * B) / 1000) as u32);
+        h.on_complete(b, 100);
+        h.on_complete(u, 100);
+        // Only the read submitted with the snapshot is left, in now's bucket.
+        assert!(h.oldest_pending_us(now) < (B / 1000) as u32 + 1);
+        // Near time zero the scan must not underflow.
+        let z = ReplicaHistory::new();
+        let t = z.on_submit_at(Op::Read, 512, 0);
+        assert_eq!(z.oldest_pending_us(B / 2), (B / 2 / 1000) as u32);
+        z.on_complete(t, 1);
+        assert_eq!(z.oldest_pending_us(B / 2), 0);
     }
 
     #[test]

@@ -23,6 +23,26 @@
 //! [`ReplicaHistory::on_submit`] carries the pending values *before* the
 //! I/O was counted (its "at issue" features).
 //!
+//! # Oldest pending age
+//!
+//! A timed submit ([`ReplicaHistory::on_submit_at`]) also counts the I/O in a
+//! ring of [`AGE_BUCKETS`] counters, one per 2^[`AGE_BUCKET_SHIFT`] ns of
+//! issue time; its completion un-counts it. The oldest non-empty bucket
+//! gives [`ReplicaHistory::oldest_pending_us`]: how long the replica has sat
+//! on its oldest request. LinnOS sees a stall only when a slow I/O
+//! completes; an I/O stuck behind an erase is visible here while it waits.
+//!
+//! # Recent maximum latency
+//!
+//! LinnOS remembers the last four completed reads, so four fast reads
+//! erase the memory of a slow one, and a replica the router avoids stops
+//! completing reads at all. Every timed I/O, write or read, also folds its
+//! latency into a ring of [`RECENT_BUCKETS`] completion windows of
+//! 2^[`RECENT_BUCKET_SHIFT`] ns (slot = window number, tagged so a stale
+//! slot is ignored): [`ReplicaHistory::recent_max_us`] is the worst latency
+//! seen in the last ~8 ms. Writes go to every replica, so this stays
+//! current while reads are routed away.
+//!
 //! # The history seqlock
 //!
 //! The history is a small ring (newest index, length, `HISTORY_LEN` entries)
@@ -45,15 +65,15 @@
 //! are not data races (no UB, no `unsafe` in this crate). Readers never
 //! block writers; nothing on submit, complete or snapshot allocates.
 //!
-//! # Training-log file format (version 1)
+//! # Training-log file format (version 2)
 //!
 //! All integers little-endian. A 16-byte header:
 //!
 //! | offset | size | field |
 //! |-------:|-----:|-------|
 //! | 0  | 8 | magic `b"AUGURLOG"` |
-//! | 8  | 4 | `u32` version = 1 |
-//! | 12 | 4 | `u32` record size = [`RECORD_SIZE`] (100) |
+//! | 8  | 4 | `u32` version = 2 |
+//! | 12 | 4 | `u32` record size = [`RECORD_SIZE`] (108) |
 //!
 //! followed by zero or more fixed-size records, each:
 //!
@@ -68,9 +88,12 @@
 //! | 24 | 4 | `latency_us: u32` |
 //! | 28 | 4 | `features.pending_pages: u32` (at issue) |
 //! | 32 | 4 | `features.pending_ios: u32` (at issue) |
-//! | 36 | 16 × `HISTORY_LEN` | `features.recent[i]`, newest first: `latency_us`, `pending_pages_at_issue`, `pending_ios_at_issue`, `size_bytes` (`u32` each; zero beyond `len`) |
+//! | 36 | 4 | `features.oldest_pending_us: u32` (at issue; 0 if untimed) |
+//! | 40 | 4 | `features.recent_max_us: u32` (at issue; 0 if untimed) |
+//! | 44 | 16 × `HISTORY_LEN` | `features.recent[i]`, newest first: `latency_us`, `pending_pages_at_issue`, `pending_ios_at_issue`, `size_bytes` (`u32` each; zero beyond `len`) |
 //!
-//! Readers reject a wrong magic, version or record size, report a file that
+//! Version 1 (no `oldest_pending_us` or `recent_max_us`, 100-byte records) is rejected by
+//! name: re-record such logs. Readers reject a wrong magic, version or record size, report a file that
 //! ends inside a record as [`LogError::TruncatedRecord`] with that record's
 //! 0-based index (the records before it are still available through
 //! [`LogReader`]), and reject an unknown op byte or an oversized history
@@ -89,7 +112,8 @@ pub use file::{
     HEADER_SIZE, LOG_MAGIC, LOG_VERSION, LogError, LogReader, LogWriter, read_log, read_log_from,
 };
 pub use history::{
-    Completed, HISTORY_LEN, HistorySnapshot, Op, PAGE_SIZE, ReplicaHistory, Ticket, pages_for,
+    AGE_BUCKET_SHIFT, AGE_BUCKETS, Completed, HISTORY_LEN, HistorySnapshot, Op, PAGE_SIZE,
+    RECENT_BUCKET_SHIFT, RECENT_BUCKETS, ReplicaHistory, Ticket, pages_for,
 };
 pub use queue::TrainingLog;
 pub use record::{RECORD_SIZE, RecordError, TrainingRecord};

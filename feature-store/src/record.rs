@@ -26,10 +26,11 @@ pub struct TrainingRecord {
 ///
 /// Layout (all little-endian): `time_ns u64 | offset u64 | replica u16 |
 /// op u8 | features.len u8 | size_bytes u32 | latency_us u32 |
-/// features.pending_pages u32 | features.pending_ios u32 |` then
-/// `HISTORY_LEN` times `latency_us u32 | pending_pages_at_issue u32 |
-/// pending_ios_at_issue u32 | size_bytes u32` (newest first).
-pub const RECORD_SIZE: usize = 36 + 16 * HISTORY_LEN;
+/// features.pending_pages u32 | features.pending_ios u32 |
+/// features.oldest_pending_us u32 | features.recent_max_us u32 |` then `HISTORY_LEN` times `latency_us u32
+/// | pending_pages_at_issue u32 | pending_ios_at_issue u32 | size_bytes u32`
+/// (newest first).
+pub const RECORD_SIZE: usize = 44 + 16 * HISTORY_LEN;
 
 /// Why a record's bytes could not be decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -65,8 +66,10 @@ impl TrainingRecord {
         b[24..28].copy_from_slice(&self.latency_us.to_le_bytes());
         b[28..32].copy_from_slice(&self.features.pending_pages.to_le_bytes());
         b[32..36].copy_from_slice(&self.features.pending_ios.to_le_bytes());
+        b[36..40].copy_from_slice(&self.features.oldest_pending_us.to_le_bytes());
+        b[40..44].copy_from_slice(&self.features.recent_max_us.to_le_bytes());
         for (i, c) in self.features.recent.iter().enumerate() {
-            let at = 36 + 16 * i;
+            let at = 44 + 16 * i;
             b[at..at + 4].copy_from_slice(&c.latency_us.to_le_bytes());
             b[at + 4..at + 8].copy_from_slice(&c.pending_pages_at_issue.to_le_bytes());
             b[at + 8..at + 12].copy_from_slice(&c.pending_ios_at_issue.to_le_bytes());
@@ -85,7 +88,7 @@ impl TrainingRecord {
         }
         let mut recent = [Completed::default(); HISTORY_LEN];
         for (i, c) in recent.iter_mut().enumerate() {
-            let at = 36 + 16 * i;
+            let at = 44 + 16 * i;
             *c = Completed {
                 latency_us: u32_at(b, at),
                 pending_pages_at_issue: u32_at(b, at + 4),
@@ -103,6 +106,8 @@ impl TrainingRecord {
             features: HistorySnapshot {
                 pending_pages: u32_at(b, 28),
                 pending_ios: u32_at(b, 32),
+                oldest_pending_us: u32_at(b, 36),
+                recent_max_us: u32_at(b, 40),
                 recent,
                 len,
             },
@@ -138,6 +143,8 @@ pub(crate) mod tests {
             features: HistorySnapshot {
                 pending_pages: k.wrapping_mul(13),
                 pending_ios: !k,
+                oldest_pending_us: k.wrapping_mul(17),
+                recent_max_us: k.wrapping_mul(19),
                 recent,
                 len,
             },

@@ -22,6 +22,22 @@
 //! read issued at 7 pages that took 1234 µs gives
 //! `0 4 2 | 0 0 7 | 0 0 0 | 0 0 0 | 0 0 0 | 1 2 3 4 | 0 0 0 0 | ...`.
 //!
+//! # LinnOS extended (39 inputs, `linnos-ext`)
+//!
+//! The 31 LinnOS inputs, then two signals LinnOS cannot see, each in µs,
+//! capped at 9999 and written as 4 decimal digits:
+//!
+//! | inputs | value |
+//! |--------|-------|
+//! | 31..35 | age of the replica's oldest pending I/O ([`HistorySnapshot::oldest_pending_us`]) |
+//! | 35..39 | worst latency completed in the last ~8 ms, reads and writes ([`HistorySnapshot::recent_max_us`]) |
+//!
+//! LinnOS learns of a stall only when a slow read completes, and forgets it
+//! after four fast ones. A read stuck behind an erase shows up in the age
+//! while it waits; writes keep completing on a replica the router avoids for
+//! reads, so the recent maximum says a GC window is still running. An
+//! Augur extension, not part of the LinnOS paper.
+//!
 //! # Heimdall encoding (12 inputs)
 //!
 //! Raw (unscaled) features, all integer-valued:
@@ -43,10 +59,13 @@ use augur_feature_store::{HISTORY_LEN, HistorySnapshot};
 
 /// Number of LinnOS inputs (5 pending counts x 3 digits + 4 latencies x 4 digits).
 pub const LINNOS_INPUTS: usize = 31;
+/// Number of `linnos-ext` inputs (LinnOS + 4 digits each of the oldest
+/// pending age and the recent maximum latency).
+pub const LINNOS_EXT_INPUTS: usize = LINNOS_INPUTS + 8;
 /// Number of Heimdall inputs.
 pub const HEIMDALL_INPUTS: usize = 12;
 /// Largest number of inputs of any feature set.
-pub const MAX_INPUTS: usize = LINNOS_INPUTS;
+pub const MAX_INPUTS: usize = LINNOS_EXT_INPUTS;
 
 /// LinnOS cap on pending counts (pages).
 pub const LINNOS_PENDING_CAP: u32 = 999;
@@ -69,23 +88,27 @@ const _: () = assert!(HISTORY_LEN >= 4 && HISTORY_LEN >= HEIMDALL_HISTORY);
 pub enum FeatureSet {
     /// LinnOS: 31 decimal digits of pending counts and latencies.
     LinnOs,
+    /// LinnOS plus the oldest pending age and the recent maximum latency (39 inputs).
+    LinnOsExt,
     /// Heimdall: 12 raw features, MinMax-scaled with a scaler stored in the model.
     Heimdall,
 }
 
 impl FeatureSet {
-    /// Number of model inputs: 31 (LinnOS) or 12 (Heimdall).
+    /// Number of model inputs: 31 (LinnOS), 39 (extended) or 12 (Heimdall).
     pub const fn n_inputs(self) -> usize {
         match self {
             FeatureSet::LinnOs => LINNOS_INPUTS,
+            FeatureSet::LinnOsExt => LINNOS_EXT_INPUTS,
             FeatureSet::Heimdall => HEIMDALL_INPUTS,
         }
     }
 
-    /// Short lowercase name: `"linnos"` or `"heimdall"`.
+    /// Short lowercase name: `"linnos"`, `"linnos-ext"` or `"heimdall"`.
     pub fn name(self) -> &'static str {
         match self {
             FeatureSet::LinnOs => "linnos",
+            FeatureSet::LinnOsExt => "linnos-ext",
             FeatureSet::Heimdall => "heimdall",
         }
     }
@@ -94,6 +117,7 @@ impl FeatureSet {
     pub fn parse(s: &str) -> Option<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
             "linnos" => Some(FeatureSet::LinnOs),
+            "linnos-ext" => Some(FeatureSet::LinnOsExt),
             "heimdall" => Some(FeatureSet::Heimdall),
             _ => None,
         }
@@ -104,6 +128,7 @@ impl FeatureSet {
         match self {
             FeatureSet::LinnOs => 0,
             FeatureSet::Heimdall => 1,
+            FeatureSet::LinnOsExt => 2,
         }
     }
 
@@ -112,6 +137,7 @@ impl FeatureSet {
         match c {
             0 => Some(FeatureSet::LinnOs),
             1 => Some(FeatureSet::Heimdall),
+            2 => Some(FeatureSet::LinnOsExt),
             _ => None,
         }
     }
@@ -121,7 +147,7 @@ impl FeatureSet {
     /// are fixed point with 10 fractional bits.
     pub const fn input_exp(self) -> i32 {
         match self {
-            FeatureSet::LinnOs => 0,
+            FeatureSet::LinnOs | FeatureSet::LinnOsExt => 0,
             FeatureSet::Heimdall => HEIMDALL_INT_SHIFT,
         }
     }
@@ -130,7 +156,7 @@ impl FeatureSet {
     /// 1024 for Heimdall fixed point).
     pub const fn max_int_input(self) -> i32 {
         match self {
-            FeatureSet::LinnOs => 9,
+            FeatureSet::LinnOs | FeatureSet::LinnOsExt => 9,
             FeatureSet::Heimdall => HEIMDALL_INT_ONE as i32,
         }
     }
@@ -183,6 +209,34 @@ pub fn encode_linnos_int(h: &HistorySnapshot, out: &mut [i32; LINNOS_INPUTS]) {
         };
         digits::<3>(p, &mut out[3 + 3 * j..6 + 3 * j]);
         digits::<4>(l, &mut out[15 + 4 * j..19 + 4 * j]);
+    }
+}
+
+/// `linnos-ext` digits as integers: the LinnOS digits, then
+/// `min(oldest_pending_us, 9999)` and `min(recent_max_us, 9999)` as 4
+/// digits each (most significant first).
+#[inline]
+pub fn encode_linnos_ext_int(h: &HistorySnapshot, out: &mut [i32; LINNOS_EXT_INPUTS]) {
+    let mut base = [0i32; LINNOS_INPUTS];
+    encode_linnos_int(h, &mut base);
+    out[..LINNOS_INPUTS].copy_from_slice(&base);
+    digits::<4>(
+        h.oldest_pending_us.min(LINNOS_LATENCY_CAP),
+        &mut out[LINNOS_INPUTS..LINNOS_INPUTS + 4],
+    );
+    digits::<4>(
+        h.recent_max_us.min(LINNOS_LATENCY_CAP),
+        &mut out[LINNOS_INPUTS + 4..],
+    );
+}
+
+/// `linnos-ext` digits as f32 (training and the f32 path).
+#[inline]
+pub fn encode_linnos_ext(h: &HistorySnapshot, out: &mut [f32; LINNOS_EXT_INPUTS]) {
+    let mut d = [0i32; LINNOS_EXT_INPUTS];
+    encode_linnos_ext_int(h, &mut d);
+    for (o, v) in out.iter_mut().zip(d) {
+        *o = v as f32;
     }
 }
 
@@ -372,6 +426,42 @@ mod tests {
         let mut f = [0f32; LINNOS_INPUTS];
         encode_linnos(&s, &mut f);
         assert!(f.iter().zip(want).all(|(a, b)| *a == b as f32));
+    }
+
+    #[test]
+    fn linnos_ext_appends_capped_age_and_recent_max() {
+        let mut s = snap(42, &[(7, 1234)]);
+        for (age, wl, tail) in [
+            (0, 0, [0, 0, 0, 0, 0, 0, 0, 0]),
+            (873, 96, [0, 8, 7, 3, 0, 0, 9, 6]),
+            (123_456, 10_000, [9, 9, 9, 9, 9, 9, 9, 9]),
+        ] {
+            s.oldest_pending_us = age;
+            s.recent_max_us = wl;
+            let mut base = [0i32; LINNOS_INPUTS];
+            encode_linnos_int(&s, &mut base);
+            let mut d = [0i32; LINNOS_EXT_INPUTS];
+            encode_linnos_ext_int(&s, &mut d);
+            assert_eq!(d[..LINNOS_INPUTS], base);
+            assert_eq!(d[LINNOS_INPUTS..], tail);
+            let mut f = [0f32; LINNOS_EXT_INPUTS];
+            encode_linnos_ext(&s, &mut f);
+            assert!(f.iter().zip(d).all(|(a, b)| *a == b as f32));
+        }
+        // The plain LinnOS encoding ignores the age.
+        let mut a = [0i32; LINNOS_INPUTS];
+        encode_linnos_int(&s, &mut a);
+        s.oldest_pending_us = 0;
+        s.recent_max_us = 0;
+        let mut b = [0i32; LINNOS_INPUTS];
+        encode_linnos_int(&s, &mut b);
+        assert_eq!(a, b);
+        assert_eq!(FeatureSet::parse("linnos-ext"), Some(FeatureSet::LinnOsExt));
+        assert_eq!(
+            FeatureSet::from_code(FeatureSet::LinnOsExt.code()),
+            Some(FeatureSet::LinnOsExt)
+        );
+        assert_eq!(FeatureSet::LinnOsExt.n_inputs(), 39);
     }
 
     #[test]

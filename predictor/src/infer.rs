@@ -24,7 +24,8 @@
 //!
 //! 1. **Input.** LinnOS: `x0[i]` = the 31 decimal digits of
 //!    [`crate::features::encode_linnos_int`], each in `0..=9` (exponent
-//!    `a_0 = 0`). Heimdall: the 12 raw integer features of
+//!    `a_0 = 0`); `linnos-ext`: the 39 digits of
+//!    [`crate::features::encode_linnos_ext_int`], likewise. Heimdall: the 12 raw integer features of
 //!    [`crate::features::heimdall_raw_int`] mapped by the model's
 //!    [`crate::features::IntScaler`] to `0..=1024` (`a_0 = 10`).
 //! 2. **Layer k** (`n` inputs, `m` outputs, quantized weights `Wq[o][i]`
@@ -41,8 +42,8 @@
 //!
 //! The loader ([`crate::model::Model::from_bytes`]) guarantees: `|Wq| <= 32767
 //! < 2^15`; width `<= 1024 = 2^10`; layer-1 `|bq| <= 2^30`, later `|bq| <= 2^40`.
-//! - Layer 1 inputs are at most 9 (31 LinnOS inputs) or 1024 (12 Heimdall
-//!   inputs), so `n * max|x0| <= 12288 < 2^14` and every partial sum satisfies
+//! - Layer 1 inputs are at most 9 (31 or 39 LinnOS digits) or 1024 (12
+//!   Heimdall inputs), so `n * max|x0| <= 12288 < 2^14` and every partial sum satisfies
 //!   `|acc| <= 2^30 + 2^14 * 2^15 < 2^31`: i32 suffices.
 //! - Later layers: `0 <= x <= 2^31 - 1` (step 3), so every partial sum has
 //!   `|acc| <= 2^40 + 2^10 * 2^15 * 2^31 < 2^57`; `acc + h <= 2^57 + 2^61 < 2^63`
@@ -72,8 +73,9 @@ use std::cell::RefCell;
 use augur_feature_store::HistorySnapshot;
 
 use crate::features::{
-    FeatureSet, HEIMDALL_INPUTS, LINNOS_INPUTS, MAX_INPUTS, ReadInfo, encode_linnos,
-    encode_linnos_int, heimdall_raw, heimdall_raw_int,
+    FeatureSet, HEIMDALL_INPUTS, LINNOS_EXT_INPUTS, LINNOS_INPUTS, MAX_INPUTS, ReadInfo,
+    encode_linnos, encode_linnos_ext, encode_linnos_ext_int, encode_linnos_int, heimdall_raw,
+    heimdall_raw_int,
 };
 use crate::model::{Activation, MAX_WIDTH, Model, QuantLayer};
 
@@ -533,6 +535,12 @@ impl Model {
                 out[..LINNOS_INPUTS].copy_from_slice(&v);
                 LINNOS_INPUTS
             }
+            FeatureSet::LinnOsExt => {
+                let mut v = [0f32; LINNOS_EXT_INPUTS];
+                encode_linnos_ext(h, &mut v);
+                out[..LINNOS_EXT_INPUTS].copy_from_slice(&v);
+                LINNOS_EXT_INPUTS
+            }
             FeatureSet::Heimdall => {
                 let mut v = [0f32; HEIMDALL_INPUTS];
                 heimdall_raw(h, r, &mut v);
@@ -560,6 +568,12 @@ impl Model {
                 encode_linnos_int(h, &mut v);
                 out[..LINNOS_INPUTS].copy_from_slice(&v);
                 LINNOS_INPUTS
+            }
+            FeatureSet::LinnOsExt => {
+                let mut v = [0i32; LINNOS_EXT_INPUTS];
+                encode_linnos_ext_int(h, &mut v);
+                out[..LINNOS_EXT_INPUTS].copy_from_slice(&v);
+                LINNOS_EXT_INPUTS
             }
             FeatureSet::Heimdall => {
                 let mut raw = [0u32; HEIMDALL_INPUTS];
@@ -755,6 +769,8 @@ mod tests {
             pending_pages: v(rng),
             pending_ios: v(rng),
             len: rng.below(HISTORY_LEN as u64 + 1) as u8,
+            oldest_pending_us: v(rng),
+            recent_max_us: v(rng),
             ..Default::default()
         };
         for j in 0..s.len as usize {
@@ -777,6 +793,8 @@ mod tests {
             Model::random(l, &[37, 5], 2, 4).unwrap(),
             Model::random(l, &[], 2, 5).unwrap(),
             Model::random(l, &[64], 1, 6).unwrap(),
+            Model::random(FeatureSet::LinnOsExt, &[256], 2, 9).unwrap(),
+            Model::random(FeatureSet::LinnOsExt, &[256, 256], 2, 10).unwrap(),
             Model::random(FeatureSet::Heimdall, &[128, 16], 1, 7).unwrap(),
             Model::random(FeatureSet::Heimdall, &[128, 16], 2, 8).unwrap(),
         ]
@@ -836,6 +854,8 @@ mod tests {
                     size_bytes: u32::MAX,
                 }; HISTORY_LEN],
                 len: HISTORY_LEN as u8,
+                oldest_pending_us: u32::MAX,
+                recent_max_us: u32::MAX,
             };
             for snap in [caps, HistorySnapshot::default()] {
                 let r = ReadInfo {

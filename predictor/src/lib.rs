@@ -18,8 +18,8 @@ pub mod trace;
 pub mod train;
 
 pub use features::{
-    FeatureSet, HEIMDALL_INPUTS, IntScaler, LINNOS_INPUTS, MinMax, ReadInfo, encode_linnos,
-    heimdall_raw,
+    FeatureSet, HEIMDALL_INPUTS, IntScaler, LINNOS_EXT_INPUTS, LINNOS_INPUTS, MinMax, ReadInfo,
+    encode_linnos, encode_linnos_ext, heimdall_raw,
 };
 pub use infer::{Kernel, Scratch};
 pub use model::{Activation, Layer, Model, ModelError, QuantLayer, TrainingMeta};

@@ -397,7 +397,7 @@ fn check_structure(
         prev = l.outputs;
     }
     match (fs, scaler) {
-        (FeatureSet::LinnOs, Some(_)) => {
+        (FeatureSet::LinnOs | FeatureSet::LinnOsExt, Some(_)) => {
             return Err(ModelError::Invalid(
                 "a LinnOS model has no MinMax scaler".into(),
             ));
@@ -424,7 +424,7 @@ fn check_structure(
                 }
             }
         }
-        (FeatureSet::LinnOs, None) => {}
+        (FeatureSet::LinnOs | FeatureSet::LinnOsExt, None) => {}
     }
     Ok(())
 }
@@ -1240,7 +1240,11 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        for fs in [FeatureSet::LinnOs, FeatureSet::Heimdall] {
+        for fs in [
+            FeatureSet::LinnOs,
+            FeatureSet::LinnOsExt,
+            FeatureSet::Heimdall,
+        ] {
             for m in [small(fs), Model::random(fs, &[256, 256], 2, 9).unwrap()] {
                 let b = m.to_bytes();
                 let m2 = Model::from_bytes(&b).unwrap();
@@ -1259,7 +1263,11 @@ mod tests {
 
     #[test]
     fn rejects_every_truncation() {
-        for fs in [FeatureSet::LinnOs, FeatureSet::Heimdall] {
+        for fs in [
+            FeatureSet::LinnOs,
+            FeatureSet::LinnOsExt,
+            FeatureSet::Heimdall,
+        ] {
             let b = small(fs).to_bytes();
             for n in 0..b.len() {
                 match Model::from_bytes(&b[..n]) {
@@ -1280,7 +1288,11 @@ mod tests {
 
     #[test]
     fn rejects_every_single_bit_flip() {
-        for fs in [FeatureSet::LinnOs, FeatureSet::Heimdall] {
+        for fs in [
+            FeatureSet::LinnOs,
+            FeatureSet::LinnOsExt,
+            FeatureSet::Heimdall,
+        ] {
             let b = small(fs).to_bytes();
             let mut c = b.clone();
             for i in 0..b.len() {

@@ -614,7 +614,7 @@ impl ImportedTrace {
                 }
             }
             let h = &histories[usize::from(e.disk)];
-            let (ticket, features) = h.on_submit_with_snapshot(e.op, e.len);
+            let (ticket, features) = h.on_submit_with_snapshot_at(e.op, e.len, e.t_ns);
             let latency_us = u32::try_from(e.latency_ns / 1000).unwrap_or(u32::MAX);
             tickets.insert(seq, (e.disk, ticket, latency_us));
             pending.push(std::cmp::Reverse((

@@ -35,7 +35,8 @@ use thiserror::Error;
 
 use crate::eval::{EvalReport, evaluate};
 use crate::features::{
-    FeatureSet, HEIMDALL_INPUTS, LINNOS_INPUTS, MinMax, ReadInfo, encode_linnos, heimdall_raw,
+    FeatureSet, HEIMDALL_INPUTS, LINNOS_EXT_INPUTS, LINNOS_INPUTS, MinMax, ReadInfo, encode_linnos,
+    encode_linnos_ext, heimdall_raw,
 };
 use crate::label::{LabelError, LabelRule, Threshold, compute_threshold, is_slow};
 use crate::model::{Activation, Layer, MAX_STR, Model, ModelError, TrainingMeta};
@@ -138,6 +139,9 @@ impl ReplicaSelection {
 pub struct TrainConfig {
     /// Network architecture.
     pub arch: Arch,
+    /// Also feed the oldest pending age and the recent maximum latency (feature set
+    /// `linnos-ext`, 39 inputs); base, deep1 and deep2 only.
+    pub extended: bool,
     /// Which replicas' reads to use.
     pub replicas: ReplicaSelection,
     /// How reads are labelled slow.
@@ -172,6 +176,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             arch: Arch::Base,
+            extended: false,
             replicas: ReplicaSelection::Pooled,
             label: LabelRule::Inflection,
             false_submit_weight: 5.0,
@@ -189,9 +194,28 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The feature set trained: the architecture's, or `linnos-ext` with
+    /// [`extended`](Self::extended).
+    pub fn feature_set(&self) -> FeatureSet {
+        match (self.arch, self.extended) {
+            (Arch::Heimdall, _) | (_, false) => self.arch.feature_set(),
+            (_, true) => FeatureSet::LinnOsExt,
+        }
+    }
+
+    /// Layer widths from input to output for this configuration.
+    pub fn widths(&self) -> Vec<usize> {
+        let mut w = self.arch.widths();
+        w[0] = self.feature_set().n_inputs();
+        w
+    }
+
     /// Checks the numeric parameters.
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |what: String| Err(TrainError::InvalidConfig(what));
+        if self.extended && self.arch == Arch::Heimdall {
+            return bad("the extended inputs are for the LinnOS architectures (base, deep1, deep2), not heimdall".into());
+        }
         if !(self.false_submit_weight.is_finite() && self.false_submit_weight > 0.0) {
             return bad(format!(
                 "false-submit weight must be a positive number, got {}",
@@ -287,6 +311,10 @@ pub enum Progress {
 pub struct TrainReport {
     /// Architecture trained.
     pub arch: Arch,
+    /// Feature set the model consumes.
+    pub feature_set: String,
+    /// Layer widths, input to output.
+    pub widths: Vec<usize>,
     /// `pooled` or `replica N`.
     pub replicas: String,
     /// The label rule, e.g. `inflection` or `p95`.
@@ -319,9 +347,15 @@ impl TrainReport {
     /// A short human-readable summary followed by the validation table.
     pub fn render_text(&self) -> String {
         format!(
-            "trained {} on {} reads ({}), label {} -> slow if > {} µs ({:.2}% slow)\n\
+            "trained {} ({}, {} features) on {} reads ({}), label {} -> slow if > {} µs ({:.2}% slow)\n\
              {} train / {} validation samples; {} epochs, best {}{}; {:.1} s\n{}",
-            self.arch.describe(),
+            self.arch.name(),
+            self.widths
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join("-"),
+            self.feature_set,
             self.reads,
             self.replicas,
             self.label_rule,
@@ -563,6 +597,11 @@ fn encode(fs: FeatureSet, r: &TrainingRecord, out: &mut Vec<f32>) {
             encode_linnos(&r.features, &mut f);
             out.extend_from_slice(&f);
         }
+        FeatureSet::LinnOsExt => {
+            let mut f = [0.0f32; LINNOS_EXT_INPUTS];
+            encode_linnos_ext(&r.features, &mut f);
+            out.extend_from_slice(&f);
+        }
         FeatureSet::Heimdall => {
             let mut f = [0.0f32; HEIMDALL_INPUTS];
             heimdall_raw(
@@ -664,8 +703,8 @@ pub fn train(
 ) -> Result<(Model, TrainReport), TrainError> {
     let started = Instant::now();
     cfg.validate()?;
-    let fs = cfg.arch.feature_set();
-    let widths = cfg.arch.widths();
+    let fs = cfg.feature_set();
+    let widths = cfg.widths();
     let d_in = widths[0];
     let n_out = widths[widths.len() - 1];
 
@@ -916,7 +955,11 @@ pub fn train(
         },
         date: cfg.date.clone().unwrap_or_else(utc_date_today),
         seed: cfg.seed,
-        arch: cfg.arch.name().to_string(),
+        arch: if cfg.extended {
+            format!("{}+ext", cfg.arch.name())
+        } else {
+            cfg.arch.name().to_string()
+        },
         label_rule: label_rule.clone(),
         threshold_us: threshold.threshold_us,
         metrics: Vec::new(),
@@ -963,6 +1006,8 @@ pub fn train(
 
     let report = TrainReport {
         arch: cfg.arch,
+        feature_set: fs.name().to_string(),
+        widths: cfg.widths(),
         replicas: cfg.replicas.describe(),
         label_rule,
         label: threshold,
@@ -1018,6 +1063,7 @@ mod tests {
                         pending_ios: (rng.unit() * 8.0) as u32,
                         recent,
                         len: HISTORY_LEN as u8,
+                        ..HistorySnapshot::default()
                     },
                 }
             })
@@ -1117,7 +1163,47 @@ mod tests {
             .filter(|e| matches!(e, Progress::Epoch(_)))
             .count();
         assert_eq!(epochs, report.epochs_run);
-        assert!(report.render_text().contains("deep1 (31-256-256-2)"));
+        assert!(
+            report
+                .render_text()
+                .contains("deep1 (31-256-256-2, linnos features)")
+        );
+    }
+
+    #[test]
+    fn extended_inputs_train_a_linnos_ext_model() {
+        let mut recs = separable(800, 6);
+        // Make the extra inputs carry the signal too.
+        for r in &mut recs {
+            let slow = r.latency_us > 1000;
+            r.features.recent_max_us = if slow { 3000 } else { 300 };
+            r.features.oldest_pending_us = if slow { 900 } else { 100 };
+        }
+        let cfg = TrainConfig {
+            extended: true,
+            max_epochs: 6,
+            ..small_cfg(Arch::Base, 2)
+        };
+        assert_eq!(cfg.widths(), vec![39, 256, 2]);
+        let (model, report) = train(&recs, &cfg, &mut |_| {}).expect("trains");
+        assert_eq!(model.feature_set(), FeatureSet::LinnOsExt);
+        assert_eq!(model.layers()[0].inputs, 39);
+        assert_eq!(model.meta().arch, "base+ext");
+        let acc = report.validation.int.accuracy.unwrap_or(0.0);
+        assert!(acc > 0.95, "extended validation accuracy {acc}");
+        assert!(
+            report
+                .render_text()
+                .contains("base (39-256-2, linnos-ext features)")
+        );
+
+        let e = TrainConfig {
+            extended: true,
+            ..small_cfg(Arch::Heimdall, 1)
+        }
+        .validate()
+        .expect_err("heimdall has no extended inputs");
+        assert!(e.to_string().contains("heimdall"), "{e}");
     }
 
     #[test]

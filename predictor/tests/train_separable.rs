@@ -59,6 +59,7 @@ fn dataset(n: usize, seed: u64) -> Vec<TrainingRecord> {
                     pending_ios: (rng.unit() * 16.0) as u32,
                     recent,
                     len: HISTORY_LEN as u8,
+                    ..HistorySnapshot::default()
                 },
             }
         })

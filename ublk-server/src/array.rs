@@ -418,8 +418,8 @@ impl ReplicaView for Inner {
     fn is_live(&self, i: usize) -> bool {
         !self.replicas[i].failed.load(Relaxed)
     }
-    fn snapshot(&self, i: usize) -> HistorySnapshot {
-        self.replicas[i].history.snapshot()
+    fn snapshot(&self, i: usize, now_ns: u64) -> HistorySnapshot {
+        self.replicas[i].history.snapshot_at(now_ns)
     }
     fn forecast_read_ns(&self, i: usize, now_ns: u64, offset: u64, len: u32) -> Option<u64> {
         let emu = self.replicas[i].emu.as_ref()?;
@@ -587,6 +587,10 @@ pub struct Queue {
     cqes: Vec<(u64, i32)>,
     /// The policy may hedge, so the latency window is kept.
     hedging: bool,
+    /// Request buffers not handed back in a completion, kept for the caller
+    /// (see [`Queue::keep_released`]).
+    released: Vec<AlignedBuf>,
+    keep_released: bool,
 }
 
 impl Queue {
@@ -628,12 +632,57 @@ impl Queue {
             unsubmitted: false,
             cqes: Vec::new(),
             hedging,
+            released: Vec::new(),
+            keep_released: false,
         })
     }
 
     /// Requests taken and not yet completed (including completions not yet polled).
     pub fn in_flight(&self) -> usize {
         self.active
+    }
+
+    /// Keeps request buffers that do not come back in a completion (a read's
+    /// own buffer when its hedged copy answered first, released once the
+    /// slower copy has finished) for [`Queue::take_released`], instead of
+    /// freeing them. A front-end with long-lived buffers (ublk) reuses them.
+    pub fn keep_released(&mut self, on: bool) {
+        self.keep_released = on;
+        if !on {
+            self.released.clear();
+        }
+    }
+
+    /// Moves the buffers kept since the last call into `out`.
+    pub fn take_released(&mut self, out: &mut Vec<AlignedBuf>) {
+        out.append(&mut self.released);
+    }
+
+    /// Registers `fd`, an eventfd, on this queue's io_uring: the kernel bumps
+    /// it for every completion posted there. A front-end that waits on a ring
+    /// of its own (ublk) reads the eventfd from that ring, so one thread
+    /// sleeps on both, then calls [`Queue::poll`] without waiting.
+    pub fn register_eventfd(&self, fd: std::os::unix::io::RawFd) -> std::io::Result<()> {
+        self.ring.submitter().register_eventfd(fd)
+    }
+
+    /// Turns the registered eventfd's notifications off or on (a flag in the
+    /// ring the kernel reads as it posts each completion). An owner about to
+    /// reap anyway turns them off around [`Queue::poll`], so completions of
+    /// its own submissions do not wake it a second time; after turning them
+    /// back on it checks [`Queue::has_completions`] before sleeping.
+    pub fn set_eventfd_enabled(&mut self, on: bool) {
+        let cq = self.ring.completion();
+        if on {
+            cq.enable_eventfd();
+        } else {
+            cq.disable_eventfd();
+        }
+    }
+
+    /// True when completions wait in the ring, not yet reaped by [`Queue::poll`].
+    pub fn has_completions(&mut self) -> bool {
+        !self.ring.completion().is_empty()
     }
 
     /// Takes a request. It is routed and issued at the next [`Queue::poll`],
@@ -943,8 +992,8 @@ impl Queue {
             Op::Write => rep.counters.writes.fetch_add(1, Relaxed),
             _ => rep.counters.other.fetch_add(1, Relaxed),
         };
-        let snap = (op == Op::Read && inner.log.is_some()).then(|| rep.history.snapshot());
-        let ticket = rep.history.on_submit(op, len);
+        let snap = (op == Op::Read && inner.log.is_some()).then(|| rep.history.snapshot_at(now));
+        let ticket = rep.history.on_submit_at(op, len, now);
         let injected = rep.fault.after_ios.is_some_and(|n| io_no >= n)
             || rep.fault.at_ns.is_some_and(|t| now >= t);
         let outcome = match &rep.emu {
@@ -1251,8 +1300,13 @@ impl Queue {
         let s = &mut self.slots[idx];
         if s.done && s.outstanding == 0 && s.active {
             s.active = false;
-            s.buf = None;
+            let buf = s.buf.take();
             self.free_slots.push(idx);
+            if self.keep_released
+                && let Some(b) = buf
+            {
+                self.released.push(b);
+            }
         }
     }
 }

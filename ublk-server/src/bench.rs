@@ -89,6 +89,9 @@ pub struct PolicyReport {
     pub errors: u64,
     /// Predictor calls per read.
     pub predictions_per_read: f64,
+    /// Percent of reads every live replica was predicted slow for (sent to
+    /// the lowest-scored one).
+    pub all_slow_pct: f64,
     /// Replicas marked failed during the run.
     pub replica_failures: u64,
     /// Seconds measured.
@@ -122,6 +125,7 @@ impl PolicyReport {
             writes: r.writes,
             errors: r.errors,
             predictions_per_read: round2(r.stats.predictions as f64 / reads),
+            all_slow_pct: round2(r.stats.all_slow as f64 * 100.0 / reads),
             replica_failures: r.stats.replica_failures,
             duration_s: round2(r.elapsed_s),
             replicas,

@@ -26,6 +26,10 @@ pub struct TrainArgs {
     /// Architecture: base (31-256-2), deep1, deep2, heimdall.
     #[arg(long, default_value = "base")]
     arch: String,
+    /// Also feed the oldest pending I/O's age and the worst recent latency
+    /// (feature set linnos-ext, 39 inputs; base, deep1, deep2).
+    #[arg(long)]
+    extended: bool,
     /// Train on one replica's reads (its index), or `pooled`.
     #[arg(long, default_value = "pooled")]
     replica: String,
@@ -159,6 +163,7 @@ pub fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
     let names: Vec<String> = a.logs.iter().map(|p| p.display().to_string()).collect();
     let cfg = TrainConfig {
         arch,
+        extended: a.extended,
         replicas,
         label,
         false_submit_weight: a.false_submit_weight,

@@ -60,8 +60,8 @@ pub trait ReplicaView {
     fn replica_count(&self) -> usize;
     /// True while the replica serves I/O.
     fn is_live(&self, i: usize) -> bool;
-    /// A consistent copy of the replica's history.
-    fn snapshot(&self, i: usize) -> HistorySnapshot;
+    /// A consistent copy of the replica's history at `now_ns` (array clock).
+    fn snapshot(&self, i: usize, now_ns: u64) -> HistorySnapshot;
     /// The emulator's forecast of a read's latency (ns), `None` if not emulated.
     fn forecast_read_ns(&self, i: usize, now_ns: u64, offset: u64, len: u32) -> Option<u64>;
 }
@@ -251,7 +251,15 @@ impl Policy {
                 }
             }
             PolicyKind::Linnos { predictor, hedge } => {
-                self.route_linnos(view, reads, predictor.as_ref(), *hedge, scratch, out);
+                self.route_linnos(
+                    view,
+                    now_ns,
+                    reads,
+                    predictor.as_ref(),
+                    *hedge,
+                    scratch,
+                    out,
+                );
             }
         }
         true
@@ -261,9 +269,11 @@ impl Policy {
     /// candidate is scored in one batch; fast ones are decided, slow ones move
     /// to their next live replica, for at most as many rounds as there are
     /// live replicas; reads slow everywhere go to their lowest-scored replica.
+    #[allow(clippy::too_many_arguments)]
     fn route_linnos(
         &self,
         view: &dyn ReplicaView,
+        now_ns: u64,
         reads: &[ReadInfo],
         predictor: &dyn SlowPredictor,
         hedge: bool,
@@ -294,7 +304,7 @@ impl Policy {
             s.inputs.clear();
             for &k in &s.which {
                 let c = s.cand[k] as usize;
-                let snap = *snaps[c].get_or_insert_with(|| view.snapshot(c));
+                let snap = *snaps[c].get_or_insert_with(|| view.snapshot(c, now_ns));
                 s.inputs.push(PredictInput {
                     replica: c as u16,
                     snapshot: snap,
@@ -357,7 +367,7 @@ mod tests {
         fn is_live(&self, i: usize) -> bool {
             self.live[i]
         }
-        fn snapshot(&self, i: usize) -> HistorySnapshot {
+        fn snapshot(&self, i: usize, _now_ns: u64) -> HistorySnapshot {
             HistorySnapshot {
                 pending_ios: i as u32,
                 ..HistorySnapshot::default()

@@ -47,6 +47,8 @@ fn check(data: &[u8]) {
         pending_ios: u32::MAX,
         recent: [c; HISTORY_LEN],
         len: HISTORY_LEN as u8,
+        oldest_pending_us: u32::MAX,
+        recent_max_us: u32::MAX,
     };
     let r = ReadInfo {
         size_bytes: u32::MAX,

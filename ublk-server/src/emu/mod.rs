@@ -72,8 +72,8 @@
 //! | profile | channels | 4 KiB read / write | jitter σ | GC | noisy neighbour |
 //! |---|---|---|---|---|---|
 //! | `fast-nvme` | 8 | 80 / 20 µs | 0.15 | every 512 MiB ±50 %, 1 ms ±50 % | — |
-//! | `gc-heavy` | 8 | 90 / 24 µs | 0.2 | every 128 MiB ±50 %, 120 ms ±50 %; half the channels erase (3 ms erase, 1 ms gap) and block reads; writes ×4 | — |
-//! | `noisy-neighbor` | 8 | 80 / 20 µs | 0.15 | — | gap 300 ms, period 20 ms, ×10 |
+//! | `gc-heavy` | 8 | 90 / 24 µs | 0.2 | every 256 MiB ±50 %, 240 ms ±50 %; half the channels erase (3 ms erase, 1 ms gap) and block reads; writes ×4 | — |
+//! | `noisy-neighbor` | 8 | 80 / 20 µs | 0.15 | — | gap 800 ms, period 50 ms, ×10 |
 //!
 //! # Simulated read latency
 //!
@@ -84,8 +84,8 @@
 //! | profile | read p50 µs | p99 µs | p99.9 µs | max µs | IOPS |
 //! |---|---|---|---|---|---|
 //! | `fast-nvme` | 150 | 568 | 741 | 970 | 97 125 |
-//! | `gc-heavy` | 171 | 703 | 3 057 | 3 403 | 80 526 |
-//! | `noisy-neighbor` | 151 | 624 | 2 571 | 6 931 | 92 759 |
+//! | `gc-heavy` | 171 | 695 | 3 057 | 3 380 | 80 657 |
+//! | `noisy-neighbor` | 151 | 609 | 2 351 | 6 266 | 93 560 |
 //!
 //! (Depth 16 on 8 channels keeps the device busy, so p50 includes channel
 //! queueing: it is about twice the unloaded 80 µs read.)
