@@ -11,3 +11,4 @@ pub mod loadgen;
 pub mod policy;
 pub mod predict;
 pub mod replica;
+pub mod ublk;

@@ -38,6 +38,12 @@ enum Cmd {
     Record(RecordArgs),
     /// Emulator profiles: list the shipped ones, or show one's parameters and latency.
     Profile(ProfileArgs),
+    /// Serve the array as a ublk block device, /dev/ublkbN, in the foreground (Linux 6.0+ with ublk_drv).
+    Serve(ServeArgs),
+    /// List Augur's ublk devices: id, device, daemon, state, geometry, policy, replicas.
+    List(ListArgs),
+    /// Stop an Augur ublk device (SIGTERM to its daemon; a device whose daemon died is deleted).
+    Stop(StopArgs),
     /// Serve the array as one file, disk.img, in a FUSE mount (a block device where ublk is missing).
     Fuse(FuseArgs),
     /// Train a model from training logs (burn, CPU).
@@ -201,6 +207,73 @@ struct FuseArgs {
 }
 
 #[derive(Args)]
+struct ServeArgs {
+    /// Replicas: PATH or emu:PROFILE:PATH (repeat). With --recover: the recorded ones if left out.
+    #[arg(long = "replica", required_unless_present = "recover")]
+    replica: Vec<String>,
+    /// Create missing --replica files with this size.
+    #[arg(long, value_parser = parse_size, conflicts_with = "recover")]
+    size: Option<u64>,
+    /// Read routing policy [default: baseline; with --recover: the recorded one].
+    #[arg(long)]
+    policy: Option<String>,
+    /// Model for the linnos policies: a file, or `default` for the shipped one
+    /// [default: default; with --recover: the recorded one].
+    #[arg(long)]
+    model: Option<String>,
+    /// ublk queues, each served by one thread with its own array queue [default: 1].
+    #[arg(long)]
+    queues: Option<u16>,
+    /// Requests in flight per queue [default: 64].
+    #[arg(long)]
+    depth: Option<u16>,
+    /// Logical block size of the device: 512 or 4096 [default: 4096].
+    #[arg(long)]
+    block_size: Option<u32>,
+    /// Device id, the N of /dev/ublkbN [default: the driver picks one].
+    #[arg(long)]
+    id: Option<u32>,
+    /// Attach to device --id N whose daemon died; the I/O waiting on it then completes.
+    #[arg(long, requires = "id")]
+    recover: bool,
+    /// Most I/Os in flight to one replica from one queue.
+    #[arg(long, default_value_t = 64)]
+    replica_depth: u32,
+    /// Seed of the emulators and the random policy.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Percentile of recent read latency after which `hedge` sends a second copy.
+    #[arg(long, default_value_t = 95.0)]
+    hedge_pct: f64,
+    /// Inject a failure into this replica (index from 0).
+    #[arg(long)]
+    fail_replica: Option<usize>,
+    /// ...after this many of its I/Os.
+    #[arg(long, requires = "fail_replica")]
+    fail_after: Option<u64>,
+    /// ...or from this time on (e.g. 2s).
+    #[arg(long, requires = "fail_replica", value_parser = humantime::parse_duration)]
+    fail_at: Option<Duration>,
+}
+
+#[derive(Args)]
+struct ListArgs {
+    /// Print a JSON array (an object per device) instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct StopArgs {
+    /// The device id (N of /dev/ublkbN).
+    #[arg(long)]
+    id: u32,
+    /// How long to wait for the daemon to remove the device.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Args)]
 struct ProfileArgs {
     /// A shipped profile name or a TOML file; none lists the shipped ones.
     name: Option<String>,
@@ -289,6 +362,29 @@ fn trace_workload(args: &LoadArgs, path: &std::path::Path) -> anyhow::Result<Wor
     Ok(Workload::Replay(Arc::new(ios)))
 }
 
+/// The fault injection of `--fail-replica N (--fail-after IOS | --fail-at TIME)`.
+fn fault_plan(
+    replica: Option<usize>,
+    after: Option<u64>,
+    at: Option<Duration>,
+) -> Result<Vec<(usize, FaultPlan)>, ArrayError> {
+    let Some(r) = replica else {
+        return Ok(Vec::new());
+    };
+    if after.is_none() && at.is_none() {
+        return Err(ArrayError::BadSpec(
+            "--fail-replica needs --fail-after N or --fail-at TIME".into(),
+        ));
+    }
+    Ok(vec![(
+        r,
+        FaultPlan {
+            after_ios: after,
+            at_ns: at.map(|d| d.as_nanos() as u64),
+        },
+    )])
+}
+
 fn bench_setup(args: &LoadArgs) -> anyhow::Result<BenchSetup> {
     let workload = match &args.trace {
         Some(path) => trace_workload(args, path)?,
@@ -331,22 +427,7 @@ fn bench_setup(args: &LoadArgs) -> anyhow::Result<BenchSetup> {
             .collect::<Result<Vec<_>, _>>()?;
         ReplicaSource::Given(specs, args.size)
     };
-    let mut faults = Vec::new();
-    if let Some(r) = args.fail_replica {
-        if args.fail_after.is_none() && args.fail_at.is_none() {
-            return Err(ArrayError::BadSpec(
-                "--fail-replica needs --fail-after N or --fail-at TIME".into(),
-            )
-            .into());
-        }
-        faults.push((
-            r,
-            FaultPlan {
-                after_ios: args.fail_after,
-                at_ns: args.fail_at.map(|d| d.as_nanos() as u64),
-            },
-        ));
-    }
+    let faults = fault_plan(args.fail_replica, args.fail_after, args.fail_at)?;
     Ok(BenchSetup {
         replicas,
         load: LoadSpec {
@@ -545,6 +626,73 @@ fn cmd_fuse(args: FuseArgs) -> anyhow::Result<()> {
     augur::fuse::serve(cfg, policy, &opts)
 }
 
+fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
+    // With --recover, what is left out comes from the device's record.
+    let stored = match (a.recover, a.id) {
+        (true, Some(id)) => Some(augur::ublk::recorded(id)?),
+        _ => None,
+    };
+    let replica_texts = match (&stored, a.replica.is_empty()) {
+        (Some(rec), true) => rec.replicas.clone(),
+        _ => a.replica,
+    };
+    let policy_name = a
+        .policy
+        .or_else(|| stored.as_ref().map(|r| r.policy.clone()))
+        .unwrap_or_else(|| "baseline".into());
+    let model = a
+        .model
+        .or_else(|| stored.as_ref().map(|r| r.model.clone()))
+        .unwrap_or_else(|| "default".into());
+    let replicas = replica_texts
+        .iter()
+        .map(|s| ReplicaSpec::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut cfg = augur::array::ArrayConfig::new(replicas);
+    cfg.create_size = a.size;
+    cfg.replica_depth = a.replica_depth;
+    cfg.seed = a.seed;
+    cfg.hedge_percentile = a.hedge_pct;
+    cfg.faults = fault_plan(a.fail_replica, a.fail_after, a.fail_at)?;
+    let predictor = predictor_for(std::slice::from_ref(&policy_name), &model)?;
+    let policy = Policy::from_name(&policy_name, predictor)?;
+    let opts = augur::ublk::ServeOptions {
+        queues: a.queues,
+        depth: a.depth,
+        block_size: a.block_size,
+        id: a.id,
+        recover: a.recover,
+        model,
+    };
+    let summary = augur::ublk::serve(cfg, policy, &opts)?;
+    eprintln!("{}", summary.line());
+    Ok(())
+}
+
+fn cmd_list(a: ListArgs) -> anyhow::Result<()> {
+    let devs = augur::ublk::list()?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&devs)?);
+    } else if devs.is_empty() {
+        println!("no Augur ublk devices");
+    } else {
+        print!("{}", augur::ublk::render_list(&devs));
+    }
+    Ok(())
+}
+
+fn cmd_stop(a: StopArgs) -> anyhow::Result<()> {
+    match augur::ublk::stop(a.id, a.timeout)? {
+        augur::ublk::StopOutcome::Stopped { path, pid } => {
+            println!("stopped {path} (daemon {pid} removed it)")
+        }
+        augur::ublk::StopOutcome::Deleted { path } => {
+            println!("deleted {path} (its daemon was gone)")
+        }
+    }
+    Ok(())
+}
+
 fn cmd_profile(args: ProfileArgs) -> anyhow::Result<()> {
     match args.name {
         None => {
@@ -585,6 +733,9 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => cmd_bench(a),
         Cmd::Record(a) => cmd_record(a),
         Cmd::Profile(a) => cmd_profile(a),
+        Cmd::Serve(a) => cmd_serve(a),
+        Cmd::List(a) => cmd_list(a),
+        Cmd::Stop(a) => cmd_stop(a),
         Cmd::Fuse(a) => cmd_fuse(a),
         Cmd::Train(a) => cli_predict::cmd_train(a),
         Cmd::Eval(a) => cli_predict::cmd_eval(a),
@@ -596,7 +747,10 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("augur: {e:#}");
             // Bad input (the user's to fix) exits 2; anything else 1.
-            if e.downcast_ref::<ArrayError>().is_some() {
+            let user_error = e.downcast_ref::<ArrayError>().is_some()
+                || e.downcast_ref::<augur::ublk::ServeError>()
+                    .is_some_and(|s| s.is_user_error());
+            if user_error {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

@@ -357,3 +357,116 @@ fn bench_replays_an_msr_trace_and_names_a_bad_line() {
         assert!(p["duration_s"].as_f64().unwrap() < 4.0);
     }
 }
+
+/// This machine has ublk (then the "ublk is missing" checks cannot run).
+fn has_ublk() -> bool {
+    Path::new("/dev/ublk-control").exists()
+}
+
+#[test]
+fn serve_list_stop_without_ublk_say_so_in_one_line() {
+    if has_ublk() {
+        eprintln!("skipped: this machine has ublk (the VM tests cover serve)");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("a.img");
+    let b = d.path().join("b.img");
+    let o = augur(&[
+        "serve",
+        "--replica",
+        a.to_str().unwrap(),
+        "--replica",
+        &format!("emu:gc-heavy:{}", b.display()),
+        "--size",
+        "1M",
+    ]);
+    assert_bad_input(&o, "ublk is not available");
+    assert!(stderr(&o).contains("augur fuse"), "{}", stderr(&o));
+    assert!(o.stdout.is_empty(), "nothing on stdout without a device");
+    // The replica files serve created for the run are gone again.
+    assert!(files_in(d.path()).is_empty(), "{:?}", files_in(d.path()));
+    for args in [
+        &["list"][..],
+        &["list", "--json"],
+        &["stop", "--id", "0"],
+        &["serve", "--recover", "--id", "0"],
+    ] {
+        let o = augur(args);
+        assert_bad_input(&o, "ublk is not available");
+        assert!(
+            stderr(&o).contains("augur fuse"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn serve_rejects_bad_input_before_any_device() {
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("a.img");
+    let b = d.path().join("b.img");
+    let c = d.path().join("c.img");
+    std::fs::write(&b, vec![0u8; 1 << 20]).unwrap();
+    let (a, b_s, c_s) = (
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        c.to_str().unwrap(),
+    );
+    let o = augur(&["serve", "--replica", a, "--replica", b_s]);
+    assert_bad_input(&o, "a.img does not exist");
+    // c.img is created for the run (2 MiB), then b.img's size does not fit.
+    let o = augur(&["serve", "--replica", b_s, "--replica", c_s, "--size", "2M"]);
+    assert_bad_input(&o, "sizes differ");
+    assert_eq!(files_in(d.path()), vec!["b.img"]);
+    let o = augur(&[
+        "serve",
+        "--replica",
+        b_s,
+        "--replica",
+        c_s,
+        "--size",
+        "1M",
+        "--policy",
+        "fastest",
+    ]);
+    assert_bad_input(&o, "unknown policy 'fastest'");
+    let o = augur(&[
+        "serve",
+        "--replica",
+        b_s,
+        "--replica",
+        c_s,
+        "--size",
+        "1M",
+        "--block-size",
+        "1024",
+    ]);
+    assert_bad_input(&o, "--block-size 1024 must be 512 or 4096");
+    let o = augur(&[
+        "serve",
+        "--replica",
+        b_s,
+        "--replica",
+        c_s,
+        "--size",
+        "1M",
+        "--fail-replica",
+        "1",
+    ]);
+    assert_bad_input(&o, "--fail-replica needs --fail-after N or --fail-at TIME");
+    let o = augur(&[
+        "serve",
+        "--replica",
+        b_s,
+        "--replica",
+        c_s,
+        "--size",
+        "1M",
+        "--queues",
+        "0",
+    ]);
+    assert_bad_input(&o, "--queues 0 must be between 1 and");
+    assert_eq!(files_in(d.path()), vec!["b.img"]);
+}

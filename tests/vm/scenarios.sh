@@ -1,0 +1,532 @@
+# The guest's scenarios (busybox sh, sourced by /init). Each prints one
+# console line per check, `CHECK <name> ok` or `CHECK <name> FAIL <reason>`,
+# and measurements as `MEASURE <set> key=value ...`; tests/vm/run reads them.
+# Diagnostics go to the console indented with "|".
+
+# fio's crc32c-verified random I/O at depth 16: every block written is read
+# back and checked after the mixed phase (and a verify error stops fio).
+FIO_VERIFY="--ioengine=io_uring --direct=1 --bs=4k --iodepth=16 --verify=crc32c --verify_fatal=1 --do_verify=1 --exitall_on_error"
+VERIFY_SIZE=24M
+# Measurement runs: seconds per fio run (after 1 s of ramp) and rounds.
+MEASURE_S=4
+ROUNDS=2
+POLICIES="baseline random hedge linnos linnos+hedge oracle"
+
+ok() { echo "CHECK $1 ok"; }
+fail() {
+  _n=$1
+  shift
+  echo "CHECK $_n FAIL $*"
+}
+# show FILE [N]: the last N lines of a log, into the console.
+show() { [ -s "$1" ] && tail -n "${2:-12}" "$1" | sed 's/^/    | /'; }
+# alive PID: the process exists and is not a zombie waiting to be reaped.
+alive() {
+  [ -r "/proc/$1/stat" ] || return 1
+  [ "$(sed 's/^.*) //' "/proc/$1/stat" | cut -d' ' -f1)" != Z ]
+}
+# wait_gone PID SECONDS
+wait_gone() {
+  _w=0
+  while alive "$1" && [ "$_w" -lt "$(($2 * 10))" ]; do
+    sleep 0.1
+    _w=$((_w + 1))
+  done
+  ! alive "$1"
+}
+# wait_blk DEV SECONDS: the block device node exists.
+wait_blk() {
+  _w=0
+  while [ ! -b "$1" ] && [ "$_w" -lt "$(($2 * 10))" ]; do
+    sleep 0.1
+    _w=$((_w + 1))
+  done
+  [ -b "$1" ]
+}
+# The ublk devices and control nodes present now.
+devs() { ls -d /dev/ublkb* /dev/ublkc* /sys/class/ublk-char/* 2>/dev/null | sort | tr '\n' ' '; }
+
+# cleanup_devices: ends the daemons and jobs a failed scenario left behind and
+# deletes its devices, so that the next one starts clean.
+cleanup_devices() {
+  for p in $(pidof augur rublk fio); do
+    echo "    | left behind: pid $p ($(tr '\0' ' ' </proc/$p/cmdline | cut -c1-80)); killing it"
+    kill -9 "$p"
+  done
+  for c in /sys/class/ublk-char/ublkc*; do
+    [ -e "$c" ] || continue
+    echo "    | left behind: ${c##*/}; deleting it"
+    timeout 30 rublk del -n "${c##*ublkc}" >/dev/null 2>&1
+  done
+}
+
+# serve_start TAG ARGS...: `augur serve ARGS` in the background, stdout in
+# TAG.out and stderr in TAG.err; waits for the device path, its first stdout
+# line. Sets PID and DEV; on failure sets REASON.
+serve_start() {
+  _t=$1
+  shift
+  DEV=
+  augur serve "$@" >"$_t.out" 2>"$_t.err" &
+  PID=$!
+  _w=0
+  while [ "$_w" -lt 600 ]; do
+    DEV=$(head -n1 "$_t.out" 2>/dev/null)
+    if [ -n "$DEV" ] && [ -b "$DEV" ]; then return 0; fi
+    if ! alive "$PID"; then
+      wait "$PID"
+      REASON="augur serve exited $? before its device was live: $(tail -n1 "$_t.err")"
+      show "$_t.err"
+      return 1
+    fi
+    sleep 0.1
+    _w=$((_w + 1))
+  done
+  REASON="augur serve: no live device after 60 s (first stdout line: '$DEV')"
+  show "$_t.err"
+  return 1
+}
+
+# serve_stop TAG: SIGTERM; expects exit 0 within 30 s and the device gone.
+serve_stop() {
+  kill -TERM "$PID" 2>/dev/null
+  if ! wait_gone "$PID" 30; then
+    kill -9 "$PID"
+    wait "$PID"
+    REASON="augur serve still running 30 s after SIGTERM"
+    return 1
+  fi
+  wait "$PID"
+  _rc=$?
+  if [ "$_rc" != 0 ]; then
+    REASON="augur serve exited $_rc on SIGTERM: $(tail -n1 "$1.err")"
+    show "$1.err"
+    return 1
+  fi
+  _w=0
+  while [ -e "$DEV" ] && [ "$_w" -lt 50 ]; do
+    sleep 0.1
+    _w=$((_w + 1))
+  done
+  [ ! -e "$DEV" ] || {
+    REASON="$DEV still present after augur serve exited"
+    return 1
+  }
+}
+
+# serve_kill: SIGTERM, then SIGKILL after 10 s (a failed scenario's cleanup).
+serve_kill() {
+  kill -TERM "$PID" 2>/dev/null
+  wait_gone "$PID" 10 || kill -9 "$PID" 2>/dev/null
+  wait "$PID" 2>/dev/null
+}
+
+# fio_verify NAME LOG FILE [ARGS]: the verified job; fails with REASON.
+fio_verify() {
+  _name=$1 _log=$2 _file=$3
+  shift 3
+  # shellcheck disable=SC2086
+  if fio --name="$_name" --filename="$_file" $FIO_VERIFY "$@" >"$_log" 2>&1; then
+    return 0
+  fi
+  REASON="fio: $(grep -m1 -iE 'verify|error|bad|fail' "$_log" || tail -n1 "$_log")"
+  show "$_log"
+  return 1
+}
+
+# fio_terse LOG FILE ARGS: a timed 4 KiB job at depth 16; prints
+# "read_iops=.. p50_us=.. p99_us=.. p999_us=.. write_iops=.." (read
+# completion latency percentiles) from fio's terse output.
+fio_terse() {
+  _log=$1 _file=$2
+  shift 2
+  fio --name=m --filename="$_file" --ioengine=io_uring --direct=1 --bs=4k --iodepth=16 \
+    --time_based --runtime="$MEASURE_S" --ramp_time=1 --percentile_list=50:99:99.9 \
+    --minimal "$@" >"$_log" 2>&1 || {
+    show "$_log"
+    return 1
+  }
+  awk -F';' '$1 == 3 { for (i = 18; i <= 20; i++) { split($i, a, "="); p[i] = a[2] }
+    printf "read_iops=%d p50_us=%d p99_us=%d p999_us=%d write_iops=%d\n", $8, p[18], p[19], p[20], $49; found = 1 }
+    END { exit !found }' "$_log"
+}
+
+# The pid of rublk's daemon for device N (from `rublk list`).
+rublk_pid() { rublk list -n "$1" 2>/dev/null | sed -n 's/.*daemon pid \([0-9]*\).*/\1/p' | head -n1; }
+
+# --- 0: the ublk driver and the rublk reference daemon --------------------------
+# Checks the guest itself: a libublk server serves verified I/O, and survives
+# kill -9 through user recovery, the way scenario 3 expects of augur.
+scenario_0() {
+  if grep -q '^ublk_drv ' /proc/modules && [ -c /dev/ublk-control ]; then
+    ok ublk-driver
+  else
+    fail ublk-driver "ublk_drv not loaded or no /dev/ublk-control"
+  fi
+
+  truncate -s 64M /tmp/s0.img
+  if rublk add loop -n 0 -f /tmp/s0.img >/tmp/s0-add.log 2>&1 && wait_blk /dev/ublkb0 10; then
+    if fio_verify rublk-loop /tmp/s0-fio.log /dev/ublkb0 --rw=randrw --size="$VERIFY_SIZE"; then
+      ok rublk-loop-verify
+    else
+      fail rublk-loop-verify "$REASON"
+    fi
+    rublk del -n 0 >/dev/null 2>&1
+  else
+    fail rublk-loop-verify "rublk add loop: $(tail -n1 /tmp/s0-add.log)"
+  fi
+
+  # kill -9 the daemon and `rublk recover`: the device serves again. (rublk
+  # sets no UBLK_F_USER_RECOVERY_REISSUE, so I/O in flight at the kill fails;
+  # the daemon is killed idle here. Scenario 3 kills augur under load.)
+  if rublk add loop -n 1 -r -f /tmp/s0.img >/tmp/s0-add.log 2>&1 && wait_blk /dev/ublkb1 10; then
+    pid=$(rublk_pid 1)
+    if [ -z "$pid" ]; then
+      fail rublk-recover "no daemon pid in 'rublk list -n 1'"
+    else
+      kill -9 "$pid"
+      wait_gone "$pid" 10
+      if ! rublk recover -n 1 >/tmp/s0-recover.log 2>&1; then
+        fail rublk-recover "rublk recover: $(tail -n1 /tmp/s0-recover.log)"
+      elif fio_verify rublk-recover /tmp/s0-rec.log /dev/ublkb1 --rw=randrw --size=8M; then
+        ok rublk-recover
+      else
+        fail rublk-recover "after recovery: $REASON"
+      fi
+    fi
+    rublk del -n 1 >/dev/null 2>&1
+  else
+    fail rublk-recover "rublk add loop -r: $(tail -n1 /tmp/s0-add.log)"
+  fi
+  rm -f /tmp/s0.img
+}
+
+# --- 1: fio verify on three gc-heavy replicas, every policy ----------------------
+scenario_1() {
+  for p in $POLICIES; do
+    rm -f /tmp/s1-r*.img
+    if serve_start /tmp/s1-$p --size 64M --policy "$p" \
+      --replica emu:gc-heavy:/tmp/s1-r0.img --replica emu:gc-heavy:/tmp/s1-r1.img \
+      --replica emu:gc-heavy:/tmp/s1-r2.img; then
+      if fio_verify "verify-$p" "/tmp/s1-$p.fio" "$DEV" --rw=randrw --size="$VERIFY_SIZE" &&
+        serve_stop "/tmp/s1-$p"; then
+        ok "verify-$p"
+      else
+        fail "verify-$p" "$REASON"
+        serve_kill
+      fi
+    else
+      fail "verify-$p" "$REASON"
+    fi
+  done
+  # 512-byte logical blocks, two queues (two fio jobs, each on its own half),
+  # requests from 512 B to 64 KiB, some crossing the 128 KiB stripes.
+  rm -f /tmp/s1-r*.img
+  if serve_start /tmp/s1-bs512 --size 64M --policy linnos+hedge --block-size 512 --queues 2 \
+    --depth 32 --replica emu:gc-heavy:/tmp/s1-r0.img --replica /tmp/s1-r1.img \
+    --replica emu:fast-nvme:/tmp/s1-r2.img; then
+    if [ "$(cat "/sys/block/${DEV#/dev/}/queue/logical_block_size")" != 512 ]; then
+      fail verify-bs512-q2 "logical_block_size is $(cat "/sys/block/${DEV#/dev/}/queue/logical_block_size"), not 512"
+      serve_kill
+    elif fio_verify verify-bs512 /tmp/s1-bs512.fio "$DEV" --rw=randrw --numjobs=2 \
+      --size=12M --offset_increment=12M --bssplit=512/30:4k/40:20k/15:64k/15 --blockalign=512 &&
+      serve_stop /tmp/s1-bs512; then
+      ok verify-bs512-q2
+    else
+      fail verify-bs512-q2 "$REASON"
+      serve_kill
+    fi
+  else
+    fail verify-bs512-q2 "$REASON"
+  fi
+  rm -f /tmp/s1-r*.img
+}
+
+# --- 2: ext4 on the device; replicas identical afterwards -------------------------
+scenario_2() {
+  rm -f /tmp/s2-r*.img
+  if ! serve_start /tmp/s2 --size 128M --policy linnos+hedge \
+    --replica emu:gc-heavy:/tmp/s2-r0.img --replica emu:gc-heavy:/tmp/s2-r1.img \
+    --replica emu:gc-heavy:/tmp/s2-r2.img; then
+    for c in ext4-remount-verify ext4-fsck ext4-replicas-identical; do fail $c "$REASON"; done
+    return
+  fi
+  mnt=/mnt/s2
+  mkdir -p $mnt
+  if ! mkfs.ext4 -q -F "$DEV" >/tmp/s2-mkfs.log 2>&1 || ! mount -t ext4 "$DEV" $mnt 2>/tmp/s2-mount.log; then
+    show /tmp/s2-mkfs.log
+    show /tmp/s2-mount.log
+    fail ext4-remount-verify "mkfs.ext4 or mount failed: $(tail -n1 /tmp/s2-mkfs.log /tmp/s2-mount.log | tr '\n' ' ')"
+  else
+    # A tree of files of assorted sizes (1 KiB - 1 MiB) and one of 8 MiB.
+    for d in 1 2 3 4; do
+      mkdir -p $mnt/d$d/sub
+      for f in 1 2 3 4 5 6 7 8; do
+        dd if=/dev/urandom of=$mnt/d$d/f$f bs=1k count=$(((d * 131 + f * 977) % 1024 + 1)) 2>/dev/null
+        dd if=/dev/urandom of=$mnt/d$d/sub/g$f bs=1k count=$(((d + f) * 3)) 2>/dev/null
+      done
+    done
+    dd if=/dev/urandom of=$mnt/big bs=1M count=8 2>/dev/null
+    (cd $mnt && find . -type f | sort | xargs sha256sum) >/tmp/s2.sums
+    umount $mnt
+    echo 3 >/proc/sys/vm/drop_caches
+    if mount -t ext4 "$DEV" $mnt 2>/tmp/s2-mount.log &&
+      (cd $mnt && sha256sum -c -s /tmp/s2.sums) && [ "$(wc -l </tmp/s2.sums)" -gt 60 ]; then
+      ok ext4-remount-verify
+    else
+      fail ext4-remount-verify "checksums differ after remount: $(cd $mnt 2>/dev/null && sha256sum -c /tmp/s2.sums 2>&1 | grep -v ': OK' | head -n3 | tr '\n' ' ')"
+    fi
+    umount $mnt 2>/dev/null
+  fi
+  if e2fsck -fn "$DEV" >/tmp/s2-fsck.log 2>&1; then
+    ok ext4-fsck
+  else
+    fail ext4-fsck "e2fsck -fn: $(tail -n1 /tmp/s2-fsck.log)"
+    show /tmp/s2-fsck.log
+  fi
+  if ! serve_stop /tmp/s2; then
+    fail ext4-replicas-identical "$REASON"
+  elif cmp /tmp/s2-r0.img /tmp/s2-r1.img >/tmp/s2-cmp.log 2>&1 &&
+    cmp /tmp/s2-r0.img /tmp/s2-r2.img >>/tmp/s2-cmp.log 2>&1; then
+    ok ext4-replicas-identical
+  else
+    fail ext4-replicas-identical "$(head -n1 /tmp/s2-cmp.log)"
+  fi
+  rm -f /tmp/s2-r*.img
+}
+
+# --- 3: kill -9 the daemon under a verify job; --recover; the job completes ----
+scenario_3() {
+  rm -f /tmp/s3-r*.img
+  set -- --id 3 --replica /tmp/s3-r0.img --replica emu:gc-heavy:/tmp/s3-r1.img
+  if ! serve_start /tmp/s3a --size 128M "$@"; then
+    fail recover-fio-verify "$REASON"
+    fail recover-stop "no device"
+    return
+  fi
+  dev1=$DEV
+  fio --name=recover --filename="$DEV" $FIO_VERIFY --rw=randwrite --size=64M >/tmp/s3.fio 2>&1 &
+  fio_pid=$!
+  sleep 1.5
+  if ! alive "$fio_pid"; then
+    fail recover-fio-verify "fio finished before the kill; make the job longer"
+    serve_kill
+  else
+    kill -9 "$PID"
+    wait "$PID" 2>/dev/null
+    sleep 0.5
+    if ! serve_start /tmp/s3b --recover "$@"; then
+      fail recover-fio-verify "$REASON"
+      kill -9 "$fio_pid" 2>/dev/null
+    elif [ "$DEV" != "$dev1" ]; then
+      fail recover-fio-verify "--recover printed $DEV, not $dev1"
+    else
+      wait "$fio_pid"
+      frc=$?
+      if [ "$frc" = 0 ]; then
+        ok recover-fio-verify
+      else
+        fail recover-fio-verify "fio exited $frc after recovery: $(grep -m1 -iE 'verify|error' /tmp/s3.fio)"
+        show /tmp/s3.fio
+      fi
+    fi
+  fi
+  wait "$fio_pid" 2>/dev/null
+  if serve_stop /tmp/s3b; then ok recover-stop; else fail recover-stop "$REASON"; fi
+  rm -f /tmp/s3-r*.img
+}
+
+# --- 4: a replica fails mid-run ------------------------------------------------------
+scenario_4() {
+  rm -f /tmp/s4-r*.img
+  if ! serve_start /tmp/s4 --size 64M --policy linnos \
+    --replica emu:gc-heavy:/tmp/s4-r0.img --replica emu:gc-heavy:/tmp/s4-r1.img \
+    --replica emu:gc-heavy:/tmp/s4-r2.img --fail-replica 1 --fail-after 2000; then
+    fail replica-fail-verify "$REASON"
+    fail replica-fail-logged "no device"
+    return
+  fi
+  if fio_verify replica-fail /tmp/s4.fio "$DEV" --rw=randrw --size="$VERIFY_SIZE"; then
+    ok replica-fail-verify
+  else
+    fail replica-fail-verify "$REASON"
+  fi
+  serve_stop /tmp/s4 || echo "    | $REASON"
+  if grep -q 'replica 1 (.*) FAILED:' /tmp/s4.err; then
+    ok replica-fail-logged
+  else
+    fail replica-fail-logged "no 'replica 1 (PATH) FAILED:' line on augur's stderr"
+    show /tmp/s4.err
+  fi
+  rm -f /tmp/s4-r*.img
+}
+
+# --- 5: after write + fsync the data is in every replica file -------------------
+scenario_5() {
+  rm -f /tmp/s5-r*.img
+  if ! serve_start /tmp/s5 --size 32M --policy hedge --replica /tmp/s5-r0.img \
+    --replica emu:gc-heavy:/tmp/s5-r1.img --replica emu:fast-nvme:/tmp/s5-r2.img; then
+    fail flush-every-replica "$REASON"
+    return
+  fi
+  dd if=/dev/urandom of=/tmp/s5.pat bs=4k count=300 2>/dev/null
+  # Buffered writes through the page cache; conv=fsync makes them a flush.
+  bad=
+  if dd if=/tmp/s5.pat of="$DEV" bs=4k seek=1234 conv=notrunc,fsync 2>/tmp/s5-dd.log; then
+    for r in 0 1 2; do
+      dd if=/tmp/s5-r$r.img of=/tmp/s5.got bs=4k skip=1234 count=300 2>/dev/null
+      cmp -s /tmp/s5.pat /tmp/s5.got || bad="$bad r$r"
+    done
+    if [ -z "$bad" ]; then ok flush-every-replica; else fail flush-every-replica "data missing after fsync in replica(s)$bad"; fi
+  else
+    fail flush-every-replica "dd to $DEV: $(tail -n1 /tmp/s5-dd.log)"
+  fi
+  # `augur list` names the device; `augur stop --id N` ends its daemon (exit 0).
+  id=${DEV#/dev/ublkb}
+  augur list >/tmp/s5-list.log 2>&1
+  if ! grep -q "$DEV" /tmp/s5-list.log; then
+    fail cli-list-stop "augur list does not name $DEV: $(head -n3 /tmp/s5-list.log | tr '\n' ' ')"
+    serve_kill
+  elif ! timeout 60 augur stop --id "$id" >/tmp/s5-stop.log 2>&1; then
+    fail cli-list-stop "augur stop --id $id: $(tail -n1 /tmp/s5-stop.log)"
+    serve_kill
+  elif ! wait_gone "$PID" 10; then
+    fail cli-list-stop "the daemon still runs after augur stop"
+    serve_kill
+  elif ! wait "$PID"; then
+    fail cli-list-stop "the daemon exited $? after augur stop: $(tail -n1 /tmp/s5.err)"
+  elif [ -e "$DEV" ]; then
+    fail cli-list-stop "$DEV still present after augur stop"
+  else
+    ok cli-list-stop
+  fi
+  rm -f /tmp/s5-r*.img /tmp/s5.pat /tmp/s5.got
+}
+
+# --- 6: bad input exits 2 with one line and leaves no device --------------------
+# bad_serve CHECK WANT ARGS: augur serve ARGS must exit 2 with one stderr line containing WANT.
+bad_serve() {
+  _c=$1 _want=$2
+  shift 2
+  timeout 30 augur serve "$@" >/tmp/s6.out 2>/tmp/s6.err
+  _rc=$?
+  _lines=$(grep -c . /tmp/s6.err)
+  if [ "$_rc" = 2 ] && [ "$_lines" = 1 ] && grep -q -- "$_want" /tmp/s6.err; then
+    ok "$_c"
+  else
+    fail "$_c" "exit $_rc (want 2), $_lines stderr line(s) (want 1 naming '$_want'): $(head -n1 /tmp/s6.err)"
+    show /tmp/s6.err
+  fi
+}
+scenario_6() {
+  before=$(devs)
+  rm -f /tmp/s6-*.img
+  truncate -s 32M /tmp/s6-a.img
+  truncate -s 16M /tmp/s6-b.img
+  bad_serve bad-missing-replica /tmp/s6-missing.img --replica /tmp/s6-a.img --replica /tmp/s6-missing.img
+  bad_serve bad-size-mismatch /tmp/s6-b.img --replica /tmp/s6-a.img --replica /tmp/s6-b.img
+  bad_serve bad-policy nosuchpolicy --replica /tmp/s6-a.img --policy nosuchpolicy
+  # Without the driver: one line saying so, exit 2 (then the driver comes back).
+  if rmmod ublk_drv; then
+    bad_serve no-ublk ublk --size 8M --replica /tmp/s6-a.img
+    modprobe ublk_drv
+    wait_blk /dev/ublk-control 5 2>/dev/null || [ -c /dev/ublk-control ] || echo "    | /dev/ublk-control did not come back"
+  else
+    fail no-ublk "rmmod ublk_drv failed"
+  fi
+  after=$(devs)
+  if [ "$before" = "$after" ] && [ ! -e /tmp/s6-missing.img ]; then
+    ok bad-no-device-left
+  else
+    fail bad-no-device-left "before: '$before' after: '$after'"
+  fi
+  rm -f /tmp/s6-*.img
+}
+
+# --- 7: MEASURE overhead: augur (one replica, baseline) vs rublk loop vs raw -----
+# The backing store is a brd ramdisk: a block device with real O_DIRECT and
+# NOWAIT reads (tmpfs files differ there between open modes), shared by all.
+# `rublk add null` is the ublk round trip alone, the ceiling for both daemons.
+scenario_7() {
+  good=1
+  bdev=/dev/ram0
+  if ! modprobe brd rd_nr=1 rd_size=262144 || ! wait_blk $bdev 10; then
+    fail measure-overhead "modprobe brd: no $bdev"
+    return
+  fi
+  dd if=/dev/zero of=$bdev bs=1M count=256 oflag=direct 2>/dev/null
+  # rublk pins its queue thread to one CPU by default; augur's are unpinned.
+  rublk add null -n 1 --multi-cpus-affinity >/tmp/s7-rublk.log 2>&1 && wait_blk /dev/ublkb1 10 || {
+    good=0
+    echo "    | rublk add null: $(tail -n1 /tmp/s7-rublk.log)"
+  }
+  rublk add loop -n 2 --multi-cpus-affinity -f $bdev >/tmp/s7-rublk.log 2>&1 && wait_blk /dev/ublkb2 10 || {
+    good=0
+    echo "    | rublk add loop: $(tail -n1 /tmp/s7-rublk.log)"
+  }
+  adev=
+  if serve_start /tmp/s7 --id 3 --policy baseline --replica $bdev; then adev=$DEV; else
+    good=0
+    echo "    | $REASON"
+  fi
+  r=1
+  order="raw rublk augur null"
+  while [ "$r" -le "$ROUNDS" ]; do
+    for t in $order; do
+      case $t in
+        raw) file=$bdev ;;
+        rublk) file=/dev/ublkb2 ;;
+        augur) file=$adev ;;
+        null) file=/dev/ublkb1 ;;
+      esac
+      [ -b "$file" ] || continue
+      if m=$(fio_terse /tmp/s7-$t.fio "$file" --rw=randread); then
+        echo "MEASURE overhead target=$t round=$r $m"
+      else
+        good=0
+      fi
+    done
+    order="${order#* } ${order%% *}" # each round starts with the next target
+    r=$((r + 1))
+  done
+  [ -z "$adev" ] || serve_stop /tmp/s7 || {
+    good=0
+    echo "    | $REASON"
+  }
+  rublk del -n 1 >/dev/null 2>&1
+  rublk del -n 2 >/dev/null 2>&1
+  rmmod brd
+  if [ "$good" = 1 ]; then ok measure-overhead; else fail measure-overhead "a measurement run failed (see the console)"; fi
+}
+
+# --- 8: MEASURE read tails on gc-heavy replicas under a 70/30 mix -------------
+# Writes trigger gc-heavy's garbage collection; reads are what the policy routes.
+scenario_8() {
+  good=1
+  r=1
+  order="baseline linnos"
+  while [ "$r" -le "$ROUNDS" ]; do
+    for p in $order; do
+      rm -f /tmp/s8-r*.img
+      if serve_start /tmp/s8-$p --size 128M --policy $p --replica emu:gc-heavy:/tmp/s8-r0.img \
+        --replica emu:gc-heavy:/tmp/s8-r1.img --replica emu:gc-heavy:/tmp/s8-r2.img; then
+        if m=$(fio_terse /tmp/s8-$p.fio "$DEV" --rw=randrw --rwmixread=70); then
+          echo "MEASURE gc policy=$p round=$r $m"
+        else
+          good=0
+        fi
+        serve_stop /tmp/s8-$p || {
+          good=0
+          echo "    | $REASON"
+        }
+      else
+        good=0
+        echo "    | $REASON"
+      fi
+    done
+    order="${order#* } ${order%% *}"
+    r=$((r + 1))
+  done
+  rm -f /tmp/s8-r*.img
+  if [ "$good" = 1 ]; then ok measure-gc-tails; else fail measure-gc-tails "a measurement run failed (see the console)"; fi
+}
