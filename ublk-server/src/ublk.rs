@@ -31,23 +31,29 @@
 //! libublk's ring (the array owns its ring and its `user_data` space), so the
 //! two are tied together with an eventfd: the eventfd is registered on the
 //! array ring (`IORING_REGISTER_EVENTFD`, the kernel bumps it on every array
-//! completion) and a one-shot `POLL_ADD` on it sits in the libublk ring. The
-//! thread sleeps in exactly one place, `io_uring_enter` on the libublk ring,
-//! and wakes for a new ublk command or for array completions alike. Per
-//! wake-up it:
+//! completion) and one `READ` of it is always pending in the libublk ring.
+//! The thread sleeps in exactly one place, `io_uring_enter` on the libublk
+//! ring, and wakes for a new ublk command or for array completions alike.
+//! Per wake-up it:
 //!
 //! 1. takes every CQE of that wait: new ublk commands (one per tag) become
 //!    array [`Request`]s, all handed to [`Queue::submit`] before anything is
 //!    issued, so reads that arrived together are routed in one batch;
-//! 2. if the poll fired, empties the eventfd;
-//! 3. calls [`Queue::poll`] without waiting: the batch is routed and issued,
-//!    finished replica I/O is reaped;
-//! 4. queues `COMMIT_AND_FETCH` for every finished request, re-arms the poll,
-//!    and goes back to sleep (the next `io_uring_enter` submits the commits).
+//! 2. calls [`Queue::poll`] without waiting, with the eventfd's notifications
+//!    switched off meanwhile (its own submissions often complete at once and
+//!    must not wake it again): the batch is routed and issued, finished
+//!    replica I/O is reaped; with notifications back on, it reaps again if
+//!    anything slipped in between;
+//! 3. queues `COMMIT_AND_FETCH` for every finished request, re-arms the
+//!    eventfd read if it completed, and goes back to sleep (the next
+//!    `io_uring_enter` submits the commits).
 //!
-//! Emptying the eventfd before reaping the array ring means a completion that
-//! lands after the reap leaves the eventfd readable, so the re-armed poll
-//! fires at once: no wake-up is lost.
+//! The eventfd read empties the counter as it completes and is re-armed
+//! after the reap: a completion that lands later leaves the counter non-zero,
+//! so the new read completes at once. No wake-up is lost. As a safety net
+//! (and a probe) a 100 ms timeout also sits in the libublk ring while array
+//! requests run; a timer wake-up that finds finished requests the eventfd did
+//! not report is counted and logged as a warning.
 //!
 //! # Buffers
 //! ublk (without zero copy, which 6.12 lacks) copies data between the block
@@ -124,9 +130,15 @@ pub const MAX_WRITE_ZEROES_BYTES: u32 = 16 << 20;
 /// The ublk control node.
 pub const CONTROL_PATH: &str = "/dev/ublk-control";
 
-/// `user_data` of the eventfd poll in the libublk ring: the target-I/O bit
+/// `user_data` of the eventfd read in the libublk ring: the target-I/O bit
 /// (so libublk does not count it as a ublk command) and tag 0xffff.
-const POLL_USER_DATA: u64 = UblkUringData::Target as u64 | 0xffff;
+const EVENTFD_USER_DATA: u64 = UblkUringData::Target as u64 | 0xffff;
+/// `user_data` of the safety timer in the libublk ring (tag 0xfffe).
+const TIMER_USER_DATA: u64 = UblkUringData::Target as u64 | 0xfffe;
+/// While array requests run, the queue thread also wakes this often on its
+/// own, so a completion whose eventfd wake-up went missing waits at most
+/// this long (libublk's own idle timeout is 20 s). Such finds are counted.
+const SAFETY_TIMER: Duration = Duration::from_millis(100);
 /// Entries of each array queue's ring per ublk tag (replica copies, delays).
 const RING_ENTRIES_PER_TAG: u32 = 4;
 /// How long a queue waits at exit for array requests still running.
@@ -774,9 +786,11 @@ fn serve_array(array: &Array, opts: &ServeOptions) -> Result<ServeSummary, (bool
             .queue(qid as u32, ring_entries)
             .map_err(|e| fail(e.into()))?;
         q.keep_released(true);
+        // Blocking on purpose: io_uring then waits for it to become readable
+        // instead of failing the read with EAGAIN.
         // SAFETY: eventfd has no memory-safety preconditions; the returned fd
         // is checked and then owned by OwnedFd.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if fd < 0 {
             return Err(fail(ServeError::Setup {
                 what: "creating an eventfd",
@@ -1279,13 +1293,23 @@ struct QueueLoop {
     qid: u16,
     array: Queue,
     efd: OwnedFd,
+    /// Where the eventfd read lands: leaked, so it stays valid for as long
+    /// as the kernel may write to it (until the ring is gone).
+    efd_buf: *mut u64,
     tags: Vec<TagSlot>,
     /// Full-size buffers the array released, for hedged reads that won.
     spares: Vec<AlignedBuf>,
     done: Vec<Completion>,
     cqes: Vec<(u64, i32)>,
     max_io: usize,
-    poll_armed: bool,
+    read_armed: bool,
+    /// The safety timer: pending in the ring, and its timespec (read by the
+    /// kernel when the timeout is submitted, boxed so it stays put).
+    timer_armed: bool,
+    timer_ts: Box<types::Timespec>,
+    /// Wake-ups of the safety timer alone that found finished array requests.
+    timer_finds: u64,
+    wakeups: u64,
     batches: u64,
     biggest_batch: usize,
     /// Requests finished after the kernel took the queue's commands back
@@ -1326,24 +1350,41 @@ fn run_queue(qid: u16, dev: &UblkDev, setup: QueueSetup, shared: &Shared) {
         qid,
         array: setup.array,
         efd: setup.efd,
+        efd_buf: Box::into_raw(Box::new(0u64)),
         tags,
         spares: Vec::new(),
         done: Vec::new(),
         cqes: Vec::with_capacity(depth + 1),
         max_io,
-        poll_armed: false,
+        read_armed: false,
+        timer_armed: false,
+        timer_ts: Box::new(
+            types::Timespec::new()
+                .sec(SAFETY_TIMER.as_secs())
+                .nsec(SAFETY_TIMER.subsec_nanos()),
+        ),
+        timer_finds: 0,
+        wakeups: 0,
         batches: 0,
         biggest_batch: 0,
         unanswered: 0,
     };
-    lp.arm_poll(&q);
+    lp.arm_read(&q);
     lp.run(&q);
     lp.drain();
     tracing::info!(
-        "queue {qid}: {} wake-ups with new requests, up to {} requests routed in one batch",
+        "queue {qid}: {} wake-ups, {} with new requests, up to {} requests routed in one batch",
+        lp.wakeups,
         lp.batches,
         lp.biggest_batch
     );
+    if lp.timer_finds > 0 {
+        tracing::warn!(
+            "queue {qid}: {} time(s) finished replica I/O was found by the {} ms safety timer, not by its eventfd wake-up",
+            lp.timer_finds,
+            SAFETY_TIMER.as_millis()
+        );
+    }
     if lp.unanswered > 0 {
         tracing::warn!(
             "queue {qid}: {} request(s) finished after the device had taken them back",
@@ -1358,31 +1399,20 @@ fn run_queue(qid: u16, dev: &UblkDev, setup: QueueSetup, shared: &Shared) {
 }
 
 impl QueueLoop {
-    fn arm_poll(&mut self, q: &UblkQueue) {
-        let sqe = opcode::PollAdd::new(types::Fd(self.efd.as_raw_fd()), libc::POLLIN as u32)
+    /// Queues a read of the eventfd in the libublk ring: it completes (and
+    /// empties the counter) once the array ring has posted a completion.
+    fn arm_read(&mut self, q: &UblkQueue) {
+        let sqe = opcode::Read::new(types::Fd(self.efd.as_raw_fd()), self.efd_buf.cast(), 8)
             .build()
-            .user_data(POLL_USER_DATA);
+            .user_data(EVENTFD_USER_DATA);
         match q.ublk_submit_sqe_sync(sqe) {
-            Ok(()) => self.poll_armed = true,
+            Ok(()) => self.read_armed = true,
             Err(e) => tracing::error!(
-                "queue {}: cannot arm the array poll: {}",
+                "queue {}: cannot arm the eventfd read: {}",
                 self.qid,
                 ublk_cause(&e)
             ),
         }
-    }
-
-    fn drain_eventfd(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into `v`, a valid u64; the fd is a
-        // non-blocking eventfd we own, so this never blocks.
-        let _ = unsafe {
-            libc::read(
-                self.efd.as_raw_fd(),
-                &mut v as *mut u64 as *mut libc::c_void,
-                8,
-            )
-        };
     }
 
     fn run(&mut self, q: &UblkQueue) {
@@ -1413,14 +1443,18 @@ impl QueueLoop {
                     std::process::exit(1);
                 }
             }
-            let mut woken = false;
+            self.wakeups += 1;
             let mut new = 0;
+            let (mut by_eventfd, mut by_timer) = (false, false);
             for i in 0..self.cqes.len() {
                 let (user_data, res) = self.cqes[i];
                 if user_data & UblkUringData::Target as u64 != 0 {
-                    if user_data == POLL_USER_DATA {
-                        woken = true;
-                        self.poll_armed = false;
+                    if user_data == EVENTFD_USER_DATA {
+                        self.read_armed = false;
+                        by_eventfd = true;
+                    } else if user_data == TIMER_USER_DATA {
+                        self.timer_armed = false;
+                        by_timer = true;
                     }
                     continue;
                 }
@@ -1434,28 +1468,66 @@ impl QueueLoop {
                 self.batches += 1;
                 self.biggest_batch = self.biggest_batch.max(new);
             }
-            if woken {
-                self.drain_eventfd();
+            let finished = self.reap(q);
+            if by_timer && !by_eventfd && new == 0 && finished > 0 {
+                self.timer_finds += 1;
+                if self.timer_finds == 1 {
+                    tracing::warn!(
+                        "queue {}: the safety timer found {finished} finished request(s) no eventfd wake-up reported",
+                        self.qid
+                    );
+                }
             }
-            self.reap(q);
-            if !self.poll_armed && !q.is_stopping() {
-                self.arm_poll(q);
+            if !q.is_stopping() {
+                if !self.read_armed {
+                    self.arm_read(q);
+                }
+                if !self.timer_armed && self.array.in_flight() > 0 {
+                    self.arm_timer(q);
+                }
             }
         }
     }
 
+    /// Queues the safety timer (a plain timeout) in the libublk ring.
+    fn arm_timer(&mut self, q: &UblkQueue) {
+        let sqe = opcode::Timeout::new(&*self.timer_ts as *const types::Timespec)
+            .build()
+            .user_data(TIMER_USER_DATA);
+        match q.ublk_submit_sqe_sync(sqe) {
+            Ok(()) => self.timer_armed = true,
+            Err(e) => tracing::error!(
+                "queue {}: cannot arm the safety timer: {}",
+                self.qid,
+                ublk_cause(&e)
+            ),
+        }
+    }
+
     /// Routes and issues what was submitted, reaps what finished and answers
-    /// the kernel for every finished request.
-    fn reap(&mut self, q: &UblkQueue) {
-        if let Err(e) = self.array.poll(&mut self.done, false, None) {
-            tracing::error!("queue {}: array poll failed: {e}", self.qid);
+    /// the kernel for every finished request. Returns how many finished.
+    fn reap(&mut self, q: &UblkQueue) -> usize {
+        loop {
+            self.array.set_eventfd_enabled(false);
+            let r = self.array.poll(&mut self.done, false, None);
+            self.array.set_eventfd_enabled(true);
+            if let Err(e) = r {
+                tracing::error!("queue {}: array poll failed: {e}", self.qid);
+                break;
+            }
+            // Posted after the last look, before notifications came back on.
+            if !self.array.has_completions() {
+                break;
+            }
         }
         self.array.take_released(&mut self.spares);
         let mut done = std::mem::take(&mut self.done);
+        let n = done.len();
         for c in done.drain(..) {
             self.finish(q, c);
         }
         self.done = done;
+        n
     }
 
     /// A new ublk command for `tag`: hand it to the array (or answer it now).
