@@ -1,6 +1,7 @@
 //! Inference benchmarks: the integer fast path against the plain scalar
 //! reference, single predictions and batches, for the LinnOS base model
-//! (31-256-2) and the deeper variants (+1, +2 hidden layers of 256).
+//! (31-256-2), the deeper variants (+1, +2 hidden layers of 256) and the
+//! shipped linnos-ext shape (39-256-2).
 //!
 //! `cargo bench -p augur-predictor --bench inference -- --warm-up-time 1 --measurement-time 3`
 //!
@@ -61,6 +62,8 @@ fn inputs(n: usize, seed: u64) -> Vec<(HistorySnapshot, ReadInfo)> {
                 pending_pages: rng.below(300) as u32,
                 pending_ios: rng.below(64) as u32,
                 len: HISTORY_LEN as u8,
+                oldest_pending_us: rng.below(2_000) as u32,
+                recent_max_us: 100 + rng.below(4_000) as u32,
                 ..Default::default()
             };
             for c in s.recent.iter_mut() {
@@ -91,12 +94,14 @@ fn encoded(m: &Model, ins: &[(HistorySnapshot, ReadInfo)]) -> Vec<i32> {
 fn bench<M: Measurement>(c: &mut Criterion<M>) {
     let ins = inputs(1024, 1);
     let variants = [
-        ("base", vec![256]),
-        ("+1", vec![256, 256]),
-        ("+2", vec![256, 256, 256]),
+        ("base", FeatureSet::LinnOs, vec![256]),
+        ("+1", FeatureSet::LinnOs, vec![256, 256]),
+        ("+2", FeatureSet::LinnOs, vec![256, 256, 256]),
+        // The shipped model's shape: LinnOS plus the two extended inputs.
+        ("ext", FeatureSet::LinnOsExt, vec![256]),
     ];
-    for (name, hidden) in variants {
-        let m = Model::random(FeatureSet::LinnOs, &hidden, 2, 7).expect("random model");
+    for (name, fs, hidden) in variants {
+        let m = Model::random(fs, &hidden, 2, 7).expect("random model");
         let xs = encoded(&m, &ins);
         let n = m.feature_set().n_inputs();
         eprintln!(
