@@ -275,16 +275,27 @@ impl ReplicaHistory {
     ) -> (Ticket, HistorySnapshot) {
         let oldest_pending_us = self.oldest_pending_us(now_ns);
         let ticket = self.on_submit_at(op, size_bytes, now_ns);
+        let snap = self.issue_snapshot(&ticket, oldest_pending_us, self.recent_max_us(now_ns));
+        (ticket, snap)
+    }
+
+    /// The snapshot a just-submitted I/O saw: its ticket's at-issue pending
+    /// counts, the history now, and the given timed signals.
+    fn issue_snapshot(
+        &self,
+        ticket: &Ticket,
+        oldest_pending_us: u32,
+        recent_max_us: u32,
+    ) -> HistorySnapshot {
         let (recent, len) = self.read_history();
-        let snap = HistorySnapshot {
+        HistorySnapshot {
             pending_pages: ticket.pending_pages_at_issue,
             pending_ios: ticket.pending_ios_at_issue,
             recent,
             len,
             oldest_pending_us,
-            recent_max_us: self.recent_max_us(now_ns),
-        };
-        (ticket, snap)
+            recent_max_us,
+        }
     }
 
     /// Like [`on_submit`](Self::on_submit), but also returns the feature
@@ -292,15 +303,7 @@ impl ReplicaHistory {
     /// which is what a prediction or a [`crate::TrainingRecord`] needs.
     pub fn on_submit_with_snapshot(&self, op: Op, size_bytes: u32) -> (Ticket, HistorySnapshot) {
         let ticket = self.on_submit(op, size_bytes);
-        let (recent, len) = self.read_history();
-        let snap = HistorySnapshot {
-            pending_pages: ticket.pending_pages_at_issue,
-            pending_ios: ticket.pending_ios_at_issue,
-            recent,
-            len,
-            oldest_pending_us: 0,
-            recent_max_us: 0,
-        };
+        let snap = self.issue_snapshot(&ticket, 0, 0);
         (ticket, snap)
     }
 

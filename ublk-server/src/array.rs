@@ -73,6 +73,16 @@ impl ArrayConfig {
             faults: Vec::new(),
         }
     }
+
+    /// Replica files [`Array::open`] will create (`create_size` set and the
+    /// file missing), so a front-end can remove them again if it fails.
+    pub fn files_to_create(&self) -> Vec<PathBuf> {
+        self.replicas
+            .iter()
+            .filter(|s| self.create_size.is_some() && !s.path.exists())
+            .map(|s| s.path.clone())
+            .collect()
+    }
 }
 
 /// Per-replica counters, readable while I/O runs.

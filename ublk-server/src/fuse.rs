@@ -127,12 +127,7 @@ pub fn serve(cfg: ArrayConfig, policy: Policy, opts: &FuseOptions) -> anyhow::Re
         .into());
     }
     // Replica files this call creates are removed again if setup fails.
-    let created: Vec<PathBuf> = cfg
-        .replicas
-        .iter()
-        .filter(|s| cfg.create_size.is_some() && !s.path.exists())
-        .map(|s| s.path.clone())
-        .collect();
+    let created = cfg.files_to_create();
     let array = Array::open(cfg, policy)?;
     let remove_created = || {
         for p in &created {

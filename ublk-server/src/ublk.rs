@@ -656,12 +656,7 @@ pub fn serve(
     opts: &ServeOptions,
 ) -> Result<ServeSummary, ServeError> {
     check_options(opts)?;
-    let created: Vec<PathBuf> = cfg
-        .replicas
-        .iter()
-        .filter(|s| cfg.create_size.is_some() && !s.path.exists())
-        .map(|s| s.path.clone())
-        .collect();
+    let created = cfg.files_to_create();
     let array = Array::open(cfg, policy)?;
     let result = serve_array(&array, opts);
     if matches!(result, Err((false, _))) {
