@@ -115,15 +115,8 @@ struct LoadArgs {
     /// Percentile of recent read latency after which `hedge` sends a second copy.
     #[arg(long, default_value_t = 95.0)]
     hedge_pct: f64,
-    /// Inject a failure into this replica (index from 0).
-    #[arg(long)]
-    fail_replica: Option<usize>,
-    /// ...after this many of its I/Os.
-    #[arg(long, requires = "fail_replica")]
-    fail_after: Option<u64>,
-    /// ...or from this time on (e.g. 2s).
-    #[arg(long, requires = "fail_replica", value_parser = humantime::parse_duration)]
-    fail_at: Option<Duration>,
+    #[command(flatten)]
+    fault: FaultArgs,
     /// Replay this trace (MSR-Cambridge CSV or blkparse text) instead of --workload.
     #[arg(long)]
     trace: Option<PathBuf>,
@@ -245,15 +238,8 @@ struct ServeArgs {
     /// Percentile of recent read latency after which `hedge` sends a second copy.
     #[arg(long, default_value_t = 95.0)]
     hedge_pct: f64,
-    /// Inject a failure into this replica (index from 0).
-    #[arg(long)]
-    fail_replica: Option<usize>,
-    /// ...after this many of its I/Os.
-    #[arg(long, requires = "fail_replica")]
-    fail_after: Option<u64>,
-    /// ...or from this time on (e.g. 2s).
-    #[arg(long, requires = "fail_replica", value_parser = humantime::parse_duration)]
-    fail_at: Option<Duration>,
+    #[command(flatten)]
+    fault: FaultArgs,
 }
 
 #[derive(Args)]
@@ -362,13 +348,24 @@ fn trace_workload(args: &LoadArgs, path: &std::path::Path) -> anyhow::Result<Wor
     Ok(Workload::Replay(Arc::new(ios)))
 }
 
+/// Fault injection flags, shared by `bench`/`record` and `serve`.
+#[derive(Args, Clone, Default)]
+struct FaultArgs {
+    /// Inject a failure into this replica (index from 0).
+    #[arg(long)]
+    fail_replica: Option<usize>,
+    /// ...after this many of its I/Os.
+    #[arg(long, requires = "fail_replica")]
+    fail_after: Option<u64>,
+    /// ...or from this time on (e.g. 2s).
+    #[arg(long, requires = "fail_replica", value_parser = humantime::parse_duration)]
+    fail_at: Option<Duration>,
+}
+
 /// The fault injection of `--fail-replica N (--fail-after IOS | --fail-at TIME)`.
-fn fault_plan(
-    replica: Option<usize>,
-    after: Option<u64>,
-    at: Option<Duration>,
-) -> Result<Vec<(usize, FaultPlan)>, ArrayError> {
-    let Some(r) = replica else {
+fn fault_plan(f: &FaultArgs) -> Result<Vec<(usize, FaultPlan)>, ArrayError> {
+    let (after, at) = (f.fail_after, f.fail_at);
+    let Some(r) = f.fail_replica else {
         return Ok(Vec::new());
     };
     if after.is_none() && at.is_none() {
@@ -427,7 +424,7 @@ fn bench_setup(args: &LoadArgs) -> anyhow::Result<BenchSetup> {
             .collect::<Result<Vec<_>, _>>()?;
         ReplicaSource::Given(specs, args.size)
     };
-    let faults = fault_plan(args.fail_replica, args.fail_after, args.fail_at)?;
+    let faults = fault_plan(&args.fault)?;
     Ok(BenchSetup {
         replicas,
         load: LoadSpec {
@@ -550,9 +547,7 @@ fn cmd_demo(args: DemoArgs) -> anyhow::Result<()> {
         seed: 1,
         replica_depth: 64,
         hedge_pct: 95.0,
-        fail_replica: None,
-        fail_after: None,
-        fail_at: None,
+        fault: FaultArgs::default(),
         trace: None,
         trace_format: None,
         trace_disk: None,
@@ -653,7 +648,7 @@ fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.replica_depth = a.replica_depth;
     cfg.seed = a.seed;
     cfg.hedge_percentile = a.hedge_pct;
-    cfg.faults = fault_plan(a.fail_replica, a.fail_after, a.fail_at)?;
+    cfg.faults = fault_plan(&a.fault)?;
     let predictor = predictor_for(std::slice::from_ref(&policy_name), &model)?;
     let policy = Policy::from_name(&policy_name, predictor)?;
     let opts = augur::ublk::ServeOptions {
