@@ -9,7 +9,7 @@ use crate::record::{RECORD_SIZE, RecordError, TrainingRecord};
 /// First 8 bytes of every training-log file.
 pub const LOG_MAGIC: [u8; 8] = *b"AUGURLOG";
 /// Format version written and accepted.
-pub const LOG_VERSION: u32 = 2;
+pub const LOG_VERSION: u32 = 3;
 /// Header size: magic, u32 version, u32 record size.
 pub const HEADER_SIZE: usize = 16;
 
@@ -42,7 +42,7 @@ pub enum LogError {
     },
     /// A version this build does not read.
     #[error(
-        "unsupported training log version {found} (this build reads version {LOG_VERSION}; version 1 logs lack the pending-age feature: re-record them)"
+        "unsupported training log version {found} (this build reads version {LOG_VERSION}; versions 1 and 2 lack the pending-age or read-maximum features: re-record them)"
     )]
     UnsupportedVersion {
         /// Version in the header.
@@ -310,15 +310,18 @@ mod tests {
     #[test]
     fn wrong_version_and_record_size_are_rejected() {
         let (_, mut bytes) = encoded(2);
-        bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+        bytes[8..12].copy_from_slice(&4u32.to_le_bytes());
         let e = read_log_from(&bytes[..]).unwrap_err();
-        assert!(matches!(e, LogError::UnsupportedVersion { found: 3 }));
-        assert!(e.to_string().contains("version 3"), "{e}");
-        // A version-1 log (before the pending-age feature) is named as such.
-        let (_, mut bytes) = encoded(2);
-        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
-        let e = read_log_from(&bytes[..]).unwrap_err();
-        assert!(e.to_string().contains("re-record"), "{e}");
+        assert!(matches!(e, LogError::UnsupportedVersion { found: 4 }));
+        assert!(e.to_string().contains("version 4"), "{e}");
+        // Older logs (before the pending-age and read-maximum features) are
+        // named as such.
+        for old in [1u32, 2] {
+            let (_, mut bytes) = encoded(2);
+            bytes[8..12].copy_from_slice(&old.to_le_bytes());
+            let e = read_log_from(&bytes[..]).unwrap_err();
+            assert!(e.to_string().contains("re-record"), "{e}");
+        }
 
         let (_, mut bytes) = encoded(2);
         bytes[12..16].copy_from_slice(&64u32.to_le_bytes());

@@ -18,10 +18,20 @@ pub const AGE_BUCKET_SHIFT: u32 = 17;
 /// than that shares its bucket with newer ones and is reported younger.
 pub const AGE_BUCKETS: usize = 64;
 
-/// log2 of the width of one recent-maximum window in ns (2^23 ns, about 8.4 ms).
-pub const RECENT_BUCKET_SHIFT: u32 = 23;
-/// Number of recent-maximum windows kept (about 67 ms in all).
-pub const RECENT_BUCKETS: usize = 8;
+/// Completed reads summarised by one slot of the read-maximum ring.
+pub const READ_MAX_GROUP: u64 = 8;
+/// Slots in the read-maximum ring: [`ReplicaHistory::read_max_us`] covers
+/// the last `(READ_MAX_SLOTS - 1) * READ_MAX_GROUP + 1` to
+/// `READ_MAX_SLOTS * READ_MAX_GROUP` completed reads (57 to 64).
+pub const READ_MAX_SLOTS: usize = 8;
+/// log2 of the read-maximum ring's clock unit in ns (2^20 ns, about 1 ms).
+pub const READ_MAX_TIME_SHIFT: u32 = 20;
+/// A slot whose newest read completed this many clock units ago or more
+/// (about 268 ms) is forgotten.
+pub const READ_MAX_STALE_UNITS: u32 = 256;
+
+/// Largest latency a read-maximum slot holds, µs (2^24 - 1, about 16.8 s).
+const READ_MAX_LAT_CAP: u32 = (1 << 24) - 1;
 
 /// Kind of block I/O; only reads enter the history, every op counts as pending.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -104,10 +114,11 @@ pub struct HistorySnapshot {
     /// up to its age bucket; 0 when nothing is pending or the I/O was not
     /// timed (see [`ReplicaHistory::oldest_pending_us`]).
     pub oldest_pending_us: u32,
-    /// Largest latency in µs of any timed I/O (reads and writes alike) that
-    /// completed on the replica in the last [`RECENT_BUCKETS`] windows of
-    /// 2^[`RECENT_BUCKET_SHIFT`] ns (about 8 ms); 0 if none did.
-    pub recent_max_us: u32,
+    /// Largest latency in µs among the last 57 to 64 timed reads that
+    /// completed on the replica, leaving out those that completed more than
+    /// about 268 ms ago; 0 if none is left (see
+    /// [`ReplicaHistory::read_max_us`]).
+    pub read_max_us: u32,
 }
 
 impl HistorySnapshot {
@@ -178,9 +189,10 @@ pub struct ReplicaHistory {
     /// (epoch `e` lives in `e % AGE_BUCKETS`): the oldest non-empty bucket
     /// gives the age of the oldest pending I/O.
     inflight: CachePadded<[AtomicU32; AGE_BUCKETS]>,
-    /// Per completion window `w` (slot `w % RECENT_BUCKETS`): `(w as u32) << 32
-    /// | max latency µs` of the timed I/Os that completed in it.
-    recent_max: CachePadded<[AtomicU64; RECENT_BUCKETS]>,
+    /// Timed reads completed so far, and per group `g` of [`READ_MAX_GROUP`]
+    /// of them (slot `g % READ_MAX_SLOTS`): `tag (g mod 2^16) << 48 | max
+    /// latency µs << 24 | clock of the newest completion (2^24 units)`.
+    read_max: CachePadded<(AtomicU64, [AtomicU64; READ_MAX_SLOTS])>,
 }
 
 impl Default for ReplicaHistory {
@@ -209,7 +221,10 @@ impl ReplicaHistory {
                 entries: [const { [const { AtomicU32::new(0) }; 4] }; HISTORY_LEN],
             }),
             inflight: CachePadded::new([const { AtomicU32::new(0) }; AGE_BUCKETS]),
-            recent_max: CachePadded::new([const { AtomicU64::new(0) }; RECENT_BUCKETS]),
+            read_max: CachePadded::new((
+                AtomicU64::new(0),
+                [const { AtomicU64::new(0) }; READ_MAX_SLOTS],
+            )),
         }
     }
 
@@ -275,7 +290,7 @@ impl ReplicaHistory {
     ) -> (Ticket, HistorySnapshot) {
         let oldest_pending_us = self.oldest_pending_us(now_ns);
         let ticket = self.on_submit_at(op, size_bytes, now_ns);
-        let snap = self.issue_snapshot(&ticket, oldest_pending_us, self.recent_max_us(now_ns));
+        let snap = self.issue_snapshot(&ticket, oldest_pending_us, self.read_max_us(now_ns));
         (ticket, snap)
     }
 
@@ -285,7 +300,7 @@ impl ReplicaHistory {
         &self,
         ticket: &Ticket,
         oldest_pending_us: u32,
-        recent_max_us: u32,
+        read_max_us: u32,
     ) -> HistorySnapshot {
         let (recent, len) = self.read_history();
         HistorySnapshot {
@@ -294,7 +309,7 @@ impl ReplicaHistory {
             recent,
             len,
             oldest_pending_us,
-            recent_max_us,
+            read_max_us,
         }
     }
 
@@ -322,9 +337,9 @@ impl ReplicaHistory {
         if let Some(e) = ticket.issue_epoch {
             self.inflight[(e % AGE_BUCKETS as u64) as usize].fetch_sub(1, Ordering::Relaxed);
         }
-        if let Some(t0) = ticket.issue_ns {
+        if let (Some(t0), true) = (ticket.issue_ns, ticket.op.is_read()) {
             let done_ns = t0.saturating_add(u64::from(latency_us) * 1000);
-            self.note_recent(done_ns, latency_us);
+            self.note_read_max(done_ns, latency_us);
         }
         if ticket.op.is_read() {
             self.push_completed(Completed {
@@ -336,23 +351,29 @@ impl ReplicaHistory {
         }
     }
 
-    /// Fold a latency completed at `done_ns` into its recent-maximum window
-    /// (a CAS loop on one word; a stale window's slot is taken over).
-    fn note_recent(&self, done_ns: u64, latency_us: u32) {
-        let w = (done_ns >> RECENT_BUCKET_SHIFT) as u32;
-        let slot = &self.recent_max[w as usize % RECENT_BUCKETS];
+    /// Fold a timed read completed at `done_ns` into the slot of its group
+    /// (a CAS loop on one word; the slot of a group 8 groups back is taken over).
+    fn note_read_max(&self, done_ns: u64, latency_us: u32) {
+        let (count, slots) = &*self.read_max;
+        let g = count.fetch_add(1, Ordering::Relaxed) / READ_MAX_GROUP;
+        let slot = &slots[(g % READ_MAX_SLOTS as u64) as usize];
+        let tag = g & 0xffff;
+        let clock = (done_ns >> READ_MAX_TIME_SHIFT) & 0xff_ffff;
+        let lat = u64::from(latency_us.min(READ_MAX_LAT_CAP));
         let mut cur = slot.load(Ordering::Relaxed);
         loop {
-            let (tag, max) = ((cur >> 32) as u32, cur as u32);
-            let new_max = if tag == w {
-                max.max(latency_us)
+            let new = if cur >> 48 == tag {
+                let (m, c) = ((cur >> 24) & 0xff_ffff, cur & 0xff_ffff);
+                // Completions of one group may land out of order: keep the newer clock.
+                let newer = clock.wrapping_sub(c) & 0xff_ffff;
+                let c = if newer < 1 << 23 { clock } else { c };
+                (tag << 48) | (m.max(lat) << 24) | c
             } else {
-                latency_us
+                (tag << 48) | (lat << 24) | clock
             };
-            if tag == w && new_max == max {
+            if new == cur {
                 return;
             }
-            let new = (u64::from(w) << 32) | u64::from(new_max);
             match slot.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return,
                 Err(v) => cur = v,
@@ -360,19 +381,35 @@ impl ReplicaHistory {
         }
     }
 
-    /// Largest latency (µs) of the timed I/Os that completed in the last
-    /// [`RECENT_BUCKETS`] windows up to `now_ns`; 0 if none.
-    pub fn recent_max_us(&self, now_ns: u64) -> u32 {
-        let now_w = (now_ns >> RECENT_BUCKET_SHIFT) as u32;
-        let mut m = 0;
-        for slot in self.recent_max.iter() {
+    /// Largest latency (µs) among the last 57 to 64 timed reads completed on
+    /// the replica, leaving out groups of [`READ_MAX_GROUP`] whose newest read
+    /// completed [`READ_MAX_STALE_UNITS`] clock units (about 268 ms) or more
+    /// before `now_ns`; 0 if none is left.
+    ///
+    /// It is counted in reads, not time: while the router sends no reads to
+    /// a replica, what was last seen of it stays (until it goes stale),
+    /// instead of fading as if the replica had recovered. 8 loads; no lock.
+    pub fn read_max_us(&self, now_ns: u64) -> u32 {
+        let (count, slots) = &*self.read_max;
+        let n = count.load(Ordering::Relaxed);
+        if n == 0 {
+            return 0;
+        }
+        let newest = (n - 1) / READ_MAX_GROUP;
+        let now_clock = (now_ns >> READ_MAX_TIME_SHIFT) & 0xff_ffff;
+        let mut m = 0u64;
+        for slot in slots.iter() {
             let v = slot.load(Ordering::Relaxed);
-            let (tag, max) = ((v >> 32) as u32, v as u32);
-            if v != 0 && now_w.wrapping_sub(tag) < RECENT_BUCKETS as u32 {
-                m = m.max(max);
+            let behind = newest.wrapping_sub(v >> 48) & 0xffff;
+            let age = now_clock.wrapping_sub(v & 0xff_ffff) & 0xff_ffff;
+            // A completion time is issue + latency, so it may lie a little
+            // after `now` (`age` wraps to just below 2^24): fresh too.
+            let fresh = age < u64::from(READ_MAX_STALE_UNITS) || age >= (1 << 24) - (1 << 15);
+            if v != 0 && behind < READ_MAX_SLOTS as u64 && fresh {
+                m = m.max((v >> 24) & 0xff_ffff);
             }
         }
-        m
+        m as u32
     }
 
     /// Push a completed read into the history without touching the pending
@@ -432,16 +469,16 @@ impl ReplicaHistory {
             recent,
             len,
             oldest_pending_us: 0,
-            recent_max_us: 0,
+            read_max_us: 0,
         }
     }
 
     /// [`snapshot`](Self::snapshot) plus the oldest pending age and the
-    /// recent maximum latency at `now_ns`.
+    /// recent read maximum at `now_ns`.
     pub fn snapshot_at(&self, now_ns: u64) -> HistorySnapshot {
         HistorySnapshot {
             oldest_pending_us: self.oldest_pending_us(now_ns),
-            recent_max_us: self.recent_max_us(now_ns),
+            read_max_us: self.read_max_us(now_ns),
             ..self.snapshot()
         }
     }
@@ -508,35 +545,63 @@ mod tests {
     }
 
     #[test]
-    fn recent_max_covers_the_last_windows_of_timed_ios() {
-        const W: u64 = 1 << RECENT_BUCKET_SHIFT;
+    fn read_max_covers_the_last_reads_and_forgets_stale_ones() {
+        const U: u64 = 1 << READ_MAX_TIME_SHIFT;
         let h = ReplicaHistory::new();
-        assert_eq!(h.recent_max_us(0), 0);
-        // Untimed I/Os do not count.
+        assert_eq!(h.read_max_us(0), 0);
+        // Untimed reads and timed writes do not count.
         let u = h.on_submit(Op::Read, 4096);
         h.on_complete(u, 9000);
-        assert_eq!(h.recent_max_us(W), 0);
-        // A write issued at 10 W taking 3000 µs completes in window 10 W + 3 ms.
-        let t0 = 10 * W;
-        let w = h.on_submit_at(Op::Write, 4096, t0);
-        h.on_complete(w, 3000);
-        let done = t0 + 3_000_000;
-        assert_eq!(h.recent_max_us(done), 3000);
-        // A read completing one window later.
-        let r = h.on_submit_at(Op::Read, 4096, done + W);
-        h.on_complete(r, 100);
-        assert_eq!(h.snapshot_at(done + W + 200_000).recent_max_us, 3000);
-        // Still seen RECENT_BUCKETS - 1 windows later, gone after.
-        let last = ((done >> RECENT_BUCKET_SHIFT) + RECENT_BUCKETS as u64 - 1) * W;
-        assert_eq!(h.recent_max_us(last), 3000);
+        let w = h.on_submit_at(Op::Write, 4096, 0);
+        h.on_complete(w, 9000);
+        assert_eq!(h.read_max_us(U), 0);
+        // A slow read, then fast ones: seen until 57..=64 reads later.
+        let t0 = 10 * U;
+        let slow = h.on_submit_at(Op::Read, 4096, t0);
+        h.on_complete(slow, 3000);
+        assert_eq!(h.read_max_us(t0 + 3_000_000), 3000);
+        assert_eq!(h.snapshot_at(t0 + 3_000_000).read_max_us, 3000);
         assert_eq!(
-            h.recent_max_us(last + W),
-            100,
-            "only the read's window is left"
+            h.snapshot().read_max_us,
+            0,
+            "the untimed snapshot leaves it out"
         );
-        assert_eq!(h.recent_max_us(last + 2 * W), 0);
-        // The untimed snapshot leaves it out.
-        assert_eq!(h.snapshot().recent_max_us, 0);
+        let mut t = t0 + 4_000_000;
+        for k in 1..=64u64 {
+            let r = h.on_submit_at(Op::Read, 4096, t);
+            h.on_complete(r, 100 + k as u32);
+            t += 100_000;
+            let m = h.read_max_us(t);
+            if k < (READ_MAX_SLOTS as u64 - 1) * READ_MAX_GROUP {
+                assert_eq!(m, 3000, "after {k} fast reads");
+            }
+            if k == 64 {
+                assert_eq!(m, 164, "the slow read has left the window");
+            }
+        }
+        // No reads for a while: the memory stays (counted in reads)...
+        let later = t + u64::from(READ_MAX_STALE_UNITS - 2) * U;
+        assert_eq!(h.read_max_us(later), 164);
+        // ...until it goes stale.
+        assert_eq!(
+            h.read_max_us(t + u64::from(READ_MAX_STALE_UNITS + 1) * U),
+            0
+        );
+    }
+
+    #[test]
+    fn read_max_keeps_a_slow_read_while_no_reads_complete() {
+        let h = ReplicaHistory::new();
+        let r = h.on_submit_at(Op::Read, 4096, 1_000_000);
+        h.on_complete(r, 2500);
+        // Writes keep completing; the read maximum does not fade with time.
+        let mut t = 5_000_000;
+        for _ in 0..1000 {
+            let w = h.on_submit_at(Op::Write, 4096, t);
+            h.on_complete(w, 50);
+            t += 100_000;
+        }
+        assert_eq!(h.read_max_us(t), 2500);
     }
 
     #[test]

@@ -32,16 +32,19 @@
 //! on its oldest request. LinnOS sees a stall only when a slow I/O
 //! completes; an I/O stuck behind an erase is visible here while it waits.
 //!
-//! # Recent maximum latency
+//! # Recent read maximum
 //!
 //! LinnOS remembers the last four completed reads, so four fast reads
-//! erase the memory of a slow one, and a replica the router avoids stops
-//! completing reads at all. Every timed I/O, write or read, also folds its
-//! latency into a ring of [`RECENT_BUCKETS`] completion windows of
-//! 2^[`RECENT_BUCKET_SHIFT`] ns (slot = window number, tagged so a stale
-//! slot is ignored): [`ReplicaHistory::recent_max_us`] is the worst latency
-//! seen in the last ~8 ms. Writes go to every replica, so this stays
-//! current while reads are routed away.
+//! erase the memory of a slow one. A timed read also folds its latency into
+//! a ring of [`READ_MAX_SLOTS`] slots, one per group of [`READ_MAX_GROUP`]
+//! consecutive completed reads (tagged with the group number, so a slot
+//! from an older round is ignored): [`ReplicaHistory::read_max_us`] is the
+//! worst of the last 57 to 64 reads. The ring counts reads, not time: while
+//! a router sends a replica no reads (because it predicted it slow), the
+//! replica's last known state stays, rather than fading as if it had
+//! recovered. Each slot also keeps the clock of its newest read, and slots
+//! older than about 268 ms are dropped, so an avoided replica is tried
+//! again eventually.
 //!
 //! # The history seqlock
 //!
@@ -65,14 +68,14 @@
 //! are not data races (no UB, no `unsafe` in this crate). Readers never
 //! block writers; nothing on submit, complete or snapshot allocates.
 //!
-//! # Training-log file format (version 2)
+//! # Training-log file format (version 3)
 //!
 //! All integers little-endian. A 16-byte header:
 //!
 //! | offset | size | field |
 //! |-------:|-----:|-------|
 //! | 0  | 8 | magic `b"AUGURLOG"` |
-//! | 8  | 4 | `u32` version = 2 |
+//! | 8  | 4 | `u32` version = 3 |
 //! | 12 | 4 | `u32` record size = [`RECORD_SIZE`] (108) |
 //!
 //! followed by zero or more fixed-size records, each:
@@ -89,10 +92,11 @@
 //! | 28 | 4 | `features.pending_pages: u32` (at issue) |
 //! | 32 | 4 | `features.pending_ios: u32` (at issue) |
 //! | 36 | 4 | `features.oldest_pending_us: u32` (at issue; 0 if untimed) |
-//! | 40 | 4 | `features.recent_max_us: u32` (at issue; 0 if untimed) |
+//! | 40 | 4 | `features.read_max_us: u32` (at issue; 0 if untimed) |
 //! | 44 | 16 × `HISTORY_LEN` | `features.recent[i]`, newest first: `latency_us`, `pending_pages_at_issue`, `pending_ios_at_issue`, `size_bytes` (`u32` each; zero beyond `len`) |
 //!
-//! Version 1 (no `oldest_pending_us` or `recent_max_us`, 100-byte records) is rejected by
+//! Versions 1 (no `oldest_pending_us`, 100-byte records) and 2 (offset 40
+//! held a time-windowed maximum over reads and writes) are rejected by
 //! name: re-record such logs. Readers reject a wrong magic, version or record size, report a file that
 //! ends inside a record as [`LogError::TruncatedRecord`] with that record's
 //! 0-based index (the records before it are still available through
@@ -113,7 +117,8 @@ pub use file::{
 };
 pub use history::{
     AGE_BUCKET_SHIFT, AGE_BUCKETS, Completed, HISTORY_LEN, HistorySnapshot, Op, PAGE_SIZE,
-    RECENT_BUCKET_SHIFT, RECENT_BUCKETS, ReplicaHistory, Ticket, pages_for,
+    READ_MAX_GROUP, READ_MAX_SLOTS, READ_MAX_STALE_UNITS, READ_MAX_TIME_SHIFT, ReplicaHistory,
+    Ticket, pages_for,
 };
 pub use queue::TrainingLog;
 pub use record::{RECORD_SIZE, RecordError, TrainingRecord};

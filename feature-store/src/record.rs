@@ -27,7 +27,7 @@ pub struct TrainingRecord {
 /// Layout (all little-endian): `time_ns u64 | offset u64 | replica u16 |
 /// op u8 | features.len u8 | size_bytes u32 | latency_us u32 |
 /// features.pending_pages u32 | features.pending_ios u32 |
-/// features.oldest_pending_us u32 | features.recent_max_us u32 |` then `HISTORY_LEN` times `latency_us u32
+/// features.oldest_pending_us u32 | features.read_max_us u32 |` then `HISTORY_LEN` times `latency_us u32
 /// | pending_pages_at_issue u32 | pending_ios_at_issue u32 | size_bytes u32`
 /// (newest first).
 pub const RECORD_SIZE: usize = 44 + 16 * HISTORY_LEN;
@@ -67,7 +67,7 @@ impl TrainingRecord {
         b[28..32].copy_from_slice(&self.features.pending_pages.to_le_bytes());
         b[32..36].copy_from_slice(&self.features.pending_ios.to_le_bytes());
         b[36..40].copy_from_slice(&self.features.oldest_pending_us.to_le_bytes());
-        b[40..44].copy_from_slice(&self.features.recent_max_us.to_le_bytes());
+        b[40..44].copy_from_slice(&self.features.read_max_us.to_le_bytes());
         for (i, c) in self.features.recent.iter().enumerate() {
             let at = 44 + 16 * i;
             b[at..at + 4].copy_from_slice(&c.latency_us.to_le_bytes());
@@ -107,7 +107,7 @@ impl TrainingRecord {
                 pending_pages: u32_at(b, 28),
                 pending_ios: u32_at(b, 32),
                 oldest_pending_us: u32_at(b, 36),
-                recent_max_us: u32_at(b, 40),
+                read_max_us: u32_at(b, 40),
                 recent,
                 len,
             },
@@ -144,7 +144,7 @@ pub(crate) mod tests {
                 pending_pages: k.wrapping_mul(13),
                 pending_ios: !k,
                 oldest_pending_us: k.wrapping_mul(17),
-                recent_max_us: k.wrapping_mul(19),
+                read_max_us: k.wrapping_mul(19),
                 recent,
                 len,
             },

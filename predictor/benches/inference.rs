@@ -63,7 +63,7 @@ fn inputs(n: usize, seed: u64) -> Vec<(HistorySnapshot, ReadInfo)> {
                 pending_ios: rng.below(64) as u32,
                 len: HISTORY_LEN as u8,
                 oldest_pending_us: rng.below(2_000) as u32,
-                recent_max_us: 100 + rng.below(4_000) as u32,
+                read_max_us: 100 + rng.below(4_000) as u32,
                 ..Default::default()
             };
             for c in s.recent.iter_mut() {

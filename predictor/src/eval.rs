@@ -144,15 +144,34 @@ pub struct EvalReport {
 /// Evaluates `model` on the reads in `records` (other ops are skipped),
 /// labelling a read slow when `latency_us > threshold_us`.
 pub fn evaluate(model: &Model, records: &[TrainingRecord], threshold_us: u32) -> EvalReport {
+    let truth: Vec<bool> = records
+        .iter()
+        .filter(|r| r.op == Op::Read)
+        .map(|r| is_slow(r.latency_us, threshold_us))
+        .collect();
+    evaluate_labelled(model, records, &truth, threshold_us)
+}
+
+/// Evaluates `model` on the reads in `records` (other ops are skipped)
+/// against labels of one's own (`truth[k]` for the k-th read, e.g. period
+/// labels); `threshold_us` is only reported.
+///
+/// # Panics
+/// If `truth` does not have one label per read.
+pub fn evaluate_labelled(
+    model: &Model,
+    records: &[TrainingRecord],
+    truth: &[bool],
+    threshold_us: u32,
+) -> EvalReport {
     let reads: Vec<&TrainingRecord> = records.iter().filter(|r| r.op == Op::Read).collect();
-    let mut truth = Vec::with_capacity(reads.len());
+    assert_eq!(truth.len(), reads.len(), "one label per read");
     let mut f32_scores = Vec::with_capacity(reads.len());
     let mut int_scores = Vec::with_capacity(reads.len());
     for r in &reads {
         let info = ReadInfo {
             size_bytes: r.size_bytes,
         };
-        truth.push(is_slow(r.latency_us, threshold_us));
         f32_scores.push(model.score_f32(&r.features, info));
         int_scores.push(model.score_int(&r.features, info));
     }
@@ -160,8 +179,8 @@ pub fn evaluate(model: &Model, records: &[TrainingRecord], threshold_us: u32) ->
         reads: reads.len() as u64,
         slow_reads: truth.iter().filter(|&&s| s).count() as u64,
         threshold_us,
-        float: PathMetrics::from_scores(&f32_scores, &truth, |s| s > 0.0, f32::total_cmp),
-        int: PathMetrics::from_scores(&int_scores, &truth, |s| s > 0, i64::cmp),
+        float: PathMetrics::from_scores(&f32_scores, truth, |s| s > 0.0, f32::total_cmp),
+        int: PathMetrics::from_scores(&int_scores, truth, |s| s > 0, i64::cmp),
     }
 }
 

@@ -30,13 +30,15 @@
 //! | inputs | value |
 //! |--------|-------|
 //! | 31..35 | age of the replica's oldest pending I/O ([`HistorySnapshot::oldest_pending_us`]) |
-//! | 35..39 | worst latency completed in the last ~8 ms, reads and writes ([`HistorySnapshot::recent_max_us`]) |
+//! | 35..39 | worst latency of the last 57 to 64 completed reads, none older than ~268 ms ([`HistorySnapshot::read_max_us`]) |
 //!
 //! LinnOS learns of a stall only when a slow read completes, and forgets it
 //! after four fast ones. A read stuck behind an erase shows up in the age
-//! while it waits; writes keep completing on a replica the router avoids for
-//! reads, so the recent maximum says a GC window is still running. An
-//! Augur extension, not part of the LinnOS paper.
+//! while it waits; the read maximum remembers a garbage-collection window
+//! across the fast reads between its erases, and, being counted in reads,
+//! keeps remembering it while the router sends the replica no reads. An
+//! Augur extension, not part of the LinnOS paper. (Feature-set code 3; code
+//! 2 was an earlier variant and is refused.)
 //!
 //! # Heimdall encoding (12 inputs)
 //!
@@ -60,7 +62,7 @@ use augur_feature_store::{HISTORY_LEN, HistorySnapshot};
 /// Number of LinnOS inputs (5 pending counts x 3 digits + 4 latencies x 4 digits).
 pub const LINNOS_INPUTS: usize = 31;
 /// Number of `linnos-ext` inputs (LinnOS + 4 digits each of the oldest
-/// pending age and the recent maximum latency).
+/// pending age and the recent read maximum).
 pub const LINNOS_EXT_INPUTS: usize = LINNOS_INPUTS + 8;
 /// Number of Heimdall inputs.
 pub const HEIMDALL_INPUTS: usize = 12;
@@ -88,7 +90,7 @@ const _: () = assert!(HISTORY_LEN >= 4 && HISTORY_LEN >= HEIMDALL_HISTORY);
 pub enum FeatureSet {
     /// LinnOS: 31 decimal digits of pending counts and latencies.
     LinnOs,
-    /// LinnOS plus the oldest pending age and the recent maximum latency (39 inputs).
+    /// LinnOS plus the oldest pending age and the recent read maximum (39 inputs).
     LinnOsExt,
     /// Heimdall: 12 raw features, MinMax-scaled with a scaler stored in the model.
     Heimdall,
@@ -128,16 +130,20 @@ impl FeatureSet {
         match self {
             FeatureSet::LinnOs => 0,
             FeatureSet::Heimdall => 1,
-            FeatureSet::LinnOsExt => 2,
+            FeatureSet::LinnOsExt => 3,
         }
     }
+
+    /// Code 2 was an earlier `linnos-ext` whose last four inputs were a
+    /// time-windowed maximum over reads and writes; such models are refused.
+    pub const RETIRED_CODE: u8 = 2;
 
     /// Inverse of [`FeatureSet::code`].
     pub const fn from_code(c: u8) -> Option<Self> {
         match c {
             0 => Some(FeatureSet::LinnOs),
             1 => Some(FeatureSet::Heimdall),
-            2 => Some(FeatureSet::LinnOsExt),
+            3 => Some(FeatureSet::LinnOsExt),
             _ => None,
         }
     }
@@ -213,7 +219,7 @@ pub fn encode_linnos_int(h: &HistorySnapshot, out: &mut [i32; LINNOS_INPUTS]) {
 }
 
 /// `linnos-ext` digits as integers: the LinnOS digits, then
-/// `min(oldest_pending_us, 9999)` and `min(recent_max_us, 9999)` as 4
+/// `min(oldest_pending_us, 9999)` and `min(read_max_us, 9999)` as 4
 /// digits each (most significant first).
 #[inline]
 pub fn encode_linnos_ext_int(h: &HistorySnapshot, out: &mut [i32; LINNOS_EXT_INPUTS]) {
@@ -225,7 +231,7 @@ pub fn encode_linnos_ext_int(h: &HistorySnapshot, out: &mut [i32; LINNOS_EXT_INP
         &mut out[LINNOS_INPUTS..LINNOS_INPUTS + 4],
     );
     digits::<4>(
-        h.recent_max_us.min(LINNOS_LATENCY_CAP),
+        h.read_max_us.min(LINNOS_LATENCY_CAP),
         &mut out[LINNOS_INPUTS + 4..],
     );
 }
@@ -429,7 +435,7 @@ mod tests {
     }
 
     #[test]
-    fn linnos_ext_appends_capped_age_and_recent_max() {
+    fn linnos_ext_appends_capped_age_and_read_max() {
         let mut s = snap(42, &[(7, 1234)]);
         for (age, wl, tail) in [
             (0, 0, [0, 0, 0, 0, 0, 0, 0, 0]),
@@ -437,7 +443,7 @@ mod tests {
             (123_456, 10_000, [9, 9, 9, 9, 9, 9, 9, 9]),
         ] {
             s.oldest_pending_us = age;
-            s.recent_max_us = wl;
+            s.read_max_us = wl;
             let mut base = [0i32; LINNOS_INPUTS];
             encode_linnos_int(&s, &mut base);
             let mut d = [0i32; LINNOS_EXT_INPUTS];
@@ -452,7 +458,7 @@ mod tests {
         let mut a = [0i32; LINNOS_INPUTS];
         encode_linnos_int(&s, &mut a);
         s.oldest_pending_us = 0;
-        s.recent_max_us = 0;
+        s.read_max_us = 0;
         let mut b = [0i32; LINNOS_INPUTS];
         encode_linnos_int(&s, &mut b);
         assert_eq!(a, b);

@@ -770,7 +770,7 @@ mod tests {
             pending_ios: v(rng),
             len: rng.below(HISTORY_LEN as u64 + 1) as u8,
             oldest_pending_us: v(rng),
-            recent_max_us: v(rng),
+            read_max_us: v(rng),
             ..Default::default()
         };
         for j in 0..s.len as usize {
@@ -855,7 +855,7 @@ mod tests {
                 }; HISTORY_LEN],
                 len: HISTORY_LEN as u8,
                 oldest_pending_us: u32::MAX,
-                recent_max_us: u32::MAX,
+                read_max_us: u32::MAX,
             };
             for snap in [caps, HistorySnapshot::default()] {
                 let r = ReadInfo {

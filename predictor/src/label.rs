@@ -12,6 +12,17 @@
 //!   cap itself, so roughly the slowest 3% are labelled slow.
 //! * [`LabelRule::Percentile`] — a fixed percentile `P` (nearest rank), so
 //!   roughly `100 - P` percent of reads are labelled slow.
+//!
+//! On top of either rule, [`PeriodRule`] gives *period labels* (after
+//! Heimdall's period-based labelling): a read is also slow when it was issued
+//! inside a slow period of its replica, i.e. when at least
+//! [`PeriodRule::min_slow_fraction`] of that replica's reads issued within
+//! ±[`PeriodRule::window_us`] of it were slow. A device in garbage
+//! collection answers some reads fast (those between erases, or on idle
+//! channels) and some very slowly; per-read labels teach a model to bet on
+//! the fast ones from momentary signals, which stop meaning anything once the
+//! router sends reads elsewhere. Period labels teach it to avoid the whole
+//! degraded period instead, while isolated slow reads (jitter) stay isolated.
 
 use std::fmt;
 
@@ -75,6 +86,81 @@ impl LabelRule {
     }
 }
 
+/// Period labelling: see the module documentation.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct PeriodRule {
+    /// Half-width of the window around each read, µs.
+    pub window_us: u32,
+    /// Fraction of slow reads in the window that makes it a slow period, in `(0, 1]`.
+    pub min_slow_fraction: f64,
+}
+
+impl fmt::Display for PeriodRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "period ±{} µs >= {}% slow",
+            self.window_us,
+            self.min_slow_fraction * 100.0
+        )
+    }
+}
+
+impl PeriodRule {
+    /// Checks the parameters: a non-zero window and a fraction in `(0, 1]`.
+    pub fn validate(self) -> Result<Self, LabelError> {
+        if self.window_us == 0 {
+            return Err(LabelError::BadPeriod(
+                "the window must be at least 1 µs".into(),
+            ));
+        }
+        if !(self.min_slow_fraction > 0.0 && self.min_slow_fraction <= 1.0) {
+            return Err(LabelError::BadPeriod(format!(
+                "the slow fraction must lie in (0, 1], got {}",
+                self.min_slow_fraction
+            )));
+        }
+        Ok(self)
+    }
+
+    /// Period labels for reads given as `(replica, issue time ns, slow)`, in
+    /// any order; the result is in the same order. A read keeps its own slow
+    /// label and is also slow when at least `min_slow_fraction` of its
+    /// replica's reads issued within `±window_us` of it (itself included)
+    /// are slow. O(n log n), two pointers per replica over the sorted times.
+    pub fn apply(&self, reads: &[(u16, u64, bool)]) -> Vec<bool> {
+        let w = u64::from(self.window_us) * 1000;
+        let mut order: Vec<usize> = (0..reads.len()).collect();
+        order.sort_unstable_by_key(|&i| (reads[i].0, reads[i].1));
+        let mut out: Vec<bool> = reads.iter().map(|r| r.2).collect();
+        let mut start = 0;
+        while start < order.len() {
+            let rep = reads[order[start]].0;
+            let end = start + order[start..].partition_point(|&i| reads[i].0 == rep);
+            let group = &order[start..end];
+            // Window [lo, hi) of `group` around each read, and its slow count.
+            let (mut lo, mut hi, mut slow) = (0usize, 0usize, 0usize);
+            for &i in group {
+                let t = reads[i].1;
+                while hi < group.len() && reads[group[hi]].1 <= t.saturating_add(w) {
+                    slow += usize::from(reads[group[hi]].2);
+                    hi += 1;
+                }
+                while reads[group[lo]].1 < t.saturating_sub(w) {
+                    slow -= usize::from(reads[group[lo]].2);
+                    lo += 1;
+                }
+                let n = hi - lo;
+                if slow as f64 >= self.min_slow_fraction * n as f64 {
+                    out[i] = true;
+                }
+            }
+            start = end;
+        }
+        out
+    }
+}
+
 /// Errors from threshold computation.
 #[derive(Debug, Error, PartialEq)]
 pub enum LabelError {
@@ -84,6 +170,9 @@ pub enum LabelError {
     /// The percentile is not strictly between 0 and 100.
     #[error("percentile {0} is out of range: it must lie strictly between 0 and 100")]
     PercentileOutOfRange(f64),
+    /// The period rule's parameters are out of range.
+    #[error("bad period label rule: {0}")]
+    BadPeriod(String),
     /// The rule string could not be parsed.
     #[error("unknown label rule '{0}': expected 'inflection', 'pNN' or 'percentile:NN'")]
     BadRule(String),
@@ -329,5 +418,74 @@ mod tests {
         assert_eq!(t.slow_fraction, 0.0);
         assert!(!is_slow(250, t.threshold_us));
         assert!(is_slow(251, t.threshold_us));
+    }
+
+    #[test]
+    fn period_labels_spread_dense_slow_reads_and_keep_isolated_ones_isolated() {
+        let rule = PeriodRule {
+            window_us: 1000,
+            min_slow_fraction: 0.25,
+        };
+        // Replica 0: reads every 100 µs for 10 ms; those at 4.0..=4.3 ms are
+        // slow (4 in the ±1 ms window of 21 reads around 4.1 ms = 19%...).
+        let mut reads: Vec<(u16, u64, bool)> = Vec::new();
+        for k in 0..100u64 {
+            let t = k * 100_000;
+            reads.push((0, t, (40..44).contains(&k)));
+        }
+        let none = rule.apply(&reads);
+        // 4 slow of 21 is below 25%: only the slow reads themselves.
+        assert_eq!(none, reads.iter().map(|r| r.2).collect::<Vec<_>>());
+        // Make 40..50 slow: 10 of 21 around 4.5 ms is a slow period.
+        for r in &mut reads[40..50] {
+            r.2 = true;
+        }
+        let got = rule.apply(&reads);
+        let slow: Vec<usize> = (0..100).filter(|&k| got[k]).collect();
+        // Read k's window holds reads k-10..=k+10; it is slow when at least
+        // 25% of them (6 of 21, or of fewer at the edges) are slow.
+        let want: Vec<usize> = (0..100)
+            .filter(|&k: &usize| {
+                let (lo, hi) = (k.saturating_sub(10), (k + 10).min(99));
+                let n = hi - lo + 1;
+                let s = (lo..=hi).filter(|j| (40..50).contains(j)).count();
+                s as f64 >= 0.25 * n as f64
+            })
+            .collect();
+        assert_eq!(slow, want);
+        assert!(slow.contains(&35) && slow.contains(&54) && !slow.contains(&20));
+        // Another replica's reads at the same times are not affected, and the
+        // input order does not matter.
+        let mut mixed: Vec<(u16, u64, bool)> = reads.clone();
+        mixed.extend(reads.iter().map(|&(_, t, _)| (1, t, false)));
+        mixed.reverse();
+        let got2 = rule.apply(&mixed);
+        for (k, r) in mixed.iter().enumerate() {
+            if r.0 == 1 {
+                assert!(!got2[k]);
+            } else {
+                assert_eq!(got2[k], got[(r.1 / 100_000) as usize]);
+            }
+        }
+    }
+
+    #[test]
+    fn period_rule_rejects_bad_parameters() {
+        let ok = PeriodRule {
+            window_us: 4000,
+            min_slow_fraction: 0.1,
+        };
+        assert!(ok.validate().is_ok());
+        assert_eq!(ok.to_string(), "period ±4000 µs >= 10% slow");
+        for (w, f) in [(0, 0.1), (10, 0.0), (10, 1.5), (10, f64::NAN)] {
+            let e = PeriodRule {
+                window_us: w,
+                min_slow_fraction: f,
+            }
+            .validate()
+            .unwrap_err();
+            assert!(e.to_string().starts_with("bad period label rule"), "{e}");
+        }
+        assert!(ok.apply(&[]).is_empty());
     }
 }

@@ -11,7 +11,7 @@
 //! |--------|------|-----------------------------------------------------------------------|
 //! | 0      | 8    | magic `b"AUGURMDL"`                                                   |
 //! | 8      | 2    | `u16` format version = 1                                              |
-//! | 10     | 1    | `u8` feature set: 0 = LinnOS (31 inputs), 1 = Heimdall (12 inputs)     |
+//! | 10     | 1    | `u8` feature set: 0 = LinnOS (31 inputs), 1 = Heimdall (12), 3 = linnos-ext (39); 2 (an earlier linnos-ext) is refused |
 //! | 11     | 1    | `u8` number of layers `L`, 1..=[`MAX_LAYERS`]                          |
 //! | 12     | 4    | `u32` number of model inputs (must equal the feature set's)           |
 //! | 16     | 4    | `u32` flags: bit 0 = MinMax scaler present (set iff Heimdall); other bits 0 |
@@ -802,8 +802,15 @@ impl Model {
             });
         }
         let fs_code = r.u8(&|| "feature set".into())?;
-        let fs = FeatureSet::from_code(fs_code)
-            .ok_or_else(|| ModelError::Invalid(format!("unknown feature set code {fs_code}")))?;
+        let fs = FeatureSet::from_code(fs_code).ok_or_else(|| {
+            ModelError::Invalid(if fs_code == FeatureSet::RETIRED_CODE {
+                "feature set code 2 is an earlier linnos-ext (its read maximum was \
+                 time-windowed) that this build no longer computes: retrain the model"
+                    .into()
+            } else {
+                format!("unknown feature set code {fs_code}")
+            })
+        })?;
         let n_layers = r.u8(&|| "layer count".into())? as usize;
         if n_layers == 0 {
             return Err(shape_err("a model needs at least one layer".into()));
@@ -1341,6 +1348,20 @@ mod tests {
             Model::from_bytes(b"hello world, not a model"),
             Err(ModelError::BadMagic { .. })
         ));
+    }
+
+    #[test]
+    fn rejects_the_retired_linnos_ext_code_by_name() {
+        let mut b = small(FeatureSet::LinnOsExt).to_bytes();
+        assert_eq!(b[10], 3);
+        b[10] = FeatureSet::RETIRED_CODE;
+        fix_crc(&mut b);
+        let e = Model::from_bytes(&b).unwrap_err();
+        assert!(e.to_string().contains("retrain the model"), "{e}");
+        b[10] = 9;
+        fix_crc(&mut b);
+        let e = Model::from_bytes(&b).unwrap_err();
+        assert!(e.to_string().contains("unknown feature set code 9"), "{e}");
     }
 
     #[test]

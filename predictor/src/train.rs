@@ -33,12 +33,12 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::eval::{EvalReport, evaluate};
+use crate::eval::{EvalReport, evaluate, evaluate_labelled};
 use crate::features::{
     FeatureSet, HEIMDALL_INPUTS, LINNOS_EXT_INPUTS, LINNOS_INPUTS, MinMax, ReadInfo, encode_linnos,
     encode_linnos_ext, heimdall_raw,
 };
-use crate::label::{LabelError, LabelRule, Threshold, compute_threshold, is_slow};
+use crate::label::{LabelError, LabelRule, PeriodRule, Threshold, compute_threshold, is_slow};
 use crate::model::{Activation, Layer, MAX_STR, Model, ModelError, TrainingMeta};
 
 /// Network architecture.
@@ -139,13 +139,16 @@ impl ReplicaSelection {
 pub struct TrainConfig {
     /// Network architecture.
     pub arch: Arch,
-    /// Also feed the oldest pending age and the recent maximum latency (feature set
+    /// Also feed the oldest pending age and the recent read maximum (feature set
     /// `linnos-ext`, 39 inputs); base, deep1 and deep2 only.
     pub extended: bool,
     /// Which replicas' reads to use.
     pub replicas: ReplicaSelection,
     /// How reads are labelled slow.
     pub label: LabelRule,
+    /// Also label slow the reads issued in a slow period of their replica
+    /// (see [`PeriodRule`]); `None`: per-read labels only (LinnOS).
+    pub period: Option<PeriodRule>,
     /// Loss weight of a slow read relative to a fast one: a false submit
     /// (slow predicted fast) costs this many times a false revoke. LinnOS: 5.
     pub false_submit_weight: f32,
@@ -179,6 +182,7 @@ impl Default for TrainConfig {
             extended: false,
             replicas: ReplicaSelection::Pooled,
             label: LabelRule::Inflection,
+            period: None,
             false_submit_weight: 5.0,
             validation_fraction: 0.2,
             max_epochs: 40,
@@ -241,6 +245,9 @@ impl TrainConfig {
             ));
         }
         self.label.validate()?;
+        if let Some(p) = self.period {
+            p.validate()?;
+        }
         Ok(())
     }
 }
@@ -337,8 +344,12 @@ pub struct TrainReport {
     pub stopped_early: bool,
     /// Per-epoch history.
     pub history: Vec<EpochStats>,
-    /// The final model on the validation set, f32 and integer paths.
+    /// The final model on the validation set, f32 and integer paths,
+    /// against per-read labels (what `augur eval` reports).
     pub validation: EvalReport,
+    /// The same against the period labels it was trained on, when
+    /// [`TrainConfig::period`] was set.
+    pub validation_period: Option<EvalReport>,
     /// Wall-clock training time in seconds (preparation included).
     pub train_seconds: f64,
 }
@@ -371,7 +382,14 @@ impl TrainReport {
                 ""
             },
             self.train_seconds,
-            self.validation.render_text()
+            match &self.validation_period {
+                Some(p) => format!(
+                    "against per-read labels:\n{}against the period labels trained on:\n{}",
+                    self.validation.render_text(),
+                    p.render_text()
+                ),
+                None => self.validation.render_text(),
+            }
         )
     }
 }
@@ -721,10 +739,19 @@ pub fn train(
     }
     let latencies: Vec<u32> = reads.iter().map(|r| r.latency_us).collect();
     let threshold = compute_threshold(&latencies, cfg.label)?;
-    let labels: Vec<bool> = latencies
+    let mut labels: Vec<bool> = latencies
         .iter()
         .map(|&l| is_slow(l, threshold.threshold_us))
         .collect();
+    if let Some(p) = cfg.period {
+        let keyed: Vec<(u16, u64, bool)> = reads
+            .iter()
+            .zip(&labels)
+            .map(|(r, &y)| (r.replica, r.time_ns, y))
+            .collect();
+        labels = p.apply(&keyed);
+    }
+    let labelled_slow_fraction = labels.iter().filter(|&&y| y).count() as f64 / labels.len() as f64;
     let mut slow_idx: Vec<usize> = (0..reads.len()).filter(|&i| labels[i]).collect();
     let mut fast_idx: Vec<usize> = (0..reads.len()).filter(|&i| !labels[i]).collect();
     if slow_idx.len() < 2 || fast_idx.len() < 2 {
@@ -783,7 +810,7 @@ pub fn train(
         train_samples: train_idx.len(),
         validation_samples: val_idx.len(),
         threshold_us: threshold.threshold_us,
-        slow_fraction: threshold.slow_fraction,
+        slow_fraction: labelled_slow_fraction,
         batches_per_epoch: batches,
         max_epochs: cfg.max_epochs,
     });
@@ -930,18 +957,21 @@ pub fn train(
 
     // ---- build, check and evaluate the model ----
     let val_records: Vec<TrainingRecord> = val_idx.iter().map(|&i| *reads[i]).collect();
-    let label_rule = if threshold.fallback {
+    let mut label_rule = if threshold.fallback {
         format!("{} (no knee: p97 fallback)", cfg.label)
     } else {
         cfg.label.to_string()
     };
+    if let Some(p) = cfg.period {
+        label_rule = format!("{label_rule}, {p}");
+    }
     let mut meta = TrainingMeta {
         data: {
             let summary = format!(
                 "{} reads ({}), {:.2}% slow, {} train / {} validation",
                 reads.len(),
                 cfg.replicas.describe(),
-                threshold.slow_fraction * 100.0,
+                labelled_slow_fraction * 100.0,
                 train_idx.len(),
                 val_idx.len()
             );
@@ -985,6 +1015,10 @@ pub fn train(
         }
     }
     let validation = evaluate(&model, &val_records, threshold.threshold_us);
+    let validation_period = cfg.period.map(|_| {
+        let truth: Vec<bool> = val_idx.iter().map(|&i| labels[i]).collect();
+        evaluate_labelled(&model, &val_records, &truth, threshold.threshold_us)
+    });
     let mut metrics: Vec<(String, f64)> = Vec::new();
     for (path, m) in [("f32", &validation.float), ("int", &validation.int)] {
         let mut put = |name: &str, v: Option<f64>| {
@@ -996,6 +1030,17 @@ pub fn train(
         put("false_submit_rate", m.false_submit_rate);
         put("false_revoke_rate", m.false_revoke_rate);
         put("auc", m.auc);
+    }
+    if let Some(v) = &validation_period {
+        for (path, m) in [("f32", &v.float), ("int", &v.int)] {
+            if let Some(a) = m.accuracy {
+                metrics.push((format!("val_period_accuracy_{path}"), a));
+            }
+            if let Some(a) = m.false_submit_rate {
+                metrics.push((format!("val_period_false_submit_rate_{path}"), a));
+            }
+        }
+        metrics.push(("period_slow_fraction".to_string(), labelled_slow_fraction));
     }
     metrics.push(("val_reads".to_string(), val_records.len() as f64));
     metrics.push(("train_reads".to_string(), train_idx.len() as f64));
@@ -1018,6 +1063,7 @@ pub fn train(
         epochs_run: history.len(),
         best_epoch,
         stopped_early,
+        validation_period,
         history,
         validation,
         train_seconds: started.elapsed().as_secs_f64(),
@@ -1176,7 +1222,7 @@ mod tests {
         // Make the extra inputs carry the signal too.
         for r in &mut recs {
             let slow = r.latency_us > 1000;
-            r.features.recent_max_us = if slow { 3000 } else { 300 };
+            r.features.read_max_us = if slow { 3000 } else { 300 };
             r.features.oldest_pending_us = if slow { 900 } else { 100 };
         }
         let cfg = TrainConfig {
@@ -1204,6 +1250,84 @@ mod tests {
         .validate()
         .expect_err("heimdall has no extended inputs");
         assert!(e.to_string().contains("heimdall"), "{e}");
+    }
+
+    /// One replica, a read every 100 µs for 400 ms; from 100 to 200 ms it is
+    /// degraded: its read maximum says so, and one read in eight takes 3 ms.
+    fn degraded_period() -> Vec<TrainingRecord> {
+        (0..4000u64)
+            .map(|k| {
+                let degraded = (1000..2000).contains(&k);
+                let slow = degraded && k % 8 == 0;
+                TrainingRecord {
+                    time_ns: k * 100_000,
+                    replica: 0,
+                    op: Op::Read,
+                    size_bytes: 4096,
+                    offset: 0,
+                    latency_us: if slow { 3000 } else { 100 },
+                    features: HistorySnapshot {
+                        read_max_us: if degraded { 3000 } else { 200 },
+                        oldest_pending_us: 100,
+                        ..HistorySnapshot::default()
+                    },
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn period_labels_teach_avoiding_a_degraded_period() {
+        let recs = degraded_period();
+        let cfg = TrainConfig {
+            extended: true,
+            label: LabelRule::Percentile(95.0),
+            max_epochs: 20,
+            patience: 20,
+            learning_rate: 3e-3,
+            ..small_cfg(Arch::Base, 5)
+        };
+        let probe = |m: &Model, read_max_us| {
+            let snap = HistorySnapshot {
+                read_max_us,
+                oldest_pending_us: 100,
+                ..HistorySnapshot::default()
+            };
+            m.score_int(&snap, ReadInfo { size_bytes: 4096 })
+        };
+        // Per-read labels: 1 in 8 slow is below the 1 in 6 at which a 5x
+        // false-submit weight makes "slow" pay, so the period reads fast.
+        let (plain, _) = train(&recs, &cfg, &mut |_| {}).expect("trains");
+        assert!(probe(&plain, 3000) <= 0, "per-read labels predict fast");
+        // Period labels (±2 ms, 21 reads of which 2-3 slow >= 10%): the
+        // whole degraded period is slow, the rest is fast.
+        let cfg = TrainConfig {
+            period: Some(PeriodRule {
+                window_us: 2000,
+                min_slow_fraction: 0.1,
+            }),
+            ..cfg
+        };
+        let (model, report) = train(&recs, &cfg, &mut |_| {}).expect("trains");
+        assert!(probe(&model, 3000) > 0, "period labels predict slow");
+        assert!(probe(&model, 200) <= 0);
+        assert!(
+            report.label_rule.contains("period ±2000 µs"),
+            "{}",
+            report.label_rule
+        );
+        assert!(model.meta().label_rule.contains("period"));
+        let v = report
+            .validation_period
+            .as_ref()
+            .expect("period validation");
+        assert!(v.slow_reads > report.validation.slow_reads);
+        assert!(v.int.accuracy.unwrap_or(0.0) > 0.99, "{}", v.render_text());
+        assert!(
+            report
+                .render_text()
+                .contains("against the period labels trained on")
+        );
     }
 
     #[test]

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use augur_feature_store::{LogWriter, TrainingRecord, read_log};
-use augur_predictor::eval::evaluate;
-use augur_predictor::label::LabelRule;
+use augur_predictor::eval::{evaluate, evaluate_labelled};
+use augur_predictor::label::{LabelRule, PeriodRule, is_slow};
 use augur_predictor::trace::{ImportOptions, TraceFormat, import_file};
 use augur_predictor::train::{Arch, Progress, ReplicaSelection, TrainConfig, train};
 use augur_predictor::{Model, ModelError};
@@ -26,7 +26,7 @@ pub struct TrainArgs {
     /// Architecture: base (31-256-2), deep1, deep2, heimdall.
     #[arg(long, default_value = "base")]
     arch: String,
-    /// Also feed the oldest pending I/O's age and the worst recent latency
+    /// Also feed the oldest pending I/O's age and the worst of the last ~64 read latencies
     /// (feature set linnos-ext, 39 inputs; base, deep1, deep2).
     #[arg(long)]
     extended: bool,
@@ -36,6 +36,14 @@ pub struct TrainArgs {
     /// Label rule: inflection (the tangent method) or a percentile like p95.
     #[arg(long, default_value = "inflection")]
     label: String,
+    /// Period labels: also label slow every read issued in a slow period of
+    /// its replica, a window of ± this long (e.g. 4ms) in which at least
+    /// --period-slow-fraction of the reads were slow. Off by default (LinnOS).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    label_period: Option<std::time::Duration>,
+    /// Share of slow reads that makes a window a slow period (with --label-period).
+    #[arg(long, default_value_t = 0.1, requires = "label_period")]
+    period_slow_fraction: f64,
     /// Loss weight of a false submit (slow predicted fast) relative to a false revoke.
     #[arg(long, default_value_t = 5.0)]
     false_submit_weight: f32,
@@ -65,6 +73,16 @@ pub struct TrainArgs {
     json: bool,
 }
 
+/// The period rule of `--label-period D --period-slow-fraction F`.
+fn period_rule(d: std::time::Duration, fraction: f64) -> Result<PeriodRule, ArrayError> {
+    PeriodRule {
+        window_us: u32::try_from(d.as_micros()).unwrap_or(u32::MAX),
+        min_slow_fraction: fraction,
+    }
+    .validate()
+    .map_err(|e| ArrayError::BadSpec(format!("--label-period: {e}")))
+}
+
 /// `augur eval`.
 #[derive(Args)]
 pub struct EvalArgs {
@@ -80,6 +98,13 @@ pub struct EvalArgs {
     /// Only this replica's reads.
     #[arg(long)]
     replica: Option<u16>,
+    /// Also score against period labels with this half-window (e.g. 4ms),
+    /// as `augur train --label-period` makes them (JSON key `period`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    label_period: Option<std::time::Duration>,
+    /// Share of slow reads that makes a window a slow period (with --label-period).
+    #[arg(long, default_value_t = 0.1, requires = "label_period")]
+    period_slow_fraction: f64,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -159,6 +184,10 @@ pub fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
         })?)
     };
     let label = LabelRule::parse(&a.label).map_err(|e| bad(format!("--label: {e}")))?;
+    let period = a
+        .label_period
+        .map(|d| period_rule(d, a.period_slow_fraction))
+        .transpose()?;
     let records = load_logs(&a.logs)?;
     let names: Vec<String> = a.logs.iter().map(|p| p.display().to_string()).collect();
     let cfg = TrainConfig {
@@ -166,6 +195,7 @@ pub fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
         extended: a.extended,
         replicas,
         label,
+        period,
         false_submit_weight: a.false_submit_weight,
         validation_fraction: a.validation,
         max_epochs: a.epochs,
@@ -233,10 +263,31 @@ pub fn cmd_eval(a: EvalArgs) -> anyhow::Result<()> {
     }
     let threshold = a.threshold_us.unwrap_or(model.meta().threshold_us);
     let report = evaluate(&model, &records, threshold);
+    let period = match a.label_period {
+        None => None,
+        Some(d) => {
+            let rule = period_rule(d, a.period_slow_fraction)?;
+            let keyed: Vec<(u16, u64, bool)> = records
+                .iter()
+                .filter(|r| r.op == augur_feature_store::Op::Read)
+                .map(|r| (r.replica, r.time_ns, is_slow(r.latency_us, threshold)))
+                .collect();
+            let truth = rule.apply(&keyed);
+            Some((rule, evaluate_labelled(&model, &records, &truth, threshold)))
+        }
+    };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        if let (Some((_, p)), Some(obj)) = (&period, v.as_object_mut()) {
+            obj.insert("period".into(), serde_json::to_value(p)?);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", report.render_text());
+        if let Some((rule, p)) = &period {
+            println!("against period labels ({rule}):");
+            print!("{}", p.render_text());
+        }
     }
     Ok(())
 }

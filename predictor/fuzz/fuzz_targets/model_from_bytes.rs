@@ -48,7 +48,7 @@ fn check(data: &[u8]) {
         recent: [c; HISTORY_LEN],
         len: HISTORY_LEN as u8,
         oldest_pending_us: u32::MAX,
-        recent_max_us: u32::MAX,
+        read_max_us: u32::MAX,
     };
     let r = ReadInfo {
         size_bytes: u32::MAX,
