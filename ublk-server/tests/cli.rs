@@ -273,6 +273,86 @@ fn record_train_eval_show_and_linnos_bench() {
 }
 
 #[test]
+fn period_labels_train_and_eval() {
+    let d = shm_dir();
+    let log = d.path().join("train.log");
+    let model = d.path().join("p.augm");
+    let o = augur(&[
+        "record",
+        "--duration",
+        "400ms",
+        "--size",
+        "64M",
+        "--dir",
+        d.path().to_str().unwrap(),
+        "--out",
+        log.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (l, m) = (log.to_str().unwrap(), model.to_str().unwrap());
+    let o = augur(&[
+        "train",
+        "--log",
+        l,
+        "--out",
+        m,
+        "--extended",
+        "--epochs",
+        "2",
+        "--label",
+        "p95",
+        "--label-period",
+        "4ms",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["label_rule"]
+            .as_str()
+            .unwrap()
+            .contains("period ±4000 µs"),
+        "{v}"
+    );
+    assert!(v["validation_period"]["int"]["accuracy"].is_number(), "{v}");
+    let o = augur(&["model", "show", m]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("period ±4000 µs >= 10% slow"));
+    let o = augur(&[
+        "eval",
+        "--model",
+        m,
+        "--log",
+        l,
+        "--label-period",
+        "4ms",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for path in ["f32", "int"] {
+        assert!(v[path]["accuracy"].is_number(), "{v}");
+        assert!(v["period"][path]["accuracy"].is_number(), "{v}");
+    }
+    // Period labels only add slow reads.
+    assert!(
+        v["period"]["slow_reads"].as_u64() >= v["slow_reads"].as_u64(),
+        "{v}"
+    );
+    let o = augur(&[
+        "train",
+        "--log",
+        l,
+        "--out",
+        m,
+        "--label-period",
+        "4ms",
+        "--period-slow-fraction",
+        "0",
+    ]);
+    assert_bad_input(&o, "slow fraction must lie in (0, 1]");
+}
+
+#[test]
 fn corrupt_model_is_rejected_by_name() {
     let d = tempfile::tempdir().unwrap();
     let bad = d.path().join("bad.augm");
