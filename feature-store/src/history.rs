@@ -30,8 +30,9 @@ pub const READ_MAX_TIME_SHIFT: u32 = 20;
 /// (about 268 ms) is forgotten.
 pub const READ_MAX_STALE_UNITS: u32 = 256;
 
-/// Largest latency a read-maximum slot holds, µs (2^24 - 1, about 16.8 s).
-const READ_MAX_LAT_CAP: u32 = (1 << 24) - 1;
+/// A read-maximum slot's latency (µs, capped: about 16.8 s) and clock are
+/// 24-bit fields; this masks one.
+const FIELD: u64 = (1 << 24) - 1;
 
 /// Kind of block I/O; only reads enter the history, every op counts as pending.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -337,11 +338,10 @@ impl ReplicaHistory {
         if let Some(e) = ticket.issue_epoch {
             self.inflight[(e % AGE_BUCKETS as u64) as usize].fetch_sub(1, Ordering::Relaxed);
         }
-        if let (Some(t0), true) = (ticket.issue_ns, ticket.op.is_read()) {
-            let done_ns = t0.saturating_add(u64::from(latency_us) * 1000);
-            self.note_read_max(done_ns, latency_us);
-        }
         if ticket.op.is_read() {
+            if let Some(t0) = ticket.issue_ns {
+                self.note_read_max(t0.saturating_add(u64::from(latency_us) * 1000), latency_us);
+            }
             self.push_completed(Completed {
                 latency_us,
                 pending_pages_at_issue: ticket.pending_pages_at_issue,
@@ -358,14 +358,14 @@ impl ReplicaHistory {
         let g = count.fetch_add(1, Ordering::Relaxed) / READ_MAX_GROUP;
         let slot = &slots[(g % READ_MAX_SLOTS as u64) as usize];
         let tag = g & 0xffff;
-        let clock = (done_ns >> READ_MAX_TIME_SHIFT) & 0xff_ffff;
-        let lat = u64::from(latency_us.min(READ_MAX_LAT_CAP));
+        let clock = (done_ns >> READ_MAX_TIME_SHIFT) & FIELD;
+        let lat = u64::from(latency_us).min(FIELD);
         let mut cur = slot.load(Ordering::Relaxed);
         loop {
             let new = if cur >> 48 == tag {
-                let (m, c) = ((cur >> 24) & 0xff_ffff, cur & 0xff_ffff);
+                let (m, c) = ((cur >> 24) & FIELD, cur & FIELD);
                 // Completions of one group may land out of order: keep the newer clock.
-                let newer = clock.wrapping_sub(c) & 0xff_ffff;
+                let newer = clock.wrapping_sub(c) & FIELD;
                 let c = if newer < 1 << 23 { clock } else { c };
                 (tag << 48) | (m.max(lat) << 24) | c
             } else {
@@ -396,17 +396,17 @@ impl ReplicaHistory {
             return 0;
         }
         let newest = (n - 1) / READ_MAX_GROUP;
-        let now_clock = (now_ns >> READ_MAX_TIME_SHIFT) & 0xff_ffff;
+        let now_clock = (now_ns >> READ_MAX_TIME_SHIFT) & FIELD;
         let mut m = 0u64;
         for slot in slots.iter() {
             let v = slot.load(Ordering::Relaxed);
             let behind = newest.wrapping_sub(v >> 48) & 0xffff;
-            let age = now_clock.wrapping_sub(v & 0xff_ffff) & 0xff_ffff;
+            let age = now_clock.wrapping_sub(v & FIELD) & FIELD;
             // A completion time is issue + latency, so it may lie a little
             // after `now` (`age` wraps to just below 2^24): fresh too.
-            let fresh = age < u64::from(READ_MAX_STALE_UNITS) || age >= (1 << 24) - (1 << 15);
+            let fresh = age < u64::from(READ_MAX_STALE_UNITS) || age > FIELD - (1 << 15);
             if v != 0 && behind < READ_MAX_SLOTS as u64 && fresh {
-                m = m.max((v >> 24) & 0xff_ffff);
+                m = m.max((v >> 24) & FIELD);
             }
         }
         m as u32

@@ -1,7 +1,7 @@
 //! The `augur` command line end to end: bench, record and bad input (one
 //! clear line, exit status 2, nothing half-created left behind).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn augur(args: &[&str]) -> Output {
@@ -155,22 +155,28 @@ fn bench_json_has_one_object_per_policy() {
     assert!(files_in(d.path()).is_empty());
 }
 
-#[test]
-fn record_writes_a_readable_training_log() {
-    let d = shm_dir();
-    let out = d.path().join("train.log");
+/// `augur record` for `duration` on fresh replicas in `dir`; the log's path.
+fn record_log(dir: &Path, duration: &str) -> PathBuf {
+    let log = dir.join("train.log");
     let o = augur(&[
         "record",
         "--duration",
-        "300ms",
+        duration,
         "--size",
         "64M",
         "--dir",
-        d.path().to_str().unwrap(),
+        dir.to_str().unwrap(),
         "--out",
-        out.to_str().unwrap(),
+        log.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    log
+}
+
+#[test]
+fn record_writes_a_readable_training_log() {
+    let d = shm_dir();
+    let out = record_log(d.path(), "300ms");
     let recs = augur_feature_store::read_log(&out).unwrap();
     assert!(recs.len() > 100, "only {} records", recs.len());
     assert!(recs.iter().all(|r| r.op == augur_feature_store::Op::Read));
@@ -208,20 +214,8 @@ fn fault_injection_flag_fails_a_replica_and_bench_still_serves() {
 #[test]
 fn record_train_eval_show_and_linnos_bench() {
     let d = shm_dir();
-    let log = d.path().join("train.log");
+    let log = record_log(d.path(), "400ms");
     let model = d.path().join("m.augm");
-    let o = augur(&[
-        "record",
-        "--duration",
-        "400ms",
-        "--size",
-        "64M",
-        "--dir",
-        d.path().to_str().unwrap(),
-        "--out",
-        log.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
     let o = augur(&[
         "train",
         "--log",
@@ -275,20 +269,8 @@ fn record_train_eval_show_and_linnos_bench() {
 #[test]
 fn period_labels_train_and_eval() {
     let d = shm_dir();
-    let log = d.path().join("train.log");
+    let log = record_log(d.path(), "400ms");
     let model = d.path().join("p.augm");
-    let o = augur(&[
-        "record",
-        "--duration",
-        "400ms",
-        "--size",
-        "64M",
-        "--dir",
-        d.path().to_str().unwrap(),
-        "--out",
-        log.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
     let (l, m) = (log.to_str().unwrap(), model.to_str().unwrap());
     let o = augur(&[
         "train",
