@@ -316,10 +316,13 @@ fn period_labels_train_and_eval() {
         assert!(v["period"][path]["accuracy"].is_number(), "{v}");
     }
     // Period labels only add slow reads.
-    assert!(
-        v["period"]["slow_reads"].as_u64() >= v["slow_reads"].as_u64(),
-        "{v}"
+    let (period_slow, slow) = (
+        v["period"]["slow_reads"]
+            .as_u64()
+            .expect("period.slow_reads"),
+        v["slow_reads"].as_u64().expect("slow_reads"),
     );
+    assert!(period_slow >= slow, "{v}");
     let o = augur(&[
         "train",
         "--log",
