@@ -10,8 +10,8 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use augur::buf::AlignedBuf;
-use augur::emu::rng::Rng;
+use augur::AlignedBuf;
+use augur_rng::Rng;
 use io_uring::{IoUring, opcode, types};
 
 /// What one raw run measured.

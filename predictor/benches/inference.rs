@@ -14,8 +14,8 @@ use std::hint::black_box;
 
 use augur_feature_store::{Completed, HISTORY_LEN, HistorySnapshot};
 use augur_predictor::infer::reference;
-use augur_predictor::model::SplitMix64;
 use augur_predictor::{FeatureSet, Kernel, Model, ReadInfo, Scratch};
+use augur_rng::Rng;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BenchmarkId, Criterion, Throughput};
 
@@ -55,7 +55,7 @@ impl Measurement for ThreadCpu {
 /// Plausible replica histories: moderate queue depths, latencies from fast
 /// flash reads to GC stalls.
 fn inputs(n: usize, seed: u64) -> Vec<(HistorySnapshot, ReadInfo)> {
-    let mut rng = SplitMix64(seed);
+    let mut rng = Rng::new(seed);
     (0..n)
         .map(|_| {
             let mut s = HistorySnapshot {

@@ -518,6 +518,23 @@ pub fn is_slow(score: i64) -> bool {
     score > 0
 }
 
+/// One input of [`Model::score_int_batch`]: a replica's history and the read.
+pub trait ScoreInput {
+    /// The replica's history at routing time.
+    fn snapshot(&self) -> &HistorySnapshot;
+    /// The read being routed.
+    fn read(&self) -> ReadInfo;
+}
+
+impl ScoreInput for (HistorySnapshot, ReadInfo) {
+    fn snapshot(&self) -> &HistorySnapshot {
+        &self.0
+    }
+    fn read(&self) -> ReadInfo {
+        self.1
+    }
+}
+
 impl Model {
     /// Model input for the f32 path: LinnOS digits, or Heimdall raw features
     /// MinMax-scaled. Writes `n_inputs()` values and returns that count.
@@ -649,15 +666,17 @@ impl Model {
 
     /// Batch integer path: one score per input. `out` should be as long as
     /// `inputs`; only the first `min(len)` are scored.
-    pub fn score_int_batch(&self, inputs: &[(HistorySnapshot, ReadInfo)], out: &mut [i64]) {
+    /// Takes any [`ScoreInput`] (a `(snapshot, read)` pair, or the policies'
+    /// [`crate::PredictInput`]), so callers score their own records in place.
+    pub fn score_int_batch<I: ScoreInput>(&self, inputs: &[I], out: &mut [i64]) {
         const CHUNK: usize = 64;
         let n = self.fs.n_inputs();
         let mut xs = [0i32; CHUNK * MAX_INPUTS];
         with_scratch(&self.packed, |s| {
             for (ins, outs) in inputs.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
-                for ((h, r), x) in ins.iter().zip(xs.chunks_exact_mut(n)) {
+                for (i, x) in ins.iter().zip(xs.chunks_exact_mut(n)) {
                     let mut v = [0i32; MAX_INPUTS];
-                    self.encode_int(h, *r, &mut v);
+                    self.encode_int(i.snapshot(), i.read(), &mut v);
                     x.copy_from_slice(&v[..n]);
                 }
                 batch(&self.packed, n, &xs[..ins.len() * n], outs, s, Kernel::Auto);
@@ -752,12 +771,13 @@ pub mod reference {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Layer, SplitMix64, TrainingMeta, W_QMAX};
+    use crate::model::{Layer, TrainingMeta, W_QMAX};
     use augur_feature_store::{Completed, HISTORY_LEN};
+    use augur_rng::Rng;
 
-    fn random_snapshot(rng: &mut SplitMix64) -> HistorySnapshot {
+    fn random_snapshot(rng: &mut Rng) -> HistorySnapshot {
         // Mix of small and huge values so caps and zero digits both occur.
-        let v = |rng: &mut SplitMix64| -> u32 {
+        let v = |rng: &mut Rng| -> u32 {
             match rng.below(4) {
                 0 => 0,
                 1 => rng.below(100) as u32,
@@ -813,7 +833,7 @@ mod tests {
 
     #[test]
     fn int_matches_reference_on_random_inputs() {
-        let mut rng = SplitMix64(42);
+        let mut rng = Rng::new(42);
         for m in models() {
             let mut s = Scratch::for_model(&m);
             let n = m.feature_set().n_inputs();
@@ -931,7 +951,7 @@ mod tests {
 
     #[test]
     fn batch_equals_single() {
-        let mut rng = SplitMix64(7);
+        let mut rng = Rng::new(7);
         for m in models() {
             let inputs: Vec<(HistorySnapshot, ReadInfo)> = (0..200)
                 .map(|_| {
@@ -966,7 +986,7 @@ mod tests {
 
     #[test]
     fn f32_path_matches_f64_reference() {
-        let mut rng = SplitMix64(9);
+        let mut rng = Rng::new(9);
         for m in models() {
             for _ in 0..100 {
                 let snap = random_snapshot(&mut rng);
@@ -984,10 +1004,7 @@ mod tests {
     }
 
     /// A random history, encoded for the f32 and the integer path.
-    fn random_encoded(
-        m: &Model,
-        rng: &mut SplitMix64,
-    ) -> ([f32; MAX_INPUTS], [i32; MAX_INPUTS], usize) {
+    fn random_encoded(m: &Model, rng: &mut Rng) -> ([f32; MAX_INPUTS], [i32; MAX_INPUTS], usize) {
         let snap = random_snapshot(rng);
         let r = ReadInfo { size_bytes: 4096 };
         let mut xf = [0f32; MAX_INPUTS];
@@ -998,12 +1015,7 @@ mod tests {
     }
 
     /// Fraction of inputs on which the integer and f32 decisions differ.
-    fn disagreement(
-        m: &Model,
-        rng: &mut SplitMix64,
-        n: usize,
-        int_score: impl Fn(&[i32]) -> i64,
-    ) -> f64 {
+    fn disagreement(m: &Model, rng: &mut Rng, n: usize, int_score: impl Fn(&[i32]) -> i64) -> f64 {
         let mut bad = 0;
         for _ in 0..n {
             let (xf, xi, k) = random_encoded(m, rng);
@@ -1017,7 +1029,7 @@ mod tests {
 
     #[test]
     fn f32_and_int_agree_on_decisions() {
-        let mut rng = SplitMix64(11);
+        let mut rng = Rng::new(11);
         for m in models() {
             let d = disagreement(&m, &mut rng, 1000, |x| reference::score_int(&m, x));
             assert!(
@@ -1056,7 +1068,7 @@ mod tests {
     /// Mean |integer score / its scale - exact score| over random inputs.
     fn mean_abs_error(
         m: &Model,
-        rng: &mut SplitMix64,
+        rng: &mut Rng,
         n: usize,
         scale: f64,
         int_score: impl Fn(&[i32]) -> i64,
@@ -1075,14 +1087,14 @@ mod tests {
         let (mut ours_e, mut theirs_e) = (0.0, 0.0);
         for seed in 0..4 {
             let m = Model::random(FeatureSet::LinnOs, &[256], 2, 100 + seed).unwrap();
-            let mut rng = SplitMix64(seed);
+            let mut rng = Rng::new(seed);
             ours += disagreement(&m, &mut rng, 2000, |x| reference::score_int(&m, x));
-            let mut rng = SplitMix64(seed);
+            let mut rng = Rng::new(seed);
             theirs += disagreement(&m, &mut rng, 2000, |x| linnos_x1000(&m, x));
             let scale = (m.quantized_layers()[1].out_exp() as f64).exp2();
-            let mut rng = SplitMix64(seed);
+            let mut rng = Rng::new(seed);
             ours_e += mean_abs_error(&m, &mut rng, 300, scale, |x| reference::score_int(&m, x));
-            let mut rng = SplitMix64(seed);
+            let mut rng = Rng::new(seed);
             theirs_e += mean_abs_error(&m, &mut rng, 300, 1e6, |x| linnos_x1000(&m, x));
         }
         eprintln!(

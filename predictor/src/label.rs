@@ -300,17 +300,10 @@ pub fn compute_threshold(latencies: &[u32], rule: LabelRule) -> Result<Threshold
 mod tests {
     use super::*;
 
-    /// Small deterministic generator for test distributions (SplitMix64).
+    /// Uniform draws in `[0, 1)` for test distributions.
     fn rng(seed: u64) -> impl FnMut() -> f64 {
-        let mut s = seed;
-        move || {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 11) as f64 / (1u64 << 53) as f64
-        }
+        let mut r = augur_rng::Rng::new(seed);
+        move || r.next_f64()
     }
 
     #[test]

@@ -1,16 +1,21 @@
 //! Feature encodings, model file, CPU inference (f32 and integer), training,
-//! quantization, evaluation and C code generation for the slow-I/O predictor.
+//! quantization and evaluation for the slow-I/O predictor.
 //!
 //! - [`features`]: the LinnOS (31 digits) and Heimdall (12 features) encodings.
 //! - [`model`]: f32 + quantized layers, the self-describing model file.
 //! - [`infer`]: the f32 path and the bit-specified integer fast path.
+//! - [`slow`]: the [`SlowPredictor`] seam the routing policies call, and
+//!   [`ModelPredictor`], its integer-path implementation.
 //! - `train`, `label`, `eval`, `trace`: training from logs and traces.
+//!
+//! C code generation for the kernel module is not built yet.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 pub mod features;
 pub mod infer;
 pub mod model;
+pub mod slow;
 
 pub mod eval;
 pub mod label;
@@ -21,5 +26,6 @@ pub use features::{
     FeatureSet, HEIMDALL_INPUTS, IntScaler, LINNOS_EXT_INPUTS, LINNOS_INPUTS, MinMax, ReadInfo,
     encode_linnos, encode_linnos_ext, heimdall_raw,
 };
-pub use infer::{Kernel, Scratch};
+pub use infer::{Kernel, ScoreInput, Scratch};
 pub use model::{Activation, Layer, Model, ModelError, QuantLayer, TrainingMeta};
+pub use slow::{ModelPredictor, PredictInput, SlowPredictor};

@@ -76,6 +76,8 @@
 use std::fmt;
 use std::path::Path;
 
+use augur_rng::Rng;
+
 use crate::features::{FeatureSet, IntScaler, MinMax};
 use crate::infer::Packed;
 
@@ -1109,17 +1111,17 @@ impl Model {
         outputs: usize,
         seed: u64,
     ) -> Result<Model, ModelError> {
-        let mut rng = SplitMix64(seed);
+        let mut rng = Rng::new(seed);
         let mut layers = Vec::new();
         let mut prev = fs.n_inputs();
         let widths: Vec<usize> = hidden.iter().copied().chain([outputs]).collect();
         for (k, &m) in widths.iter().enumerate() {
             let lim = (6.0 / (prev + m) as f64).sqrt();
             let weights = (0..prev * m)
-                .map(|_| ((rng.unit() * 2.0 - 1.0) * lim) as f32)
+                .map(|_| ((rng.next_f64() * 2.0 - 1.0) * lim) as f32)
                 .collect();
             let bias = (0..m)
-                .map(|_| ((rng.unit() * 2.0 - 1.0) * 0.1) as f32)
+                .map(|_| ((rng.next_f64() * 2.0 - 1.0) * 0.1) as f32)
                 .collect();
             layers.push(Layer {
                 inputs: prev,
@@ -1136,7 +1138,7 @@ impl Model {
         }
         let scaler = (fs == FeatureSet::Heimdall).then(|| {
             let max = (0..fs.n_inputs())
-                .map(|_| (rng.unit() * 100_000.0) as f32 + 1.0)
+                .map(|_| (rng.next_f64() * 100_000.0) as f32 + 1.0)
                 .collect();
             MinMax {
                 min: vec![0.0; fs.n_inputs()],
@@ -1188,31 +1190,6 @@ fn check_meta(m: &TrainingMeta) -> Result<(), ModelError> {
         }
     }
     Ok(())
-}
-
-/// SplitMix64: tiny seeded generator for [`Model::random`] and tests.
-#[derive(Clone, Debug)]
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
 }
 
 #[cfg(test)]

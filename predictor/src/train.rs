@@ -25,6 +25,7 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use augur_feature_store::{Op, TrainingRecord};
+use augur_rng::Rng;
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::optim::{AdamConfig, GradientsParams};
@@ -458,41 +459,10 @@ pub enum TrainError {
     },
 }
 
-/// SplitMix64: small, fast, seedable; used for init, split and shuffles.
-#[derive(Clone, Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64, stream: u64) -> Self {
-        let mut r = Rng(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
-        r.next_u64();
-        r
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in `[0, n)` (Lemire's multiply-shift; bias negligible here).
-    fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = self.below(i + 1);
-            v.swap(i, j);
-        }
-    }
+/// Training's random stream number `stream` for `seed` (init, split,
+/// shuffles and tests each draw from their own).
+fn stream_rng(seed: u64, stream: u64) -> Rng {
+    Rng::new(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03))
 }
 
 /// The trained network: linear layers with ReLU between them.
@@ -510,7 +480,7 @@ impl Net {
                 let k = 1.0 / (d_in as f64).sqrt();
                 let mut uni = |n: usize| -> Vec<f32> {
                     (0..n)
-                        .map(|_| ((rng.unit() * 2.0 - 1.0) * k) as f32)
+                        .map(|_| ((rng.next_f64() * 2.0 - 1.0) * k) as f32)
                         .collect()
                 };
                 // burn stores weights as [d_input, d_output].
@@ -764,7 +734,7 @@ pub fn train(
     }
 
     // ---- stratified, seeded split ----
-    let mut split_rng = Rng::new(cfg.seed, 1);
+    let mut split_rng = stream_rng(cfg.seed, 1);
     split_rng.shuffle(&mut slow_idx);
     split_rng.shuffle(&mut fast_idx);
     let n_val = |n: usize| -> usize {
@@ -821,7 +791,7 @@ pub fn train(
     // Nothing below draws from burn's RNG; seed it anyway so that any future
     // use stays reproducible.
     device.seed(cfg.seed);
-    let mut init_rng = Rng::new(cfg.seed, 2);
+    let mut init_rng = stream_rng(cfg.seed, 2);
     let mut net = Net::init(&widths, &mut init_rng, &device);
     let mut optim = AdamConfig::new().init();
     let w_slow = f64::from(cfg.false_submit_weight);
@@ -832,7 +802,7 @@ pub fn train(
         .collect();
     let val_y: Vec<bool> = val_idx.iter().map(|&i| labels[i]).collect();
 
-    let mut shuffle_rng = Rng::new(cfg.seed, 3);
+    let mut shuffle_rng = stream_rng(cfg.seed, 3);
     let mut order = train_idx.clone();
     let mut history = Vec::new();
     let mut best: Option<(f64, usize, Vec<Layer>)> = None;
@@ -1078,18 +1048,18 @@ mod tests {
 
     /// Reads whose latency is high iff the recent latencies are high.
     pub(crate) fn separable(n: usize, seed: u64) -> Vec<TrainingRecord> {
-        let mut rng = Rng::new(seed, 99);
+        let mut rng = stream_rng(seed, 99);
         (0..n)
             .map(|i| {
-                let slow = rng.unit() < 0.1;
+                let slow = rng.next_f64() < 0.1;
                 let base = if slow { 2000 } else { 100 };
                 let spread = if slow { 3000.0 } else { 400.0 };
                 let mut recent = [Completed::default(); HISTORY_LEN];
                 for c in &mut recent {
                     *c = Completed {
-                        latency_us: base + (rng.unit() * spread) as u32,
-                        pending_pages_at_issue: (rng.unit() * 20.0) as u32,
-                        pending_ios_at_issue: (rng.unit() * 5.0) as u32,
+                        latency_us: base + (rng.next_f64() * spread) as u32,
+                        pending_pages_at_issue: (rng.next_f64() * 20.0) as u32,
+                        pending_ios_at_issue: (rng.next_f64() * 5.0) as u32,
                         size_bytes: 4096,
                     };
                 }
@@ -1100,13 +1070,13 @@ mod tests {
                     size_bytes: 4096,
                     offset: 0,
                     latency_us: if slow {
-                        3000 + (rng.unit() * 2000.0) as u32
+                        3000 + (rng.next_f64() * 2000.0) as u32
                     } else {
-                        80 + (rng.unit() * 200.0) as u32
+                        80 + (rng.next_f64() * 200.0) as u32
                     },
                     features: HistorySnapshot {
-                        pending_pages: (rng.unit() * 30.0) as u32,
-                        pending_ios: (rng.unit() * 8.0) as u32,
+                        pending_pages: (rng.next_f64() * 30.0) as u32,
+                        pending_ios: (rng.next_f64() * 8.0) as u32,
                         recent,
                         len: HISTORY_LEN as u8,
                         ..HistorySnapshot::default()
@@ -1380,9 +1350,9 @@ mod tests {
     fn train_200k_timing() {
         let mut recs = separable(200_000, 9);
         // Make it harder: 3% of labels disagree with the history.
-        let mut rng = Rng::new(9, 5);
+        let mut rng = stream_rng(9, 5);
         for r in &mut recs {
-            if rng.unit() < 0.03 {
+            if rng.next_f64() < 0.03 {
                 r.latency_us = if r.latency_us > 1000 { 150 } else { 4000 };
             }
         }
@@ -1422,7 +1392,7 @@ mod tests {
 
     #[test]
     fn rng_shuffle_is_a_permutation() {
-        let mut r = Rng::new(1, 1);
+        let mut r = stream_rng(1, 1);
         let mut v: Vec<usize> = (0..1000).collect();
         r.shuffle(&mut v);
         let mut s = v.clone();

@@ -8,44 +8,33 @@ use augur_predictor::eval::evaluate;
 use augur_predictor::label::LabelRule;
 use augur_predictor::train::{Arch, Progress, TrainConfig, train};
 
-/// SplitMix64 in `[0, 1)`.
-struct Rng(u64);
-impl Rng {
-    fn unit(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+use augur_rng::Rng;
 
 /// ~8% slow reads (3-6 ms) whose last four reads took 1.5-4 ms; fast reads
 /// (60-300 µs) follow fast history. Queue depths are noise.
 fn dataset(n: usize, seed: u64) -> Vec<TrainingRecord> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     (0..n)
         .map(|i| {
-            let slow = rng.unit() < 0.08;
+            let slow = rng.next_f64() < 0.08;
             let mut recent = [Completed::default(); HISTORY_LEN];
             for c in &mut recent {
                 let lat = if slow {
-                    1500.0 + rng.unit() * 2500.0
+                    1500.0 + rng.next_f64() * 2500.0
                 } else {
-                    60.0 + rng.unit() * 240.0
+                    60.0 + rng.next_f64() * 240.0
                 };
                 *c = Completed {
                     latency_us: lat as u32,
-                    pending_pages_at_issue: (rng.unit() * 64.0) as u32,
-                    pending_ios_at_issue: (rng.unit() * 16.0) as u32,
+                    pending_pages_at_issue: (rng.next_f64() * 64.0) as u32,
+                    pending_ios_at_issue: (rng.next_f64() * 16.0) as u32,
                     size_bytes: 4096,
                 };
             }
             let latency_us = if slow {
-                3000.0 + rng.unit() * 3000.0
+                3000.0 + rng.next_f64() * 3000.0
             } else {
-                60.0 + rng.unit() * 240.0
+                60.0 + rng.next_f64() * 240.0
             } as u32;
             TrainingRecord {
                 time_ns: i as u64 * 10_000,
@@ -55,8 +44,8 @@ fn dataset(n: usize, seed: u64) -> Vec<TrainingRecord> {
                 offset: (i as u64 % 1024) * 4096,
                 latency_us,
                 features: HistorySnapshot {
-                    pending_pages: (rng.unit() * 64.0) as u32,
-                    pending_ios: (rng.unit() * 16.0) as u32,
+                    pending_pages: (rng.next_f64() * 64.0) as u32,
+                    pending_ios: (rng.next_f64() * 16.0) as u32,
                     recent,
                     len: HISTORY_LEN as u8,
                     ..HistorySnapshot::default()

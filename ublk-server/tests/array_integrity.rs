@@ -6,13 +6,13 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use augur::array::{Array, ArrayConfig, Completion, FaultPlan, Request};
-use augur::buf::AlignedBuf;
 use augur::emu::Profile;
-use augur::emu::rng::Rng;
-use augur::policy::{POLICY_NAMES, Policy, PredictInput, SlowPredictor};
-use augur::replica::ReplicaSpec;
+use augur::{
+    AlignedBuf, Array, ArrayConfig, Completion, FaultPlan, POLICY_NAMES, Policy, PredictInput,
+    ReplicaSpec, Request, SlowPredictor,
+};
 use augur_feature_store::Op;
+use augur_rng::Rng;
 
 const SIZE: u64 = 8 << 20;
 const BS: u64 = 4096;
@@ -43,7 +43,7 @@ impl SlowPredictor for Heuristic {
 }
 
 fn scratch_dir() -> tempfile::TempDir {
-    let base = augur::bench::default_replica_dir();
+    let base = augur::load::default_replica_dir();
     tempfile::tempdir_in(base).unwrap()
 }
 

@@ -29,7 +29,7 @@ fn assert_bad_input(o: &Output, needle: &str) {
 
 /// A scratch dir where fresh replicas go by default (tmpfs when present).
 fn shm_dir() -> tempfile::TempDir {
-    tempfile::tempdir_in(augur::bench::default_replica_dir()).unwrap()
+    tempfile::tempdir_in(augur::load::default_replica_dir()).unwrap()
 }
 
 fn files_in(dir: &Path) -> Vec<String> {

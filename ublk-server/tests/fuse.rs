@@ -394,7 +394,7 @@ fn fio_verify_every_policy_on_file_and_loop() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut fx = Fixture::new();
-    for &policy in augur::policy::POLICY_NAMES {
+    for &policy in augur::POLICY_NAMES {
         let d = fx.start(policy, true);
         let file = d.file.to_str().unwrap().to_string();
         let dev = d.loop_dev.clone().expect("no loop device printed");

@@ -6,10 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use augur::array::{Array, ArrayConfig};
-use augur::loadgen::{LoadSpec, Workload, run_load};
-use augur::policy::Policy;
-use augur::replica::ReplicaSpec;
+use augur::load::{LoadSpec, Workload, run_load};
+use augur::{Array, ArrayConfig, Policy, ReplicaSpec};
 use clap::Parser;
 
 /// Compare Augur's array with raw io_uring on one file, side by side.

@@ -2,7 +2,7 @@
 
 use super::Op;
 use super::profile::Profile;
-use super::rng::Rng;
+use augur_rng::Rng;
 
 /// Channel stripe: I/O at `offset` is served by channel `(offset >> 16) % channels`.
 pub const CHANNEL_STRIPE_BYTES: u64 = 64 * 1024;
@@ -151,9 +151,9 @@ impl FlashEmu {
     /// that are not are clamped to something harmless rather than panicking.
     pub fn new(profile: Profile, seed: u64) -> Self {
         let mut master = seed ^ 0xA076_1D64_78BD_642F;
-        let jitter_rng = Rng::new(super::rng::splitmix64(&mut master));
-        let mut gc_rng = Rng::new(super::rng::splitmix64(&mut master));
-        let noisy_rng = Rng::new(super::rng::splitmix64(&mut master));
+        let jitter_rng = Rng::new(augur_rng::splitmix64(&mut master));
+        let mut gc_rng = Rng::new(augur_rng::splitmix64(&mut master));
+        let noisy_rng = Rng::new(augur_rng::splitmix64(&mut master));
 
         let gc = profile.gc.as_ref().map(|g| GcParams {
             trigger_bytes: (g.trigger_mib * 1024.0 * 1024.0).max(1.0),

@@ -55,7 +55,7 @@
 //! the I/O sequence.
 //!
 //! Seeds: SplitMix64 of the seed gives three independent xoshiro256**
-//! streams (jitter, GC, noisy neighbour); see [`rng`].
+//! streams (jitter, GC, noisy neighbour); see the `augur-rng` crate.
 //!
 //! **Oracle.** [`FlashEmu::peek_read_latency`] is pure and exact: it
 //! includes the jitter the next draw would give, so a read submitted right
@@ -100,7 +100,6 @@
 
 pub mod device;
 pub mod profile;
-pub mod rng;
 pub mod sim;
 
 #[cfg(test)]

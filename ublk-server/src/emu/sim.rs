@@ -7,7 +7,7 @@ use std::collections::BinaryHeap;
 use super::Op;
 use super::device::{FlashEmu, Outcome};
 use super::profile::Profile;
-use super::rng::Rng;
+use augur_rng::Rng;
 
 /// How a simulated array picks the replica for a read (writes go to all).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -32,7 +32,7 @@ fn at(o: Outcome) -> u64 {
 
 /// A mixed call sequence, returning all outcomes.
 fn drive(emu: &mut FlashEmu, n: u64) -> Vec<Outcome> {
-    let mut r = rng::Rng::new(99);
+    let mut r = augur_rng::Rng::new(99);
     (0..n)
         .map(|i| {
             let now = i * 20_000;
@@ -208,7 +208,7 @@ fn peek_is_pure_and_exact() {
     for name in Profile::builtin_names() {
         let p = Profile::builtin(name).unwrap();
         let mut e = FlashEmu::new(p, 3);
-        let mut r = rng::Rng::new(4);
+        let mut r = augur_rng::Rng::new(4);
         for i in 0..20_000u64 {
             let now = i * 15_000;
             let off = r.below(1 << 18) * 4096;

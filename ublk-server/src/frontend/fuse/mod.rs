@@ -57,10 +57,10 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request as FuseRequest, WriteFlags,
 };
 
+use crate::array::AlignedBuf;
+use crate::array::ArrayError;
 use crate::array::{Array, ArrayConfig, Completion, Queue, Request};
-use crate::buf::AlignedBuf;
-use crate::error::ArrayError;
-use crate::policy::Policy;
+use crate::route::Policy;
 
 /// Name of the one file in the mount.
 pub const DISK_NAME: &str = "disk.img";

@@ -12,7 +12,7 @@ use augur_predictor::train::{Arch, Progress, ReplicaSelection, TrainConfig, trai
 use augur_predictor::{Model, ModelError};
 use clap::{Args, Subcommand};
 
-use augur::error::ArrayError;
+use augur::ArrayError;
 
 /// `augur train`.
 #[derive(Args)]

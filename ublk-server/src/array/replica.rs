@@ -5,8 +5,8 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use super::ArrayError;
 use crate::emu::Profile;
-use crate::error::ArrayError;
 
 /// Sector size every replica offset and length must be a multiple of.
 pub const SECTOR: u64 = 512;

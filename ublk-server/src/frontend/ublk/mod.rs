@@ -109,10 +109,10 @@ use libublk::io::{UblkDev, UblkQueue};
 use libublk::{BufDesc, BufDescList, UblkError, UblkFlags, UblkIORes, UblkUringData, sys};
 use serde::{Deserialize, Serialize};
 
+use crate::array::AlignedBuf;
+use crate::array::ArrayError;
 use crate::array::{Array, ArrayConfig, ArrayStats, Completion, Queue, Request};
-use crate::buf::AlignedBuf;
-use crate::error::ArrayError;
-use crate::policy::Policy;
+use crate::route::Policy;
 
 /// libublk target type of Augur's devices (how [`list`] recognises them).
 pub const TARGET_NAME: &str = "augur";

@@ -16,9 +16,12 @@
 use std::sync::Arc;
 
 use augur_feature_store::HistorySnapshot;
+pub use augur_predictor::{PredictInput, SlowPredictor};
+use augur_rng::Rng;
 
-use crate::emu::rng::Rng;
-use crate::error::ArrayError;
+use crate::array::ArrayError;
+
+mod linnos;
 
 /// Most replicas an array may have.
 pub const MAX_REPLICAS: usize = 8;
@@ -34,26 +37,6 @@ pub const POLICY_NAMES: &[&str] = &[
     "oracle",
 ];
 
-/// One input for a slow-I/O predictor: a replica's state and the read's size.
-#[derive(Clone, Copy, Debug)]
-pub struct PredictInput {
-    /// Replica the read would go to.
-    pub replica: u16,
-    /// That replica's history at routing time.
-    pub snapshot: HistorySnapshot,
-    /// Size of the read in bytes.
-    pub size_bytes: u32,
-}
-
-/// Anything that can say, for a batch of (replica state, read) pairs, how
-/// likely each read is to be slow. Scores above zero mean "slow".
-pub trait SlowPredictor: Send + Sync {
-    /// Short name for reports.
-    fn name(&self) -> &str;
-    /// Scores each input into `out` (same length); > 0 predicts slow.
-    fn score_batch(&self, inputs: &[PredictInput], out: &mut [i64]);
-}
-
 /// What the router may ask of the array about its replicas.
 pub trait ReplicaView {
     /// Number of replicas, live or not.
@@ -66,9 +49,9 @@ pub trait ReplicaView {
     fn forecast_read_ns(&self, i: usize, now_ns: u64, offset: u64, len: u32) -> Option<u64>;
 }
 
-/// A read to route.
+/// A read waiting to be routed: where it reads and how much.
 #[derive(Clone, Copy, Debug)]
-pub struct ReadInfo {
+pub struct PendingRead {
     /// Byte offset.
     pub offset: u64,
     /// Length in bytes.
@@ -191,7 +174,7 @@ impl Policy {
         &self,
         view: &dyn ReplicaView,
         now_ns: u64,
-        reads: &[ReadInfo],
+        reads: &[PendingRead],
         rng: &mut Rng,
         scratch: &mut RouteScratch,
         out: &mut Vec<Route>,
@@ -264,92 +247,6 @@ impl Policy {
         }
         true
     }
-
-    /// LinnOS reroute-on-slow, in rounds: every undecided read's current
-    /// candidate is scored in one batch; fast ones are decided, slow ones move
-    /// to their next live replica, for at most as many rounds as there are
-    /// live replicas; reads slow everywhere go to their lowest-scored replica.
-    #[allow(clippy::too_many_arguments)]
-    fn route_linnos(
-        &self,
-        view: &dyn ReplicaView,
-        now_ns: u64,
-        reads: &[ReadInfo],
-        predictor: &dyn SlowPredictor,
-        hedge: bool,
-        s: &mut RouteScratch,
-        out: &mut Vec<Route>,
-    ) {
-        let n = view.replica_count();
-        let live = (0..n).filter(|&i| view.is_live(i)).count();
-        let mut snaps: [Option<HistorySnapshot>; MAX_REPLICAS] = [None; MAX_REPLICAS];
-        s.cand.clear();
-        s.best.clear();
-        s.which.clear();
-        for (k, r) in reads.iter().enumerate() {
-            let p = primary_for(view, r.offset).unwrap_or(0);
-            out.push(Route {
-                replica: p,
-                hedge,
-                ..Route::default()
-            });
-            s.cand.push(p);
-            s.best.push((i64::MAX, p));
-            s.which.push(k);
-        }
-        for _round in 0..live {
-            if s.which.is_empty() {
-                break;
-            }
-            s.inputs.clear();
-            for &k in &s.which {
-                let c = s.cand[k] as usize;
-                let snap = *snaps[c].get_or_insert_with(|| view.snapshot(c, now_ns));
-                s.inputs.push(PredictInput {
-                    replica: c as u16,
-                    snapshot: snap,
-                    size_bytes: reads[k].len,
-                });
-            }
-            s.scores.clear();
-            s.scores.resize(s.inputs.len(), 0);
-            predictor.score_batch(&s.inputs, &mut s.scores);
-            let mut still = 0;
-            for j in 0..s.which.len() {
-                let k = s.which[j];
-                let c = s.cand[k];
-                let score = s.scores[j];
-                out[k].predictions += 1;
-                if score <= 0 {
-                    // out[k].replica still holds the primary here.
-                    out[k].rerouted = c != out[k].replica;
-                    out[k].replica = c;
-                    continue;
-                }
-                if score < s.best[k].0 {
-                    s.best[k] = (score, c);
-                }
-                match next_after(view, c) {
-                    Some(nx) => {
-                        s.cand[k] = nx;
-                        s.which[still] = k;
-                        still += 1;
-                    }
-                    None => {
-                        s.which[still] = k;
-                        still += 1;
-                    }
-                }
-            }
-            s.which.truncate(still);
-        }
-        for &k in &s.which {
-            let b = s.best[k].1;
-            out[k].all_slow = true;
-            out[k].rerouted = out[k].replica != b;
-            out[k].replica = b;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -399,9 +296,9 @@ mod tests {
     }
 
     fn route(p: &Policy, v: &View, offsets: &[u64]) -> Vec<Route> {
-        let reads: Vec<ReadInfo> = offsets
+        let reads: Vec<PendingRead> = offsets
             .iter()
-            .map(|&offset| ReadInfo { offset, len: 4096 })
+            .map(|&offset| PendingRead { offset, len: 4096 })
             .collect();
         let mut out = Vec::new();
         assert!(p.route_batch(

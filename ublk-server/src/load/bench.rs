@@ -8,12 +8,13 @@ use std::time::Duration;
 use augur_feature_store::{LogWriter, TrainingLog};
 use serde::Serialize;
 
+use super::run::{LoadResult, Progress, run_load};
+use super::workload::LoadSpec;
+use crate::array::ArrayError;
+use crate::array::ReplicaSpec;
 use crate::array::{Array, ArrayConfig, FaultPlan, ReplicaStatus};
 use crate::emu::Profile;
-use crate::error::ArrayError;
-use crate::loadgen::{LoadResult, LoadSpec, Progress, run_load};
-use crate::policy::{Policy, SlowPredictor};
-use crate::replica::ReplicaSpec;
+use crate::route::{Policy, SlowPredictor};
 
 /// Where the replicas of a bench run come from.
 #[derive(Clone, Debug)]

@@ -1,6 +1,20 @@
-//! Hand-written, seedable pseudo-random numbers: SplitMix64 for seeding and
-//! xoshiro256** for the streams. Small, `Copy`, allocation-free, so the
-//! emulator can clone a stream to look ahead without changing its state.
+//! Seedable, allocation-free pseudo-random numbers (SplitMix64, xoshiro256**)
+//! shared by the emulator, workloads, routing and training.
+//!
+//! One generator for the whole workspace: [`splitmix64`] turns a seed into
+//! independent stream seeds, [`Rng`] (xoshiro256**) draws from a stream.
+//! `Rng` is small and `Copy`, so the emulator can clone a stream to look
+//! ahead without changing its state; nothing here allocates.
+//!
+//! ```
+//! use augur_rng::Rng;
+//! let mut a = Rng::new(7);
+//! let mut b = Rng::new(7);
+//! assert_eq!(a.next_u64(), b.next_u64()); // a sequence is a function of its seed
+//! assert!(a.below(10) < 10);
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 /// One step of SplitMix64: advances `state` and returns the next output.
 pub fn splitmix64(state: &mut u64) -> u64 {
@@ -63,6 +77,19 @@ impl Rng {
     /// Uniform integer in `[0, n)` (`n` > 0), by multiply-shift.
     pub fn below(&mut self, n: u64) -> u64 {
         ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+
+    /// Uniform index in `[0, n)` (`n` > 0), by multiply-shift.
+    pub fn below_usize(&mut self, n: usize) -> usize {
+        self.below(n as u64) as usize
+    }
+
+    /// Shuffles `v` in place (Fisher-Yates).
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below_usize(i + 1);
+            v.swap(i, j);
+        }
     }
 
     /// Exponentially distributed with the given mean.

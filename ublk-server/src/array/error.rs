@@ -28,11 +28,8 @@ pub enum ArrayError {
     #[error(transparent)]
     Profile(#[from] crate::emu::ProfileError),
     /// An unknown routing policy name.
-    #[error("unknown policy '{0}' (known: {known})", known = crate::policy::POLICY_NAMES.join(", "))]
+    #[error("unknown policy '{0}' (known: {known})", known = crate::route::POLICY_NAMES.join(", "))]
     UnknownPolicy(String),
-    /// A request outside the device or not sector-aligned.
-    #[error("bad request: {0}")]
-    BadRequest(String),
     /// io_uring could not be set up.
     #[error("io_uring setup failed: {0}")]
     Ring(std::io::Error),

@@ -1,0 +1,128 @@
+//! The seam between routing and prediction: [`SlowPredictor`] scores a batch
+//! of (replica history, read) pairs; [`ModelPredictor`] does it with a model
+//! file's integer fast path.
+//!
+//! The trait lives here, below the daemon, so that every back-end (this CPU
+//! path, the GPU batcher) implements the same interface the routing policies
+//! call.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use augur_feature_store::HistorySnapshot;
+
+use crate::features::ReadInfo;
+use crate::infer::ScoreInput;
+use crate::model::{Model, ModelError};
+
+/// One input for a slow-I/O predictor: a replica's state and the read.
+#[derive(Clone, Copy, Debug)]
+pub struct PredictInput {
+    /// Replica the read would go to.
+    pub replica: u16,
+    /// That replica's history at routing time.
+    pub snapshot: HistorySnapshot,
+    /// The read.
+    pub read: ReadInfo,
+}
+
+impl ScoreInput for PredictInput {
+    fn snapshot(&self) -> &HistorySnapshot {
+        &self.snapshot
+    }
+    fn read(&self) -> ReadInfo {
+        self.read
+    }
+}
+
+/// Anything that can say, for a batch of (replica state, read) pairs, how
+/// likely each read is to be slow. Scores above zero mean "slow".
+pub trait SlowPredictor: Send + Sync {
+    /// Short name for reports.
+    fn name(&self) -> &str;
+    /// Scores each input into `out` (same length); > 0 predicts slow.
+    fn score_batch(&self, inputs: &[PredictInput], out: &mut [i64]);
+}
+
+/// A loaded, validated model used through its integer fast path (the same
+/// arithmetic as the generated C and the kernel module).
+pub struct ModelPredictor {
+    model: Model,
+    name: String,
+}
+
+impl ModelPredictor {
+    /// Wraps a model under a display name.
+    pub fn new(model: Model, name: impl Into<String>) -> Self {
+        ModelPredictor {
+            model,
+            name: name.into(),
+        }
+    }
+
+    /// Loads `default` (the shipped model) or a model file.
+    pub fn load(spec: &str) -> Result<Self, ModelError> {
+        let model = if spec == "default" {
+            Model::default_model()?
+        } else {
+            Model::load(Path::new(spec))?
+        };
+        Ok(Self::new(model, spec))
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// As the trait object the policies take.
+    pub fn into_dyn(self) -> Arc<dyn SlowPredictor> {
+        Arc::new(self)
+    }
+}
+
+impl SlowPredictor for ModelPredictor {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn score_batch(&self, inputs: &[PredictInput], out: &mut [i64]) {
+        match inputs {
+            [one] => out[0] = self.model.score_int(&one.snapshot, one.read),
+            _ => self.model.score_int_batch(inputs, out),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::FeatureSet;
+
+    #[test]
+    fn batch_and_single_scores_agree() {
+        let m = Model::random(FeatureSet::LinnOsExt, &[16], 2, 5).unwrap();
+        let p = ModelPredictor::new(m, "random");
+        let inputs: Vec<PredictInput> = (0..70u32)
+            .map(|i| PredictInput {
+                replica: (i % 3) as u16,
+                snapshot: HistorySnapshot {
+                    pending_ios: i,
+                    pending_pages: 2 * i,
+                    ..HistorySnapshot::default()
+                },
+                read: ReadInfo {
+                    size_bytes: 4096 * (1 + i % 4),
+                },
+            })
+            .collect();
+        let mut batch = vec![0i64; inputs.len()];
+        p.score_batch(&inputs, &mut batch);
+        for (i, b) in inputs.iter().zip(&batch) {
+            let mut one = [0i64];
+            p.score_batch(std::slice::from_ref(i), &mut one);
+            assert_eq!(one[0], *b);
+        }
+        assert_eq!(p.name(), "random");
+    }
+}

@@ -1,0 +1,375 @@
+//! The replica array: N equal-sized replicas behind one address space.
+//!
+//! Writes, flushes, discards and write-zeroes go to every live replica and
+//! complete when all of them have; reads go to one replica chosen by the
+//! routing [`Policy`]. A replica whose I/O fails is marked failed: reads stop
+//! going to it, writes continue on the others, and the event is logged and
+//! counted. With no replica left, requests fail with `EIO`.
+//!
+//! The data path is a [`Queue`]: one per thread, each owning one io_uring on
+//! which it submits the replica I/O of the requests handed to it, the
+//! emulator's completion delays (io_uring timeouts) and hedge timers. There is
+//! no hand-off between threads and no thread per I/O. Requests handed to a
+//! queue between two polls are routed together in one batch.
+//!
+//! | file | what it holds |
+//! |---|---|
+//! | `mod.rs` | [`Array`]: its replicas, configuration, opening and status |
+//! | `replica.rs` | replica specs and opening their backings |
+//! | `queue.rs` | [`Queue`]'s request state machine: route, fan out, retry, complete |
+//! | `ring.rs` | the queue's io_uring: issuing replica I/O, timers, reaping |
+//! | `slots.rs` | per-request and per-replica-I/O tables |
+//! | `hedge.rs` | the latency window behind hedging |
+//! | `stats.rs` | the named counters |
+//! | `buf.rs` | aligned buffers for O_DIRECT |
+//! | `error.rs` | [`ArrayError`] |
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use augur_feature_store::{HistorySnapshot, ReplicaHistory, TrainingLog};
+
+use crate::emu::FlashEmu;
+use crate::route::{MAX_REPLICAS, Policy, ReplicaView};
+
+mod buf;
+mod error;
+mod hedge;
+mod queue;
+mod replica;
+mod ring;
+mod slots;
+mod stats;
+
+pub use buf::AlignedBuf;
+pub use error::ArrayError;
+pub use queue::{Completion, Queue, Request};
+pub use replica::{Backing, ReplicaSpec, SECTOR, open_backing};
+pub use stats::{ArrayStats, ReplicaCounts, ReplicaStatus};
+use stats::{Counters, ReplicaCounters};
+
+/// A fault to inject into one replica, for tests and demonstrations: from the
+/// given point on, every I/O to it fails with `EIO`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FaultPlan {
+    /// Fail after this many I/Os to the replica.
+    pub after_ios: Option<u64>,
+    /// Fail from this time (ns since the array opened).
+    pub at_ns: Option<u64>,
+}
+
+/// How to build an [`Array`].
+#[derive(Clone, Debug)]
+pub struct ArrayConfig {
+    /// The replicas, 2 to 8 (1 is accepted for overhead measurements).
+    pub replicas: Vec<ReplicaSpec>,
+    /// Create missing replica files with this size.
+    pub create_size: Option<u64>,
+    /// Most I/Os in flight to one replica from one queue; more wait in order.
+    pub replica_depth: u32,
+    /// Seeds the emulators (replica i gets seed + i) and the `random` policy.
+    pub seed: u64,
+    /// Percentile of recent read latency after which `hedge` sends a second copy.
+    pub hedge_percentile: f64,
+    /// Fault injection, by replica index.
+    pub faults: Vec<(usize, FaultPlan)>,
+}
+
+impl ArrayConfig {
+    /// A configuration with the defaults: depth 64 per replica, seed 1, p95 hedging.
+    pub fn new(replicas: Vec<ReplicaSpec>) -> Self {
+        ArrayConfig {
+            replicas,
+            create_size: None,
+            replica_depth: 64,
+            seed: 1,
+            hedge_percentile: 95.0,
+            faults: Vec::new(),
+        }
+    }
+
+    /// Replica files [`Array::open`] will create (`create_size` set and the
+    /// file missing), so a front-end can remove them again if it fails.
+    pub fn files_to_create(&self) -> Vec<PathBuf> {
+        self.replicas
+            .iter()
+            .filter(|s| self.create_size.is_some() && !s.path.exists())
+            .map(|s| s.path.clone())
+            .collect()
+    }
+}
+
+pub(crate) struct Replica {
+    pub(crate) path: PathBuf,
+    pub(crate) text: String,
+    pub(crate) file: File,
+    pub(crate) direct: bool,
+    pub(crate) emu: Option<Mutex<FlashEmu>>,
+    pub(crate) history: ReplicaHistory,
+    pub(crate) failed: AtomicBool,
+    pub(crate) fault: FaultPlan,
+    pub(crate) ios: AtomicU64,
+    pub(crate) counters: ReplicaCounters,
+}
+
+pub(crate) struct Inner {
+    pub(crate) replicas: Vec<Replica>,
+    pub(crate) size: u64,
+    pub(crate) start: Instant,
+    pub(crate) policy: Policy,
+    pub(crate) replica_depth: u32,
+    pub(crate) seed: u64,
+    pub(crate) hedge_percentile: f64,
+    pub(crate) log: Option<Arc<TrainingLog>>,
+    /// Events that are no queue's (a replica marked failed) and the totals
+    /// of queues that have closed.
+    pub(crate) counters: Counters,
+    /// The counter tables of the open queues.
+    pub(crate) queue_counters: Mutex<Vec<Arc<Counters>>>,
+}
+
+/// A replicated block device in a process: open it, then drive it through
+/// one [`Queue`] per thread.
+#[derive(Clone)]
+pub struct Array {
+    inner: Arc<Inner>,
+}
+
+impl Array {
+    /// Opens (and, with `create_size`, creates) the replicas and checks that
+    /// they fit together. On error nothing this call created is left behind.
+    pub fn open(cfg: ArrayConfig, policy: Policy) -> Result<Array, ArrayError> {
+        let n = cfg.replicas.len();
+        if n == 0 || n > MAX_REPLICAS {
+            return Err(ArrayError::BadSpec(format!(
+                "an array needs 1 to {MAX_REPLICAS} replicas, got {n}"
+            )));
+        }
+        if cfg.replica_depth == 0 {
+            return Err(ArrayError::BadSpec(
+                "replica depth must be at least 1".into(),
+            ));
+        }
+        if let Some(s) = cfg.create_size
+            && (s == 0 || s % 4096 != 0)
+        {
+            return Err(ArrayError::BadSpec(format!(
+                "--size {s} must be a non-zero multiple of 4096"
+            )));
+        }
+        for (i, _) in &cfg.faults {
+            if *i >= n {
+                return Err(ArrayError::BadSpec(format!(
+                    "fault injection names replica {i}, but there are {n}"
+                )));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &cfg.replicas {
+            if !seen.insert(s.path.clone()) {
+                return Err(ArrayError::BadSpec(format!(
+                    "replica {} is given twice",
+                    s.path.display()
+                )));
+            }
+        }
+        let mut backings = Vec::with_capacity(n);
+        let cleanup = |backings: &Vec<(PathBuf, bool)>| {
+            for (p, created) in backings {
+                if *created {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        };
+        let mut opened = Vec::with_capacity(n);
+        for s in &cfg.replicas {
+            match open_backing(&s.path, cfg.create_size) {
+                Ok(b) => {
+                    opened.push((s.path.clone(), b.created));
+                    backings.push(b);
+                }
+                Err(e) => {
+                    cleanup(&opened);
+                    return Err(e);
+                }
+            }
+        }
+        let size = backings[0].size;
+        if backings.iter().any(|b| b.size != size) {
+            let list: Vec<String> = cfg
+                .replicas
+                .iter()
+                .zip(&backings)
+                .map(|(s, b)| format!("{} is {} bytes", s.path.display(), b.size))
+                .collect();
+            cleanup(&opened);
+            return Err(ArrayError::SizeMismatch(list.join(", ")));
+        }
+        if size == 0 || size % 4096 != 0 {
+            cleanup(&opened);
+            return Err(ArrayError::BadSpec(format!(
+                "replica size {size} must be a non-zero multiple of 4096"
+            )));
+        }
+        let replicas = cfg
+            .replicas
+            .iter()
+            .zip(backings)
+            .enumerate()
+            .map(|(i, (s, b))| Replica {
+                path: s.path.clone(),
+                text: s.text.clone(),
+                file: b.file,
+                direct: b.direct,
+                emu: s
+                    .profile
+                    .clone()
+                    .map(|p| Mutex::new(FlashEmu::new(p, cfg.seed.wrapping_add(i as u64)))),
+                history: ReplicaHistory::new(),
+                failed: AtomicBool::new(false),
+                fault: cfg
+                    .faults
+                    .iter()
+                    .find(|(r, _)| *r == i)
+                    .map(|(_, f)| *f)
+                    .unwrap_or_default(),
+                ios: AtomicU64::new(0),
+                counters: ReplicaCounters::default(),
+            })
+            .collect();
+        Ok(Array {
+            inner: Arc::new(Inner {
+                replicas,
+                size,
+                start: Instant::now(),
+                policy,
+                replica_depth: cfg.replica_depth,
+                seed: cfg.seed,
+                hedge_percentile: cfg.hedge_percentile,
+                log: None,
+                counters: Counters::default(),
+                queue_counters: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Same as [`Array::open`], recording every completed read into `log`.
+    pub fn open_with_log(
+        cfg: ArrayConfig,
+        policy: Policy,
+        log: Arc<TrainingLog>,
+    ) -> Result<Array, ArrayError> {
+        let mut a = Array::open(cfg, policy)?;
+        if let Some(inner) = Arc::get_mut(&mut a.inner) {
+            inner.log = Some(log);
+        }
+        Ok(a)
+    }
+
+    /// Device size in bytes.
+    pub fn size(&self) -> u64 {
+        self.inner.size
+    }
+
+    /// Number of replicas (live or failed).
+    pub fn replica_count(&self) -> usize {
+        self.inner.replicas.len()
+    }
+
+    /// Number of live replicas.
+    pub fn live_count(&self) -> usize {
+        self.inner
+            .replicas
+            .iter()
+            .filter(|r| !r.failed.load(Relaxed))
+            .count()
+    }
+
+    /// The routing policy in use.
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    /// Nanoseconds since the array opened (the clock of the emulators and logs).
+    pub fn now_ns(&self) -> u64 {
+        self.inner.now_ns()
+    }
+
+    /// Opens a queue for one thread, with an io_uring of `ring_entries`.
+    pub fn queue(&self, id: u32, ring_entries: u32) -> Result<Queue, ArrayError> {
+        Queue::new(self.inner.clone(), id, ring_entries)
+    }
+
+    /// The counters, all queues together.
+    pub fn stats(&self) -> ArrayStats {
+        let mut s = self.inner.counters.snapshot();
+        let open = self
+            .inner
+            .queue_counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for q in open.iter() {
+            s.add(&q.snapshot());
+        }
+        s
+    }
+
+    /// Each replica's state and counters.
+    pub fn replica_status(&self) -> Vec<ReplicaStatus> {
+        self.inner
+            .replicas
+            .iter()
+            .map(|r| ReplicaStatus {
+                spec: r.text.clone(),
+                live: !r.failed.load(Relaxed),
+                direct: r.direct,
+                counts: r.counters.snapshot(),
+            })
+            .collect()
+    }
+}
+
+impl Inner {
+    pub(crate) fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    pub(crate) fn mark_failed(&self, i: usize, why: &str) {
+        let r = &self.replicas[i];
+        if !r.failed.swap(true, Relaxed) {
+            self.counters.replica_failures.fetch_add(1, Relaxed);
+            let live = self
+                .replicas
+                .iter()
+                .filter(|r| !r.failed.load(Relaxed))
+                .count();
+            tracing::error!(
+                "replica {i} ({}) FAILED: {why}; reads no longer go to it, writes continue on {live} live replica(s)",
+                r.path.display()
+            );
+            if live == 0 {
+                tracing::error!("no live replica left: every request now fails with EIO");
+            }
+        }
+    }
+}
+
+impl ReplicaView for Inner {
+    fn replica_count(&self) -> usize {
+        self.replicas.len()
+    }
+    fn is_live(&self, i: usize) -> bool {
+        !self.replicas[i].failed.load(Relaxed)
+    }
+    fn snapshot(&self, i: usize, now_ns: u64) -> HistorySnapshot {
+        self.replicas[i].history.snapshot_at(now_ns)
+    }
+    fn forecast_read_ns(&self, i: usize, now_ns: u64, offset: u64, len: u32) -> Option<u64> {
+        let emu = self.replicas[i].emu.as_ref()?;
+        let emu = emu.lock().unwrap_or_else(|p| p.into_inner());
+        Some(emu.peek_read_latency(now_ns, offset, len))
+    }
+}
