@@ -682,20 +682,22 @@ fn val_stats(outputs: &[f32], n_out: usize, labels: &[bool], w_slow: f64) -> Val
     }
 }
 
-/// Trains a model on the reads in `records` according to `cfg`, reporting
-/// progress through `progress`. Deterministic for a given input and config.
-pub fn train(
-    records: &[TrainingRecord],
-    cfg: &TrainConfig,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<(Model, TrainReport), TrainError> {
-    let started = Instant::now();
-    cfg.validate()?;
-    let fs = cfg.feature_set();
-    let widths = cfg.widths();
-    let d_in = widths[0];
-    let n_out = widths[widths.len() - 1];
+/// The reads of a training run, labelled, with a stratified, seeded split.
+struct Split<'a> {
+    reads: Vec<&'a TrainingRecord>,
+    labels: Vec<bool>,
+    threshold: Threshold,
+    labelled_slow_fraction: f64,
+    train_idx: Vec<usize>,
+    val_idx: Vec<usize>,
+}
 
+/// Selects the reads `cfg` trains on, labels them (threshold, then period
+/// labels) and splits them into training and validation sets per class.
+fn labelled_split<'a>(
+    records: &'a [TrainingRecord],
+    cfg: &TrainConfig,
+) -> Result<Split<'a>, TrainError> {
     // ---- data: reads of the selected replicas, labelled ----
     let reads: Vec<&TrainingRecord> = records
         .iter()
@@ -754,9 +756,150 @@ pub fn train(
         .collect();
     train_idx.sort_unstable();
 
-    // ---- features ----
+    Ok(Split {
+        reads,
+        labels,
+        threshold,
+        labelled_slow_fraction,
+        train_idx,
+        val_idx,
+    })
+}
+
+/// The weighted loss of one batch: cross-entropy over two outputs, or binary
+/// cross-entropy with logits over one. `tb` holds, per sample, the weighted
+/// one-hot target (two outputs) or (weight, weight * label) (one output).
+#[allow(clippy::too_many_arguments)]
+fn batch_loss(
+    net: &Net,
+    xb: &[f32],
+    tb: &[f32],
+    n: usize,
+    d_in: usize,
+    n_out: usize,
+    wsum: f64,
+    device: &Device,
+) -> Tensor<1> {
+    let x = Tensor::<2>::from_data(TensorData::new(xb.to_vec(), [n, d_in]), device);
+    let out = net.forward(x);
+    let t = Tensor::<2>::from_data(TensorData::new(tb.to_vec(), [n, 2]), device);
+    if n_out == 2 {
+        (log_softmax(out, 1) * t).sum().neg().div_scalar(wsum)
+    } else {
+        // Weighted binary cross-entropy with logits:
+        // w * (softplus(z) - y z), softplus(z) = max(z,0) + ln(1 + e^-|z|).
+        let w = t.clone().slice([0..n, 0..1]);
+        let wy = t.slice([0..n, 1..2]);
+        let sp = out.clone().clamp_min(0.0) + out.clone().abs().neg().exp().log1p();
+        (sp * w - out * wy).sum().div_scalar(wsum)
+    }
+}
+
+/// The metrics a trained model's metadata records.
+fn metrics_of(
+    validation: &EvalReport,
+    validation_period: Option<&EvalReport>,
+    labelled_slow_fraction: f64,
+    val_reads: usize,
+    train_reads: usize,
+    slow_fraction: f64,
+    best_epoch: usize,
+) -> Vec<(String, f64)> {
+    let mut metrics: Vec<(String, f64)> = Vec::new();
+    for (path, m) in [("f32", &validation.float), ("int", &validation.int)] {
+        let mut put = |name: &str, v: Option<f64>| {
+            if let Some(v) = v {
+                metrics.push((format!("val_{name}_{path}"), v));
+            }
+        };
+        put("accuracy", m.accuracy);
+        put("false_submit_rate", m.false_submit_rate);
+        put("false_revoke_rate", m.false_revoke_rate);
+        put("auc", m.auc);
+    }
+    if let Some(v) = validation_period {
+        for (path, m) in [("f32", &v.float), ("int", &v.int)] {
+            if let Some(a) = m.accuracy {
+                metrics.push((format!("val_period_accuracy_{path}"), a));
+            }
+            if let Some(a) = m.false_submit_rate {
+                metrics.push((format!("val_period_false_submit_rate_{path}"), a));
+            }
+        }
+        metrics.push(("period_slow_fraction".to_string(), labelled_slow_fraction));
+    }
+    metrics.push(("val_reads".to_string(), val_reads as f64));
+    metrics.push(("train_reads".to_string(), train_reads as f64));
+    metrics.push(("slow_fraction".to_string(), slow_fraction));
+    metrics.push(("best_epoch".to_string(), best_epoch as f64));
+    metrics
+}
+
+/// The trained network's outputs on the validation rows (no autodiff).
+fn validation_outputs(
+    net: &Net,
+    val_x: &[f32],
+    d_in: usize,
+    n_out: usize,
+    plain: &Device,
+) -> Result<Vec<f32>, TrainError> {
+    let vnet = net.valid();
+    let mut outputs = Vec::with_capacity(val_x.len() / d_in.max(1) * n_out);
+    for chunk in val_x.chunks(4096 * d_in) {
+        let n = chunk.len() / d_in;
+        let x = Tensor::<2>::from_data(TensorData::new(chunk.to_vec(), [n, d_in]), plain);
+        let o = vnet
+            .forward(x)
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| TrainError::Backend(format!("{e:?}")))?;
+        outputs.extend_from_slice(&o);
+    }
+    Ok(outputs)
+}
+
+/// Fills one batch's inputs `xb` and targets `tb` (see [`batch_loss`]) for
+/// the rows in `chunk`; returns the batch's total sample weight.
+#[allow(clippy::too_many_arguments)]
+fn fill_batch(
+    chunk: &[usize],
+    feats: &[f32],
+    labels: &[bool],
+    d_in: usize,
+    n_out: usize,
+    w_slow: f64,
+    xb: &mut Vec<f32>,
+    tb: &mut Vec<f32>,
+) -> f64 {
+    let mut wsum = 0.0f64;
+    for &i in chunk {
+        xb.extend_from_slice(&feats[i * d_in..(i + 1) * d_in]);
+        let y = labels[i];
+        let w = if y { w_slow } else { 1.0 };
+        wsum += w;
+        if n_out == 2 {
+            // Weighted one-hot target for the cross-entropy.
+            let (f, s) = if y { (0.0, w) } else { (w, 0.0) };
+            tb.push(f as f32);
+            tb.push(s as f32);
+        } else {
+            tb.push(w as f32); // weight
+            tb.push(if y { w as f32 } else { 0.0 }); // weight * label
+        }
+    }
+    wsum
+}
+
+/// The f32 input rows of `reads` (`d_in` values each), MinMax-scaled for
+/// Heimdall with a scaler fitted on the training rows only.
+fn features(
+    fs: FeatureSet,
+    reads: &[&TrainingRecord],
+    train_idx: &[usize],
+    d_in: usize,
+) -> (Vec<f32>, Option<MinMax>) {
     let mut feats: Vec<f32> = Vec::with_capacity(reads.len() * d_in);
-    for r in &reads {
+    for r in reads {
         encode(fs, r, &mut feats);
     }
     let scaler = if fs == FeatureSet::Heimdall {
@@ -772,6 +915,91 @@ pub fn train(
     } else {
         None
     };
+    (feats, scaler)
+}
+
+/// The model's own f32 path must agree with the network we trained.
+fn check_consistent(
+    model: &Model,
+    layers: &[Layer],
+    val_records: &[TrainingRecord],
+    val_x: &[f32],
+    d_in: usize,
+) -> Result<(), TrainError> {
+    for (k, r) in val_records.iter().take(64).enumerate() {
+        let net_score = score_layers(layers, &val_x[k * d_in..(k + 1) * d_in]);
+        let model_score = model.score_f32(
+            &r.features,
+            ReadInfo {
+                size_bytes: r.size_bytes,
+            },
+        );
+        let tol = 1e-3 * (1.0 + net_score.abs());
+        if (net_score - model_score).abs() > tol || !model_score.is_finite() {
+            return Err(TrainError::Inconsistent {
+                index: k,
+                model: model_score,
+                network: net_score,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The model's metadata (metrics are filled in once evaluated).
+fn training_meta(
+    cfg: &TrainConfig,
+    label_rule: &str,
+    threshold: &Threshold,
+    summary: String,
+) -> TrainingMeta {
+    TrainingMeta {
+        data: {
+            let mut data = if cfg.data_description.is_empty() {
+                summary
+            } else {
+                format!("{}; {summary}", cfg.data_description)
+            };
+            truncate_utf8(&mut data, MAX_STR);
+            data
+        },
+        date: cfg.date.clone().unwrap_or_else(utc_date_today),
+        seed: cfg.seed,
+        arch: if cfg.extended {
+            format!("{}+ext", cfg.arch.name())
+        } else {
+            cfg.arch.name().to_string()
+        },
+        label_rule: label_rule.to_string(),
+        threshold_us: threshold.threshold_us,
+        metrics: Vec::new(),
+    }
+}
+
+/// Trains a model on the reads in `records` according to `cfg`, reporting
+/// progress through `progress`. Deterministic for a given input and config.
+pub fn train(
+    records: &[TrainingRecord],
+    cfg: &TrainConfig,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Model, TrainReport), TrainError> {
+    let started = Instant::now();
+    cfg.validate()?;
+    let fs = cfg.feature_set();
+    let widths = cfg.widths();
+    let d_in = widths[0];
+    let n_out = widths[widths.len() - 1];
+
+    let Split {
+        reads,
+        labels,
+        threshold,
+        labelled_slow_fraction,
+        train_idx,
+        val_idx,
+    } = labelled_split(records, cfg)?;
+
+    let (feats, scaler) = features(fs, &reads, &train_idx, d_in);
     let row = |i: usize| &feats[i * d_in..(i + 1) * d_in];
 
     let batch_size = cfg.batch_size.min(train_idx.len());
@@ -818,36 +1046,10 @@ pub fn train(
             let n = chunk.len();
             xb.clear();
             tb.clear();
-            let mut wsum = 0.0f64;
-            for &i in chunk {
-                xb.extend_from_slice(row(i));
-                let y = labels[i];
-                let w = if y { w_slow } else { 1.0 };
-                wsum += w;
-                if n_out == 2 {
-                    // Weighted one-hot target for the cross-entropy.
-                    let (f, s) = if y { (0.0, w) } else { (w, 0.0) };
-                    tb.push(f as f32);
-                    tb.push(s as f32);
-                } else {
-                    tb.push(w as f32); // weight
-                    tb.push(if y { w as f32 } else { 0.0 }); // weight * label
-                }
-            }
-            let x = Tensor::<2>::from_data(TensorData::new(xb.clone(), [n, d_in]), &device);
-            let out = net.forward(x);
-            let loss = if n_out == 2 {
-                let t = Tensor::<2>::from_data(TensorData::new(tb.clone(), [n, 2]), &device);
-                (log_softmax(out, 1) * t).sum().neg().div_scalar(wsum)
-            } else {
-                // Weighted binary cross-entropy with logits:
-                // w * (softplus(z) - y z), softplus(z) = max(z,0) + ln(1 + e^-|z|).
-                let t = Tensor::<2>::from_data(TensorData::new(tb.clone(), [n, 2]), &device);
-                let w = t.clone().slice([0..n, 0..1]);
-                let wy = t.slice([0..n, 1..2]);
-                let sp = out.clone().clamp_min(0.0) + out.clone().abs().neg().exp().log1p();
-                (sp * w - out * wy).sum().div_scalar(wsum)
-            };
+            let wsum = fill_batch(
+                chunk, &feats, &labels, d_in, n_out, w_slow, &mut xb, &mut tb,
+            );
+            let loss = batch_loss(&net, &xb, &tb, n, d_in, n_out, wsum, &device);
             let loss_value = f64::from(loss.clone().into_scalar::<f32>());
             if !loss_value.is_finite() {
                 return Err(TrainError::Diverged {
@@ -867,19 +1069,7 @@ pub fn train(
             });
         }
 
-        // ---- validation ----
-        let vnet = net.valid();
-        let mut outputs = Vec::with_capacity(val_idx.len() * n_out);
-        for chunk in val_x.chunks(4096 * d_in) {
-            let n = chunk.len() / d_in;
-            let x = Tensor::<2>::from_data(TensorData::new(chunk.to_vec(), [n, d_in]), &plain);
-            let o = vnet
-                .forward(x)
-                .into_data()
-                .try_to_vec::<f32>()
-                .map_err(|e| TrainError::Backend(format!("{e:?}")))?;
-            outputs.extend_from_slice(&o);
-        }
+        let outputs = validation_outputs(&net, &val_x, d_in, n_out, &plain)?;
         let vs = val_stats(&outputs, n_out, &val_y, w_slow);
         if !vs.loss.is_finite() {
             return Err(TrainError::Diverged {
@@ -935,88 +1125,36 @@ pub fn train(
     if let Some(p) = cfg.period {
         label_rule = format!("{label_rule}, {p}");
     }
-    let mut meta = TrainingMeta {
-        data: {
-            let summary = format!(
-                "{} reads ({}), {:.2}% slow, {} train / {} validation",
-                reads.len(),
-                cfg.replicas.describe(),
-                labelled_slow_fraction * 100.0,
-                train_idx.len(),
-                val_idx.len()
-            );
-            let mut data = if cfg.data_description.is_empty() {
-                summary
-            } else {
-                format!("{}; {summary}", cfg.data_description)
-            };
-            truncate_utf8(&mut data, MAX_STR);
-            data
-        },
-        date: cfg.date.clone().unwrap_or_else(utc_date_today),
-        seed: cfg.seed,
-        arch: if cfg.extended {
-            format!("{}+ext", cfg.arch.name())
-        } else {
-            cfg.arch.name().to_string()
-        },
-        label_rule: label_rule.clone(),
-        threshold_us: threshold.threshold_us,
-        metrics: Vec::new(),
-    };
+    let mut meta = training_meta(
+        cfg,
+        &label_rule,
+        &threshold,
+        format!(
+            "{} reads ({}), {:.2}% slow, {} train / {} validation",
+            reads.len(),
+            cfg.replicas.describe(),
+            labelled_slow_fraction * 100.0,
+            train_idx.len(),
+            val_idx.len()
+        ),
+    );
     let model = Model::from_layers(fs, layers.clone(), scaler.clone(), meta.clone())
         .map_err(TrainError::Model)?;
-    // The model's own f32 path must agree with the network we trained.
-    for (k, r) in val_records.iter().take(64).enumerate() {
-        let net_score = score_layers(&layers, &val_x[k * d_in..(k + 1) * d_in]);
-        let model_score = model.score_f32(
-            &r.features,
-            ReadInfo {
-                size_bytes: r.size_bytes,
-            },
-        );
-        let tol = 1e-3 * (1.0 + net_score.abs());
-        if (net_score - model_score).abs() > tol || !model_score.is_finite() {
-            return Err(TrainError::Inconsistent {
-                index: k,
-                model: model_score,
-                network: net_score,
-            });
-        }
-    }
+    check_consistent(&model, &layers, &val_records, &val_x, d_in)?;
     let validation = evaluate(&model, &val_records, threshold.threshold_us);
     let validation_period = cfg.period.map(|_| {
         let truth: Vec<bool> = val_idx.iter().map(|&i| labels[i]).collect();
         evaluate_labelled(&model, &val_records, &truth, threshold.threshold_us)
     });
-    let mut metrics: Vec<(String, f64)> = Vec::new();
-    for (path, m) in [("f32", &validation.float), ("int", &validation.int)] {
-        let mut put = |name: &str, v: Option<f64>| {
-            if let Some(v) = v {
-                metrics.push((format!("val_{name}_{path}"), v));
-            }
-        };
-        put("accuracy", m.accuracy);
-        put("false_submit_rate", m.false_submit_rate);
-        put("false_revoke_rate", m.false_revoke_rate);
-        put("auc", m.auc);
-    }
-    if let Some(v) = &validation_period {
-        for (path, m) in [("f32", &v.float), ("int", &v.int)] {
-            if let Some(a) = m.accuracy {
-                metrics.push((format!("val_period_accuracy_{path}"), a));
-            }
-            if let Some(a) = m.false_submit_rate {
-                metrics.push((format!("val_period_false_submit_rate_{path}"), a));
-            }
-        }
-        metrics.push(("period_slow_fraction".to_string(), labelled_slow_fraction));
-    }
-    metrics.push(("val_reads".to_string(), val_records.len() as f64));
-    metrics.push(("train_reads".to_string(), train_idx.len() as f64));
-    metrics.push(("slow_fraction".to_string(), threshold.slow_fraction));
-    metrics.push(("best_epoch".to_string(), best_epoch as f64));
-    meta.metrics = metrics;
+    meta.metrics = metrics_of(
+        &validation,
+        validation_period.as_ref(),
+        labelled_slow_fraction,
+        val_records.len(),
+        train_idx.len(),
+        threshold.slow_fraction,
+        best_epoch,
+    );
     let model = Model::from_layers(fs, layers, scaler, meta).map_err(TrainError::Model)?;
 
     let report = TrainReport {

@@ -12,7 +12,7 @@ use augur_predictor::train::{Arch, Progress, ReplicaSelection, TrainConfig, trai
 use augur_predictor::{Model, ModelError};
 use clap::{Args, Subcommand};
 
-use augur::ArrayError;
+use super::error::CliError;
 
 /// `augur train`.
 #[derive(Args)]
@@ -74,13 +74,13 @@ pub struct TrainArgs {
 }
 
 /// The period rule of `--label-period D --period-slow-fraction F`.
-fn period_rule(d: std::time::Duration, fraction: f64) -> Result<PeriodRule, ArrayError> {
+fn period_rule(d: std::time::Duration, fraction: f64) -> Result<PeriodRule, CliError> {
     PeriodRule {
         window_us: u32::try_from(d.as_micros()).unwrap_or(u32::MAX),
         min_slow_fraction: fraction,
     }
     .validate()
-    .map_err(|e| ArrayError::BadSpec(format!("--label-period: {e}")))
+    .map_err(|e| CliError::BadFlag(format!("--label-period: {e}")))
 }
 
 /// `augur eval`.
@@ -143,22 +143,21 @@ pub enum TraceCmd {
 pub fn load_model(spec: &str) -> anyhow::Result<Model> {
     if spec == "default" {
         return Model::default_model().map_err(|e| match e {
-            ModelError::NoDefaultModel => anyhow::Error::new(ArrayError::BadSpec(
+            ModelError::NoDefaultModel => anyhow::Error::new(CliError::BadFlag(
                 "this build has no default model (predictor/models/default.augm); give --model FILE".into(),
             )),
             e => anyhow::Error::new(e).context("loading the default model"),
         });
     }
     Model::load(Path::new(spec))
-        .map_err(|e| anyhow::Error::new(ArrayError::BadSpec(format!("model {spec}: {e}"))))
+        .map_err(|e| anyhow::Error::new(CliError::BadFlag(format!("model {spec}: {e}"))))
 }
 
 fn load_logs(paths: &[PathBuf]) -> anyhow::Result<Vec<TrainingRecord>> {
     let mut all = Vec::new();
     for p in paths {
-        let recs = read_log(p).map_err(|e| {
-            anyhow::Error::new(ArrayError::BadSpec(format!("{}: {e}", p.display())))
-        })?;
+        let recs = read_log(p)
+            .map_err(|e| anyhow::Error::new(CliError::BadFlag(format!("{}: {e}", p.display()))))?;
         all.extend(recs);
     }
     Ok(all)
@@ -166,7 +165,7 @@ fn load_logs(paths: &[PathBuf]) -> anyhow::Result<Vec<TrainingRecord>> {
 
 /// `augur train`.
 pub fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
-    let bad = |m: String| anyhow::Error::new(ArrayError::BadSpec(m));
+    let bad = |m: String| anyhow::Error::new(CliError::BadFlag(m));
     let arch = Arch::parse(&a.arch).ok_or_else(|| {
         bad(format!(
             "unknown --arch '{}' (base, deep1, deep2, heimdall)",
@@ -315,11 +314,11 @@ pub fn cmd_trace(c: TraceCmd) -> anyhow::Result<()> {
             let fmt = match format.as_deref() {
                 None => None,
                 Some(f) => Some(TraceFormat::parse(f).ok_or_else(|| {
-                    ArrayError::BadSpec(format!("unknown trace format '{f}' (msr, blkparse)"))
+                    CliError::BadFlag(format!("unknown trace format '{f}' (msr, blkparse)"))
                 })?),
             };
             let trace = import_file(&input, fmt, ImportOptions { skip_bad })
-                .map_err(|e| ArrayError::BadSpec(format!("{}: {e}", input.display())))?;
+                .map_err(|e| CliError::BadFlag(format!("{}: {e}", input.display())))?;
             let recs = trace.training_records();
             let file = std::fs::File::create(&out)
                 .with_context(|| format!("creating {}", out.display()))?;

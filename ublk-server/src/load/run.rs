@@ -63,6 +63,92 @@ fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid histogram bounds")
 }
 
+/// The load generator's per-run state: the request stream, the tags in
+/// flight and what has been measured.
+struct Driver<'a> {
+    spec: &'a LoadSpec,
+    gen_: Gen,
+    arrivals: Rng,
+    /// Write payload: seeded bytes, the same for every policy.
+    payload: AlignedBuf,
+    pool: Vec<AlignedBuf>,
+    start_of: Vec<u64>,
+    op_of: Vec<Op>,
+    free_tags: Vec<usize>,
+    t0: u64,
+    res: LoadResult,
+}
+
+impl Driver<'_> {
+    /// Submits the next request of the stream as having arrived at `start`;
+    /// false when every tag is in flight.
+    fn submit(&mut self, q: &mut Queue, start: u64) -> bool {
+        let Some(tag) = self.free_tags.pop() else {
+            return false;
+        };
+        let (op, offset, len) = self.gen_.next(&self.spec.workload, start - self.t0);
+        let mut buf = match self.pool.pop() {
+            Some(b) if b.capacity() >= len as usize => b,
+            _ => AlignedBuf::new(len as usize),
+        };
+        buf.set_len(len as usize);
+        if op == Op::Write {
+            for chunk in buf.chunks_mut(self.payload.len()) {
+                chunk.copy_from_slice(&self.payload[..chunk.len()]);
+            }
+        }
+        self.start_of[tag] = start;
+        self.op_of[tag] = op;
+        q.submit(Request {
+            op,
+            offset,
+            len,
+            buf: Some(buf),
+            user: tag as u64,
+        });
+        true
+    }
+
+    /// The arrival after `prev` of an open-loop run: from the trace, or from
+    /// a Poisson process at `rate`; `u64::MAX` once a trace is over.
+    fn next_open(&mut self, prev: u64) -> u64 {
+        match (&self.spec.workload, self.spec.rate) {
+            (Workload::Replay(_), _) => self
+                .gen_
+                .replay_arrival(&self.spec.workload)
+                .map_or(u64::MAX, |t| self.t0 + t),
+            (_, Some(rate)) => {
+                let gap = -(1.0f64 - self.arrivals.next_f64()).ln() / rate * 1e9;
+                prev + gap.max(1.0) as u64
+            }
+            (_, None) => u64::MAX,
+        }
+    }
+
+    /// Counts the completions in `out` (seen at `now`) and frees their tags.
+    fn reap(&mut self, out: &mut Vec<Completion>, now: u64) {
+        for c in out.drain(..) {
+            let tag = c.user as usize;
+            let lat_us = (now.saturating_sub(self.start_of[tag]) / 1000).max(1);
+            let res = &mut self.res;
+            res.completed += 1;
+            if c.result < 0 {
+                res.errors += 1;
+            } else if self.op_of[tag] == Op::Read {
+                res.reads += 1;
+                let _ = res.read_us.record(lat_us.min(100_000_000));
+            } else {
+                res.writes += 1;
+                let _ = res.write_us.record(lat_us.min(100_000_000));
+            }
+            if let Some(b) = c.buf {
+                self.pool.push(b);
+            }
+            self.free_tags.push(tag);
+        }
+    }
+}
+
 /// Drives `spec` into `array` from the calling thread and measures it.
 pub fn run_load(
     array: &Array,
@@ -76,18 +162,6 @@ pub fn run_load(
     );
     let blocks = array.size() / bs as u64;
     assert!(blocks > 0, "device smaller than one block");
-    let depth = spec.depth.max(1) as usize;
-    let ring = (depth as u32 * array.replica_count() as u32 * 2).clamp(64, 4096);
-    let mut q = array
-        .queue(0, ring)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut gen_ = Gen {
-        rng: Rng::new(spec.seed),
-        blocks,
-        bs,
-        size: array.size(),
-        replay_pos: 0,
-    };
     if let Workload::Replay(ios) = &spec.workload
         && ios.is_empty()
     {
@@ -95,85 +169,54 @@ pub fn run_load(
             "the trace to replay has no reads or writes",
         ));
     }
-    let mut arrivals = Rng::new(spec.seed ^ 0xA5A5_5A5A_0F0F_F0F0);
-    // Write payload: seeded bytes, the same for every policy.
+    let depth = spec.depth.max(1) as usize;
+    let ring = (depth as u32 * array.replica_count() as u32 * 2).clamp(64, 4096);
+    let mut q = array
+        .queue(0, ring)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut payload = AlignedBuf::new(bs as usize);
     let mut fill = Rng::new(spec.seed ^ 0x5EED);
     for chunk in payload.chunks_mut(8) {
         let v = fill.next_u64().to_le_bytes();
         chunk.copy_from_slice(&v[..chunk.len()]);
     }
-    let mut pool: Vec<AlignedBuf> = (0..depth).map(|_| AlignedBuf::new(bs as usize)).collect();
-    let mut start_of = vec![0u64; depth];
-    let mut op_of = vec![Op::Read; depth];
-    let mut free_tags: Vec<usize> = (0..depth).rev().collect();
-
     let before = array.stats();
     let t0 = array.now_ns();
-    let end = t0 + spec.duration.as_nanos() as u64;
-    let mut res = LoadResult {
-        completed: 0,
-        reads: 0,
-        writes: 0,
-        errors: 0,
-        overruns: 0,
-        elapsed_s: 0.0,
-        read_us: new_hist(),
-        write_us: new_hist(),
-        stats: ArrayStats::default(),
+    let mut d = Driver {
+        spec,
+        gen_: Gen {
+            rng: Rng::new(spec.seed),
+            blocks,
+            bs,
+            size: array.size(),
+            replay_pos: 0,
+        },
+        arrivals: Rng::new(spec.seed ^ 0xA5A5_5A5A_0F0F_F0F0),
+        payload,
+        pool: (0..depth).map(|_| AlignedBuf::new(bs as usize)).collect(),
+        start_of: vec![0u64; depth],
+        op_of: vec![Op::Read; depth],
+        free_tags: (0..depth).rev().collect(),
+        t0,
+        res: LoadResult {
+            completed: 0,
+            reads: 0,
+            writes: 0,
+            errors: 0,
+            overruns: 0,
+            elapsed_s: 0.0,
+            read_us: new_hist(),
+            write_us: new_hist(),
+            stats: ArrayStats::default(),
+        },
     };
+    let end = t0 + spec.duration.as_nanos() as u64;
     let mut next_arrival = t0;
     let mut next_progress = t0 + 500_000_000;
     let mut out: Vec<Completion> = Vec::with_capacity(depth);
-    let submit = |q: &mut Queue,
-                  gen_: &mut Gen,
-                  free_tags: &mut Vec<usize>,
-                  pool: &mut Vec<AlignedBuf>,
-                  start: u64,
-                  start_of: &mut [u64],
-                  op_of: &mut [Op]| {
-        let Some(tag) = free_tags.pop() else {
-            return false;
-        };
-        let (op, offset, len) = gen_.next(&spec.workload, start - t0);
-        let mut buf = match pool.pop() {
-            Some(b) if b.capacity() >= len as usize => b,
-            _ => AlignedBuf::new(len as usize),
-        };
-        buf.set_len(len as usize);
-        if op == Op::Write {
-            for chunk in buf.chunks_mut(payload.len()) {
-                chunk.copy_from_slice(&payload[..chunk.len()]);
-            }
-        }
-        start_of[tag] = start;
-        op_of[tag] = op;
-        q.submit(Request {
-            op,
-            offset,
-            len,
-            buf: Some(buf),
-            user: tag as u64,
-        });
-        true
-    };
-    // Open loop: the next arrival comes from the trace or from a Poisson
-    // process at `rate`; u64::MAX once a trace is over.
     let open_loop = matches!(spec.workload, Workload::Replay(_)) || spec.rate.is_some();
-    let next_open = |gen_: &Gen, arrivals: &mut Rng, prev: u64| -> u64 {
-        match (&spec.workload, spec.rate) {
-            (Workload::Replay(_), _) => gen_
-                .replay_arrival(&spec.workload)
-                .map_or(u64::MAX, |t| t0 + t),
-            (_, Some(rate)) => {
-                let gap = -(1.0f64 - arrivals.next_f64()).ln() / rate * 1e9;
-                prev + gap.max(1.0) as u64
-            }
-            (_, None) => u64::MAX,
-        }
-    };
     if matches!(spec.workload, Workload::Replay(_)) {
-        next_arrival = next_open(&gen_, &mut arrivals, t0);
+        next_arrival = d.next_open(t0);
     }
     // The arrival last counted as an overrun.
     let mut waiting = u64::MAX;
@@ -189,70 +232,33 @@ pub fn run_load(
             }
             let mut full = false;
             while next_arrival <= now {
-                if !submit(
-                    &mut q,
-                    &mut gen_,
-                    &mut free_tags,
-                    &mut pool,
-                    next_arrival,
-                    &mut start_of,
-                    &mut op_of,
-                ) {
+                if !d.submit(&mut q, next_arrival) {
                     // Depth reached: the arrival waits for a free slot, its
                     // latency counting from when it arrived (counted once).
                     if waiting != next_arrival {
-                        res.overruns += 1;
+                        d.res.overruns += 1;
                         waiting = next_arrival;
                     }
                     full = true;
                     break;
                 }
-                next_arrival = next_open(&gen_, &mut arrivals, next_arrival);
+                next_arrival = d.next_open(next_arrival);
             }
             if !full {
                 timeout = Some(next_arrival.saturating_sub(now).clamp(1_000, 100_000_000));
             }
         } else {
-            while q.in_flight() < depth {
-                if !submit(
-                    &mut q,
-                    &mut gen_,
-                    &mut free_tags,
-                    &mut pool,
-                    now,
-                    &mut start_of,
-                    &mut op_of,
-                ) {
-                    break;
-                }
-            }
+            while q.in_flight() < depth && d.submit(&mut q, now) {}
         }
         q.poll(&mut out, true, timeout)?;
         let now = array.now_ns();
-        for c in out.drain(..) {
-            let tag = c.user as usize;
-            let lat_us = (now.saturating_sub(start_of[tag]) / 1000).max(1);
-            res.completed += 1;
-            if c.result < 0 {
-                res.errors += 1;
-            } else if op_of[tag] == Op::Read {
-                res.reads += 1;
-                let _ = res.read_us.record(lat_us.min(100_000_000));
-            } else {
-                res.writes += 1;
-                let _ = res.write_us.record(lat_us.min(100_000_000));
-            }
-            if let Some(b) = c.buf {
-                pool.push(b);
-            }
-            free_tags.push(tag);
-        }
+        d.reap(&mut out, now);
         if now >= next_progress {
             next_progress = now + 500_000_000;
             progress(Progress {
                 elapsed_s: (now - t0) as f64 / 1e9,
-                completed: res.completed,
-                read_p99_us: res.read_us.value_at_quantile(0.99),
+                completed: d.res.completed,
+                read_p99_us: d.res.read_us.value_at_quantile(0.99),
             });
         }
     }
@@ -263,8 +269,8 @@ pub fn run_load(
         out.clear();
     }
     drop(q);
+    let mut res = d.res;
     res.elapsed_s = (stop - t0) as f64 / 1e9;
-    let after = array.stats();
-    res.stats = after.since(&before);
+    res.stats = array.stats().since(&before);
     Ok(res)
 }

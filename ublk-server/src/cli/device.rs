@@ -1,0 +1,214 @@
+//! `augur fuse`, `serve`, `list` and `stop`: the block-device front-ends.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use augur::array::ReplicaSpec;
+use augur::route::Policy;
+use clap::Args;
+
+use super::args::{FaultArgs, fault_plan, parse_size};
+use super::error::CliError;
+use super::load::predictor_for;
+
+#[derive(Args)]
+pub(crate) struct FuseArgs {
+    /// Replicas: PATH or emu:PROFILE:PATH (repeat).
+    #[arg(long = "replica", required_unless_present = "cleanup")]
+    pub(crate) replica: Vec<String>,
+    /// Empty directory to mount on; it will hold disk.img.
+    #[arg(long, required_unless_present = "cleanup")]
+    pub(crate) mount: Option<PathBuf>,
+    /// Read routing policy.
+    #[arg(long, default_value = "baseline")]
+    pub(crate) policy: String,
+    /// Model for the linnos policies: a file, or `default` for the shipped one.
+    #[arg(long, default_value = "default")]
+    pub(crate) model: String,
+    /// FUSE worker threads, each with its own array queue. Each handles one
+    /// request at a time, so this is the daemon's queue depth.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) threads: usize,
+    /// Attach a loop device (direct I/O, 4096-byte sectors) to disk.img and print it.
+    #[arg(long = "loop")]
+    pub(crate) attach_loop: bool,
+    /// Create missing --replica files with this size.
+    #[arg(long, value_parser = parse_size)]
+    pub(crate) size: Option<u64>,
+    /// Most I/Os in flight to one replica from one worker.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) replica_depth: u32,
+    /// Seed of the emulators and the random policy.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// Percentile of recent read latency after which `hedge` sends a second copy.
+    #[arg(long, default_value_t = 95.0)]
+    pub(crate) hedge_pct: f64,
+    /// Clear what a crashed daemon left at DIR (loop devices on DIR/disk.img, the mount) and exit.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["replica", "mount", "attach_loop"])]
+    pub(crate) cleanup: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Replicas: PATH or emu:PROFILE:PATH (repeat). With --recover: the recorded ones if left out.
+    #[arg(long = "replica", required_unless_present = "recover")]
+    pub(crate) replica: Vec<String>,
+    /// Create missing --replica files with this size.
+    #[arg(long, value_parser = parse_size, conflicts_with = "recover")]
+    pub(crate) size: Option<u64>,
+    /// Read routing policy [default: baseline; with --recover: the recorded one].
+    #[arg(long)]
+    pub(crate) policy: Option<String>,
+    /// Model for the linnos policies: a file, or `default` for the shipped one
+    /// [default: default; with --recover: the recorded one].
+    #[arg(long)]
+    pub(crate) model: Option<String>,
+    /// ublk queues, each served by one thread with its own array queue [default: 1].
+    #[arg(long)]
+    pub(crate) queues: Option<u16>,
+    /// Requests in flight per queue [default: 64].
+    #[arg(long)]
+    pub(crate) depth: Option<u16>,
+    /// Logical block size of the device: 512 or 4096 [default: 4096].
+    #[arg(long)]
+    pub(crate) block_size: Option<u32>,
+    /// Device id, the N of /dev/ublkbN [default: the driver picks one].
+    #[arg(long)]
+    pub(crate) id: Option<u32>,
+    /// Attach to device --id N whose daemon died; the I/O waiting on it then completes.
+    #[arg(long, requires = "id")]
+    pub(crate) recover: bool,
+    /// Most I/Os in flight to one replica from one queue.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) replica_depth: u32,
+    /// Seed of the emulators and the random policy.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// Percentile of recent read latency after which `hedge` sends a second copy.
+    #[arg(long, default_value_t = 95.0)]
+    pub(crate) hedge_pct: f64,
+    #[command(flatten)]
+    pub(crate) fault: FaultArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct ListArgs {
+    /// Print a JSON array (an object per device) instead of the table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct StopArgs {
+    /// The device id (N of /dev/ublkbN).
+    #[arg(long)]
+    pub(crate) id: u32,
+    /// How long to wait for the daemon to remove the device.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub(crate) timeout: Duration,
+}
+
+pub(crate) fn cmd_fuse(args: FuseArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &args.cleanup {
+        let r = augur::frontend::fuse::cleanup(dir)?;
+        for dev in &r.loops {
+            println!("detached {dev}");
+        }
+        if r.unmounted {
+            println!("unmounted {}", dir.display());
+        }
+        if r.loops.is_empty() && !r.unmounted {
+            println!("nothing to clean up at {}", dir.display());
+        }
+        return Ok(());
+    }
+    let Some(mount) = args.mount else {
+        return Err(CliError::BadFlag("--mount DIR is required".into()).into());
+    };
+    let replicas = args
+        .replica
+        .iter()
+        .map(|s| ReplicaSpec::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut cfg = augur::ArrayConfig::new(replicas);
+    cfg.create_size = args.size;
+    cfg.replica_depth = args.replica_depth;
+    cfg.seed = args.seed;
+    cfg.hedge_percentile = args.hedge_pct;
+    let predictor = predictor_for(std::slice::from_ref(&args.policy), &args.model)?;
+    let policy = Policy::from_name(&args.policy, predictor)?;
+    let opts = augur::frontend::fuse::FuseOptions {
+        mount,
+        threads: args.threads,
+        attach_loop: args.attach_loop,
+    };
+    Ok(augur::frontend::fuse::serve(cfg, policy, &opts)?)
+}
+
+pub(crate) fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
+    // With --recover, what is left out comes from the device's record.
+    let stored = match (a.recover, a.id) {
+        (true, Some(id)) => Some(augur::frontend::ublk::recorded(id)?),
+        _ => None,
+    };
+    let replica_texts = match (&stored, a.replica.is_empty()) {
+        (Some(rec), true) => rec.replicas.clone(),
+        _ => a.replica,
+    };
+    let policy_name = a
+        .policy
+        .or_else(|| stored.as_ref().map(|r| r.policy.clone()))
+        .unwrap_or_else(|| "baseline".into());
+    let model = a
+        .model
+        .or_else(|| stored.as_ref().map(|r| r.model.clone()))
+        .unwrap_or_else(|| "default".into());
+    let replicas = replica_texts
+        .iter()
+        .map(|s| ReplicaSpec::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut cfg = augur::ArrayConfig::new(replicas);
+    cfg.create_size = a.size;
+    cfg.replica_depth = a.replica_depth;
+    cfg.seed = a.seed;
+    cfg.hedge_percentile = a.hedge_pct;
+    cfg.faults = fault_plan(&a.fault)?;
+    let predictor = predictor_for(std::slice::from_ref(&policy_name), &model)?;
+    let policy = Policy::from_name(&policy_name, predictor)?;
+    let opts = augur::frontend::ublk::ServeOptions {
+        queues: a.queues,
+        depth: a.depth,
+        block_size: a.block_size,
+        id: a.id,
+        recover: a.recover,
+        model,
+    };
+    let summary = augur::frontend::ublk::serve(cfg, policy, &opts)?;
+    eprintln!("{}", summary.line());
+    Ok(())
+}
+
+pub(crate) fn cmd_list(a: ListArgs) -> anyhow::Result<()> {
+    let devs = augur::frontend::ublk::list()?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&devs)?);
+    } else if devs.is_empty() {
+        println!("no Augur ublk devices");
+    } else {
+        print!("{}", augur::frontend::ublk::render_list(&devs));
+    }
+    Ok(())
+}
+
+pub(crate) fn cmd_stop(a: StopArgs) -> anyhow::Result<()> {
+    match augur::frontend::ublk::stop(a.id, a.timeout)? {
+        augur::frontend::ublk::StopOutcome::Stopped { path, pid } => {
+            println!("stopped {path} (daemon {pid} removed it)")
+        }
+        augur::frontend::ublk::StopOutcome::Deleted { path } => {
+            println!("deleted {path} (its daemon was gone)")
+        }
+    }
+    Ok(())
+}
