@@ -1,4 +1,5 @@
-//! Workloads, overhead comparisons and reports for Augur.
+//! Side-by-side measurements of Augur: the array against raw io_uring on one
+//! file (fio jobs, reports and plots are not built yet).
 //!
 //! [`raw_randread`] is the reference peer for the array-overhead measurement:
 //! the same random-read load as `augur bench --workload randread`, issued with

@@ -18,6 +18,7 @@
 //! | `replica.rs` | replica specs and opening their backings |
 //! | `queue.rs` | [`Queue`]'s request state machine: route, fan out, retry, complete |
 //! | `ring.rs` | the queue's io_uring: issuing replica I/O, timers, reaping |
+//! | `sim.rs` | the same on the simulated clock: an event heap, no I/O |
 //! | `slots.rs` | per-request and per-replica-I/O tables |
 //! | `hedge.rs` | the latency window behind hedging |
 //! | `stats.rs` | the named counters |
@@ -28,12 +29,11 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use augur_feature_store::{HistorySnapshot, ReplicaHistory, TrainingLog};
 
-use crate::emu::FlashEmu;
-use crate::route::{MAX_REPLICAS, Policy, ReplicaView};
+use crate::emu::{Clock, FlashEmu};
+use crate::route::{MAX_REPLICAS, Policy, PredictCost, ReplicaView};
 
 mod buf;
 mod error;
@@ -41,6 +41,7 @@ mod hedge;
 mod queue;
 mod replica;
 mod ring;
+mod sim;
 mod slots;
 mod stats;
 
@@ -49,6 +50,7 @@ pub use error::ArrayError;
 pub use queue::{Completion, Queue, Request};
 pub use replica::{Backing, ReplicaSpec, SECTOR, open_backing};
 pub use stats::{ArrayStats, ReplicaCounts, ReplicaStatus};
+
 use stats::{Counters, ReplicaCounters};
 
 /// A fault to inject into one replica, for tests and demonstrations: from the
@@ -76,6 +78,19 @@ pub struct ArrayConfig {
     pub hedge_percentile: f64,
     /// Fault injection, by replica index.
     pub faults: Vec<(usize, FaultPlan)>,
+    /// Run on the simulated clock (no files, no io_uring, no data) instead
+    /// of the real one.
+    pub simulate: Option<SimOptions>,
+}
+
+/// How a simulated array runs: replicas of `size` bytes that hold no data,
+/// whose I/O completes when their emulator says, in simulated time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimOptions {
+    /// Device size in bytes.
+    pub size: u64,
+    /// What each predictor call costs on the simulated clock.
+    pub predict_cost: PredictCost,
 }
 
 impl ArrayConfig {
@@ -88,6 +103,7 @@ impl ArrayConfig {
             seed: 1,
             hedge_percentile: 95.0,
             faults: Vec::new(),
+            simulate: None,
         }
     }
 
@@ -105,7 +121,8 @@ impl ArrayConfig {
 pub(crate) struct Replica {
     pub(crate) path: PathBuf,
     pub(crate) text: String,
-    pub(crate) file: File,
+    /// The backing (none on the simulated clock).
+    pub(crate) file: Option<File>,
     pub(crate) direct: bool,
     pub(crate) emu: Option<Mutex<FlashEmu>>,
     pub(crate) history: ReplicaHistory,
@@ -118,7 +135,10 @@ pub(crate) struct Replica {
 pub(crate) struct Inner {
     pub(crate) replicas: Vec<Replica>,
     pub(crate) size: u64,
-    pub(crate) start: Instant,
+    /// Where the array's time comes from (real or simulated).
+    pub(crate) clock: Clock,
+    /// What a prediction batch costs on the simulated clock.
+    pub(crate) predict_cost: PredictCost,
     pub(crate) policy: Policy,
     pub(crate) replica_depth: u32,
     pub(crate) seed: u64,
@@ -142,78 +162,20 @@ impl Array {
     /// Opens (and, with `create_size`, creates) the replicas and checks that
     /// they fit together. On error nothing this call created is left behind.
     pub fn open(cfg: ArrayConfig, policy: Policy) -> Result<Array, ArrayError> {
-        let n = cfg.replicas.len();
-        if n == 0 || n > MAX_REPLICAS {
-            return Err(ArrayError::BadSpec(format!(
-                "an array needs 1 to {MAX_REPLICAS} replicas, got {n}"
-            )));
-        }
-        if cfg.replica_depth == 0 {
-            return Err(ArrayError::BadSpec(
-                "replica depth must be at least 1".into(),
-            ));
-        }
-        if let Some(s) = cfg.create_size
-            && (s == 0 || s % 4096 != 0)
-        {
-            return Err(ArrayError::BadSpec(format!(
-                "--size {s} must be a non-zero multiple of 4096"
-            )));
-        }
-        for (i, _) in &cfg.faults {
-            if *i >= n {
-                return Err(ArrayError::BadSpec(format!(
-                    "fault injection names replica {i}, but there are {n}"
-                )));
-            }
-        }
-        let mut seen = std::collections::HashSet::new();
-        for s in &cfg.replicas {
-            if !seen.insert(s.path.clone()) {
-                return Err(ArrayError::BadSpec(format!(
-                    "replica {} is given twice",
-                    s.path.display()
-                )));
-            }
-        }
-        let mut backings = Vec::with_capacity(n);
-        let cleanup = |backings: &Vec<(PathBuf, bool)>| {
-            for (p, created) in backings {
-                if *created {
-                    let _ = std::fs::remove_file(p);
+        check_config(&cfg)?;
+        let (backings, size, clock, predict_cost): (Vec<Option<(File, bool)>>, _, _, _) =
+            match &cfg.simulate {
+                Some(sim) => {
+                    check_simulated(&cfg, sim)?;
+                    let none = (0..cfg.replicas.len()).map(|_| None).collect();
+                    (none, sim.size, Clock::simulated(), sim.predict_cost)
                 }
-            }
-        };
-        let mut opened = Vec::with_capacity(n);
-        for s in &cfg.replicas {
-            match open_backing(&s.path, cfg.create_size) {
-                Ok(b) => {
-                    opened.push((s.path.clone(), b.created));
-                    backings.push(b);
+                None => {
+                    let (files, size) = open_files(&cfg)?;
+                    let some = files.into_iter().map(Some).collect();
+                    (some, size, Clock::real(), PredictCost::default())
                 }
-                Err(e) => {
-                    cleanup(&opened);
-                    return Err(e);
-                }
-            }
-        }
-        let size = backings[0].size;
-        if backings.iter().any(|b| b.size != size) {
-            let list: Vec<String> = cfg
-                .replicas
-                .iter()
-                .zip(&backings)
-                .map(|(s, b)| format!("{} is {} bytes", s.path.display(), b.size))
-                .collect();
-            cleanup(&opened);
-            return Err(ArrayError::SizeMismatch(list.join(", ")));
-        }
-        if size == 0 || size % 4096 != 0 {
-            cleanup(&opened);
-            return Err(ArrayError::BadSpec(format!(
-                "replica size {size} must be a non-zero multiple of 4096"
-            )));
-        }
+            };
         let replicas = cfg
             .replicas
             .iter()
@@ -222,8 +184,8 @@ impl Array {
             .map(|(i, (s, b))| Replica {
                 path: s.path.clone(),
                 text: s.text.clone(),
-                file: b.file,
-                direct: b.direct,
+                direct: b.as_ref().is_some_and(|b| b.1),
+                file: b.map(|b| b.0),
                 emu: s
                     .profile
                     .clone()
@@ -244,7 +206,8 @@ impl Array {
             inner: Arc::new(Inner {
                 replicas,
                 size,
-                start: Instant::now(),
+                clock,
+                predict_cost,
                 policy,
                 replica_depth: cfg.replica_depth,
                 seed: cfg.seed,
@@ -298,6 +261,11 @@ impl Array {
         self.inner.now_ns()
     }
 
+    /// The clock the array runs on.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
     /// Opens a queue for one thread, with an io_uring of `ring_entries`.
     pub fn queue(&self, id: u32, ring_entries: u32) -> Result<Queue, ArrayError> {
         Queue::new(self.inner.clone(), id, ring_entries)
@@ -332,9 +300,115 @@ impl Array {
     }
 }
 
+/// The checks every array's configuration must pass, before anything is opened.
+fn check_config(cfg: &ArrayConfig) -> Result<(), ArrayError> {
+    let n = cfg.replicas.len();
+    if n == 0 || n > MAX_REPLICAS {
+        return Err(ArrayError::BadSpec(format!(
+            "an array needs 1 to {MAX_REPLICAS} replicas, got {n}"
+        )));
+    }
+    if cfg.replica_depth == 0 {
+        return Err(ArrayError::BadSpec(
+            "replica depth must be at least 1".into(),
+        ));
+    }
+    if let Some(s) = cfg.create_size
+        && (s == 0 || s % 4096 != 0)
+    {
+        return Err(ArrayError::BadSpec(format!(
+            "--size {s} must be a non-zero multiple of 4096"
+        )));
+    }
+    for (i, _) in &cfg.faults {
+        if *i >= n {
+            return Err(ArrayError::BadSpec(format!(
+                "fault injection names replica {i}, but there are {n}"
+            )));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for s in &cfg.replicas {
+        if !seen.insert(s.path.clone()) {
+            return Err(ArrayError::BadSpec(format!(
+                "replica {} is given twice",
+                s.path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A simulated array has no files: every replica must be emulated (its
+/// latency is the emulator's alone), and the size is given.
+fn check_simulated(cfg: &ArrayConfig, sim: &SimOptions) -> Result<(), ArrayError> {
+    if let Some(s) = cfg.replicas.iter().find(|s| s.profile.is_none()) {
+        return Err(ArrayError::BadSpec(format!(
+            "replica {} is not emulated: the simulated clock needs emu:PROFILE:PATH replicas (or --clock real)",
+            s.text
+        )));
+    }
+    if sim.size == 0 || !sim.size.is_multiple_of(4096) {
+        return Err(ArrayError::BadSpec(format!(
+            "size {} must be a non-zero multiple of 4096",
+            sim.size
+        )));
+    }
+    Ok(())
+}
+
+/// Opens (and, with `create_size`, creates) every replica's backing and
+/// checks that the sizes agree. On error nothing this call created is left.
+fn open_files(cfg: &ArrayConfig) -> Result<(Vec<(File, bool)>, u64), ArrayError> {
+    let n = cfg.replicas.len();
+    let mut backings = Vec::with_capacity(n);
+    let cleanup = |backings: &Vec<(PathBuf, bool)>| {
+        for (p, created) in backings {
+            if *created {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    };
+    let mut opened = Vec::with_capacity(n);
+    for s in &cfg.replicas {
+        match open_backing(&s.path, cfg.create_size) {
+            Ok(b) => {
+                opened.push((s.path.clone(), b.created));
+                backings.push(b);
+            }
+            Err(e) => {
+                cleanup(&opened);
+                return Err(e);
+            }
+        }
+    }
+    let size = backings[0].size;
+    if backings.iter().any(|b| b.size != size) {
+        let list: Vec<String> = cfg
+            .replicas
+            .iter()
+            .zip(&backings)
+            .map(|(s, b)| format!("{} is {} bytes", s.path.display(), b.size))
+            .collect();
+        cleanup(&opened);
+        return Err(ArrayError::SizeMismatch(list.join(", ")));
+    }
+    if size == 0 || size % 4096 != 0 {
+        cleanup(&opened);
+        return Err(ArrayError::BadSpec(format!(
+            "replica size {size} must be a non-zero multiple of 4096"
+        )));
+    }
+    Ok((
+        backings.into_iter().map(|b| (b.file, b.direct)).collect(),
+        size,
+    ))
+}
+
 impl Inner {
+    #[inline]
     pub(crate) fn now_ns(&self) -> u64 {
-        self.start.elapsed().as_nanos() as u64
+        self.clock.now_ns()
     }
 
     pub(crate) fn mark_failed(&self, i: usize, why: &str) {

@@ -1,7 +1,9 @@
 //! A [`Queue`]'s request state machine: take requests, route the reads of
 //! one batch together, fan writes out to every live replica, retry a failed
 //! read elsewhere, and deliver completions. How replica I/O reaches the
-//! device (the io_uring) is in `ring.rs`.
+//! device is the queue's [`Io`]: the io_uring (`ring.rs`) on the real clock,
+//! the event heap (`sim.rs`) on the simulated one. Everything else here is
+//! the same code on both.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,10 +14,11 @@ use augur_rng::Rng;
 use io_uring::{IoUring, types};
 
 use super::hedge::LatencyWindow;
+use super::sim::SimEvents;
 use super::slots::{Slot, Sub, SubKind};
 use super::stats::{Counters, bump};
 use super::{AlignedBuf, ArrayError, Inner, SECTOR};
-use crate::emu::Outcome;
+use crate::emu::{Clock, Outcome};
 use crate::route::{PendingRead, PolicyKind, Route, RouteScratch, next_after};
 
 /// One block request handed to a [`Queue`].
@@ -47,6 +50,23 @@ pub struct Completion {
     pub replica: Option<u16>,
 }
 
+/// How a queue carries out replica I/O and timers.
+// One per queue, so size does not matter; boxing the ring would add a
+// pointer chase to every submission on the real data path.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Io {
+    /// The real clock: SQEs on the queue's own io_uring.
+    Ring(IoUring),
+    /// The simulated clock: events on a heap, in simulated time.
+    Sim(SimEvents),
+}
+
+impl Io {
+    pub(super) fn is_sim(&self) -> bool {
+        matches!(self, Io::Sim(_))
+    }
+}
+
 /// One thread's handle on the array: its own io_uring, its own request and
 /// replica-I/O tables. Hand it requests with [`Queue::submit`], collect
 /// completions with [`Queue::poll`].
@@ -54,7 +74,8 @@ pub struct Queue {
     pub(super) inner: Arc<Inner>,
     /// This queue's own counters (registered with the array, written only here).
     pub(super) counters: Arc<Counters>,
-    pub(super) ring: IoUring,
+    /// How replica I/O and timers are carried out.
+    pub(super) io: Io,
     pub(super) slots: Vec<Slot>,
     pub(super) free_slots: Vec<usize>,
     pub(super) subs: Vec<Sub>,
@@ -86,11 +107,18 @@ impl Queue {
     pub(super) fn new(inner: Arc<Inner>, id: u32, entries: u32) -> Result<Queue, ArrayError> {
         // COOP_TASKRUN: completions are run when this thread enters the
         // kernel anyway, instead of interrupting it (5.19+; plain otherwise).
-        let ring = IoUring::builder()
-            .setup_coop_taskrun()
-            .build(entries.max(8))
-            .or_else(|_| IoUring::new(entries.max(8)))
-            .map_err(ArrayError::Ring)?;
+        let io = match &inner.clock {
+            Clock::Sim(time) => Io::Sim(SimEvents::new(time.clone())),
+            // COOP_TASKRUN: completions are run when this thread enters the
+            // kernel anyway, instead of interrupting it (5.19+; plain otherwise).
+            Clock::Real(_) => Io::Ring(
+                IoUring::builder()
+                    .setup_coop_taskrun()
+                    .build(entries.max(8))
+                    .or_else(|_| IoUring::new(entries.max(8)))
+                    .map_err(ArrayError::Ring)?,
+            ),
+        };
         let n = inner.replicas.len();
         let seed = inner.seed ^ ((id as u64 + 1) << 48);
         let pct = inner.hedge_percentile;
@@ -107,7 +135,7 @@ impl Queue {
         Ok(Queue {
             inner,
             counters,
-            ring,
+            io,
             slots: Vec::new(),
             free_slots: Vec::new(),
             subs: Vec::new(),
@@ -189,12 +217,14 @@ impl Queue {
     }
 
     fn check(&self, req: &Request) -> Result<(), String> {
-        let need_buf = matches!(req.op, Op::Read | Op::Write);
+        // Simulated replicas hold no data: buffers are optional there.
+        let need_buf = matches!(req.op, Op::Read | Op::Write) && !self.io.is_sim();
         if need_buf {
             match &req.buf {
                 Some(b) if b.len() == req.len as usize => {}
                 Some(b) => return Err(format!("buffer is {} bytes, request {}", b.len(), req.len)),
-                None => return Err("read/write without a buffer".into()),
+                None if need_buf => return Err("read/write without a buffer".into()),
+                None => {}
             }
         }
         if req.op == Op::Flush {
@@ -311,6 +341,12 @@ impl Queue {
                 &mut self.scratch,
                 &mut self.routes,
             );
+            // On the simulated clock the predictor's work takes time: the
+            // batch's reads are issued once it is done.
+            if let Io::Sim(sim) = &self.io {
+                let (calls, items) = self.scratch.predictor_work();
+                sim.charge(inner.predict_cost.of(calls, items));
+            }
             for k in 0..self.read_slots.len() {
                 let idx = self.read_slots[k];
                 if !ok {
@@ -345,7 +381,7 @@ impl Queue {
         s.outstanding += 1;
         let len = s.len as usize;
         let sub = self.alloc_sub(idx, replica, kind, Op::Read);
-        if kind == SubKind::Hedge {
+        if kind == SubKind::Hedge && !self.io.is_sim() {
             self.subs[sub].buf = Some(AlignedBuf::new(len));
         }
         self.issue(sub);

@@ -1,12 +1,14 @@
 //! The queue's io_uring: replica I/O as SQEs on the queue's own ring, the
 //! emulator's completion delays and hedge timers as ring timeouts, and the
-//! reaping loop behind [`Queue::poll`].
+//! reaping loop behind [`Queue::poll`]. On the simulated clock each entry
+//! point hands over to `sim.rs` instead.
 
 use std::os::unix::io::AsRawFd;
 
 use augur_feature_store::Op;
-use io_uring::{opcode, squeue, types};
+use io_uring::{IoUring, opcode, squeue, types};
 
+use super::queue::Io;
 use super::slots::{SubKind, UD_DELAY, UD_HEDGE, UD_IO, ud};
 use super::{AlignedBuf, Completion, Queue};
 
@@ -16,7 +18,13 @@ impl Queue {
     /// of its own (ublk) reads the eventfd from that ring, so one thread
     /// sleeps on both, then calls [`Queue::poll`] without waiting.
     pub fn register_eventfd(&self, fd: std::os::unix::io::RawFd) -> std::io::Result<()> {
-        self.ring.submitter().register_eventfd(fd)
+        match &self.io {
+            Io::Ring(ring) => ring.submitter().register_eventfd(fd),
+            Io::Sim(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "a queue on the simulated clock has no io_uring",
+            )),
+        }
     }
 
     /// Turns the registered eventfd's notifications off or on (a flag in the
@@ -25,7 +33,10 @@ impl Queue {
     /// its own submissions do not wake it a second time; after turning them
     /// back on it checks [`Queue::has_completions`] before sleeping.
     pub fn set_eventfd_enabled(&mut self, on: bool) {
-        let cq = self.ring.completion();
+        let Io::Ring(ring) = &mut self.io else {
+            return;
+        };
+        let cq = ring.completion();
         if on {
             cq.enable_eventfd();
         } else {
@@ -35,7 +46,10 @@ impl Queue {
 
     /// True when completions wait in the ring, not yet reaped by [`Queue::poll`].
     pub fn has_completions(&mut self) -> bool {
-        !self.ring.completion().is_empty()
+        match &mut self.io {
+            Io::Ring(ring) => !ring.completion().is_empty(),
+            Io::Sim(sim) => sim.has_due(),
+        }
     }
 
     /// Routes and issues what was submitted, waits for at least `min_complete`
@@ -47,6 +61,9 @@ impl Queue {
         wait: bool,
         timeout_ns: Option<u64>,
     ) -> std::io::Result<usize> {
+        if self.io.is_sim() {
+            return Ok(self.poll_sim(out, wait, timeout_ns));
+        }
         self.dispatch_incoming();
         self.process_failed_now();
         if self.ready.is_empty() && wait && (self.active > 0 || self.subs_busy > 0) {
@@ -55,14 +72,14 @@ impl Queue {
                     .sec(t / 1_000_000_000)
                     .nsec((t % 1_000_000_000) as u32);
                 let args = types::SubmitArgs::new().timespec(&ts);
-                match self.ring.submitter().submit_with_args(1, &args) {
+                match self.ring().submitter().submit_with_args(1, &args) {
                     Ok(_) => {}
                     Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
                     Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                     Err(e) => return Err(e),
                 }
             } else {
-                match self.ring.submit_and_wait(1) {
+                match self.ring().submit_and_wait(1) {
                     Ok(_) => {}
                     Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                     Err(e) => return Err(e),
@@ -70,12 +87,16 @@ impl Queue {
             }
             self.unsubmitted = false;
         } else if self.unsubmitted {
-            self.ring.submit()?;
+            self.ring().submit()?;
             self.unsubmitted = false;
         }
         loop {
             let mut cqes = std::mem::take(&mut self.cqes);
-            cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            cqes.extend(
+                self.ring()
+                    .completion()
+                    .map(|c| (c.user_data(), c.result())),
+            );
             let got = cqes.len();
             for &(user, res) in &cqes {
                 self.on_cqe(user, res);
@@ -84,7 +105,7 @@ impl Queue {
             self.cqes = cqes;
             self.process_failed_now();
             if self.unsubmitted {
-                self.ring.submit()?;
+                self.ring().submit()?;
                 self.unsubmitted = false;
             }
             if got == 0 {
@@ -99,6 +120,11 @@ impl Queue {
 
     pub(super) fn arm_hedge(&mut self, idx: usize) {
         let t = self.window.threshold_ns;
+        if let Io::Sim(sim) = &mut self.io {
+            let at = sim.now_ns() + t;
+            sim.schedule(at, ud(UD_HEDGE, idx, self.slots[idx].generation));
+            return;
+        }
         let s = &mut self.slots[idx];
         *s.ts = types::Timespec::new()
             .sec(t / 1_000_000_000)
@@ -109,18 +135,36 @@ impl Queue {
         self.push(e);
     }
 
+    /// The io_uring of a real-clock queue; the ring paths are only reached
+    /// when the queue has one (`poll` and `submit_io` hand a simulated
+    /// queue to `sim.rs` first).
+    fn ring(&mut self) -> &mut IoUring {
+        match &mut self.io {
+            Io::Ring(ring) => ring,
+            Io::Sim(_) => unreachable!("io_uring path taken on the simulated clock"),
+        }
+    }
+
+    /// A hedge timer fired: send the second copy if the read still waits.
+    pub(super) fn on_hedge_timer(&mut self, idx: usize, generation: u32) {
+        let s = &self.slots[idx];
+        if s.active && (s.generation & 0xFF_FFFF) == generation && !s.done && !s.hedged {
+            self.fire_hedge(idx);
+        }
+    }
+
     pub(super) fn push(&mut self, e: squeue::Entry) {
         loop {
             // SAFETY: every pointer in `e` (buffers in slots/subs, boxed
             // timespecs) stays valid until its completion is reaped: buffers
             // are only released after their sub-I/O finished, and timespecs
             // are read by the kernel at submission.
-            let pushed = unsafe { self.ring.submission().push(&e) };
+            let pushed = unsafe { self.ring().submission().push(&e) };
             if pushed.is_ok() {
                 self.unsubmitted = true;
                 return;
             }
-            if let Err(err) = self.ring.submit() {
+            if let Err(err) = self.ring().submit() {
                 tracing::error!("io_uring submit failed: {err}");
             }
         }
@@ -166,12 +210,7 @@ impl Queue {
                 let res = self.subs[idx].res;
                 self.finish_sub(idx, res);
             }
-            UD_HEDGE => {
-                let s = &self.slots[idx];
-                if s.active && (s.generation & 0xFF_FFFF) == generation && !s.done && !s.hedged {
-                    self.fire_hedge(idx);
-                }
-            }
+            UD_HEDGE => self.on_hedge_timer(idx, generation),
             _ => tracing::error!("unexpected io_uring completion {user:#x}"),
         }
     }
@@ -199,7 +238,11 @@ impl Queue {
         let req = self.subs[sub].req;
         let (offset, len) = (self.slots[req].offset, self.slots[req].len);
         let r = self.subs[sub].replica as usize;
-        let fd = types::Fd(self.inner.replicas[r].file.as_raw_fd());
+        let Some(file) = self.inner.replicas[r].file.as_ref() else {
+            self.finish_sub(sub, -libc::EBADF);
+            return;
+        };
+        let fd = types::Fd(file.as_raw_fd());
         let mut zeroes = AlignedBuf::new(len as usize);
         let ptr = zeroes.as_mut_ptr();
         let s = &mut self.subs[sub];
@@ -214,13 +257,22 @@ impl Queue {
 
     /// Hands a prepared replica I/O to the ring.
     pub(super) fn submit_io(&mut self, sub: usize) {
+        if self.io.is_sim() {
+            self.sim_submit(sub);
+            return;
+        }
         let (r, op, kind, req) = {
             let s = &self.subs[sub];
             (s.replica as usize, s.op, s.kind, s.req)
         };
         let (offset, len) = (self.slots[req].offset, self.slots[req].len);
         let rep = &self.inner.replicas[r];
-        let fd = types::Fd(rep.file.as_raw_fd());
+        let Some(file) = rep.file.as_ref() else {
+            self.subs[sub].res = -libc::EBADF;
+            self.failed_now.push(sub);
+            return;
+        };
+        let fd = types::Fd(file.as_raw_fd());
         let user = ud(UD_IO, sub, 0);
         let e = match op {
             Op::Read => {

@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use augur::SlowPredictor;
 use augur::array::{ArrayError, FaultPlan, ReplicaSpec};
 use augur::emu::Profile;
-use augur::load::{BenchSetup, LoadSpec, ReplayIo, ReplicaSource, Workload};
+use augur::load::{BenchSetup, ClockChoice, LoadSpec, ReplayIo, ReplicaSource, Workload};
+use augur::route::PredictCost;
 use clap::Args;
 
 use super::error::CliError;
@@ -73,6 +75,14 @@ pub(crate) struct LoadArgs {
     /// Skip malformed trace lines (counted) instead of stopping at the first.
     #[arg(long, requires = "trace")]
     pub(crate) skip_bad: bool,
+    /// Clock: real (io_uring on replica files) or sim (simulated time: no
+    /// I/O, exact, the same result on any machine).
+    #[arg(long, default_value = "real")]
+    pub(crate) clock: String,
+    /// With --clock sim, what a predictor call costs: N ns per call, or
+    /// N,PER_READ [default: measured on this machine at start].
+    #[arg(long, value_name = "N[,PER_READ]")]
+    pub(crate) predict_cost_ns: Option<String>,
 }
 
 /// Parses sizes like 4096, 4k, 64K, 256M, 1G, 2T.
@@ -248,5 +258,43 @@ pub(crate) fn bench_setup(args: &LoadArgs) -> anyhow::Result<BenchSetup> {
         replica_depth: args.replica_depth,
         hedge_percentile: args.hedge_pct,
         faults,
+        clock: ClockChoice::Real,
     })
+}
+
+/// The clock of `--clock` and `--predict-cost-ns`. On the simulated clock
+/// with a predictor and no cost given, the cost is measured here and now
+/// (and said on stderr, since it makes the run machine-dependent).
+pub(crate) fn clock_choice(
+    args: &LoadArgs,
+    predictor: Option<&Arc<dyn SlowPredictor>>,
+) -> Result<ClockChoice, CliError> {
+    match args.clock.as_str() {
+        "real" => {
+            if args.predict_cost_ns.is_some() {
+                return Err(CliError::BadFlag(
+                    "--predict-cost-ns applies to --clock sim only".into(),
+                ));
+            }
+            Ok(ClockChoice::Real)
+        }
+        "sim" => {
+            let cost = match (&args.predict_cost_ns, predictor) {
+                (Some(s), _) => PredictCost::parse(s).map_err(CliError::BadFlag)?,
+                (None, Some(p)) => {
+                    let c = PredictCost::measure(p.as_ref());
+                    eprintln!(
+                        "prediction cost measured on this machine: {c} (give --predict-cost-ns {},{} for a run that is the same everywhere)",
+                        c.per_batch_ns, c.per_item_ns
+                    );
+                    c
+                }
+                (None, None) => PredictCost::default(),
+            };
+            Ok(ClockChoice::Sim(cost))
+        }
+        other => Err(CliError::BadFlag(format!(
+            "unknown clock '{other}' (real, sim)"
+        ))),
+    }
 }

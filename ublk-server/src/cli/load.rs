@@ -6,20 +6,27 @@ use std::time::Duration;
 
 use anyhow::Context;
 use augur::emu::Profile;
-use augur::load::{PolicyReport, Progress, render_table, run_bench, run_record};
+use augur::load::{
+    BenchSetup, ClockChoice, LoadSpec, PolicyReport, Progress, ReplicaSource, Workload,
+    render_table, run_bench, run_record,
+};
 use augur::route::Policy;
+use augur::route::PredictCost;
 use augur_predictor::ModelPredictor;
 use clap::Args;
 
-use super::args::{FaultArgs, LoadArgs, bench_setup};
+use super::args::{FaultArgs, LoadArgs, bench_setup, clock_choice};
 use super::error::CliError;
 
 #[derive(Args)]
 pub(crate) struct DemoArgs {
-    /// How long each policy runs.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    /// Simulated time each policy runs in the first table.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) duration: Duration,
-    /// Print JSON instead of the table.
+    /// Wall time each policy runs on the real data path.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub(crate) real_duration: Duration,
+    /// Print JSON ({"sim": [...], "real": [...]}) instead of the tables.
     #[arg(long)]
     pub(crate) json: bool,
 }
@@ -121,12 +128,13 @@ pub(crate) fn predictor_for(
 }
 
 pub(crate) fn cmd_bench(args: BenchArgs) -> anyhow::Result<()> {
-    let setup = bench_setup(&args.load)?;
+    let mut setup = bench_setup(&args.load)?;
     let pols = policies(&args.policy);
     if pols.is_empty() {
         return Err(CliError::BadFlag("--policy is empty".into()).into());
     }
     let predictor = predictor_for(&pols, &args.model)?;
+    setup.clock = clock_choice(&args.load, predictor.as_ref())?;
     let line = ProgressLine::new(setup.load.duration);
     let reports = run_bench(&setup, &pols, predictor, &mut |p, pr| line.update(p, pr))?;
     line.bar.finish_and_clear();
@@ -134,8 +142,9 @@ pub(crate) fn cmd_bench(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) fn cmd_record(args: RecordArgs) -> anyhow::Result<()> {
-    let setup = bench_setup(&args.load)?;
+    let mut setup = bench_setup(&args.load)?;
     let predictor = predictor_for(std::slice::from_ref(&args.policy), &args.model)?;
+    setup.clock = clock_choice(&args.load, predictor.as_ref())?;
     let policy = Policy::from_name(&args.policy, predictor)?;
     let line = ProgressLine::new(setup.load.duration);
     let (report, written, dropped) =
@@ -149,8 +158,21 @@ pub(crate) fn cmd_record(args: RecordArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn cmd_demo(args: DemoArgs) -> anyhow::Result<()> {
-    let load = LoadArgs {
+/// The demo's prediction cost on the simulated clock, fixed so that its
+/// table is the same on every machine: the shipped model's integer path
+/// measured with `PredictCost::measure` on the project's 2-core machine
+/// (`augur bench --clock sim` without `--predict-cost-ns` measures yours).
+const DEMO_PREDICT_COST: PredictCost = PredictCost {
+    per_batch_ns: DEMO_COST_PER_CALL_NS,
+    per_item_ns: DEMO_COST_PER_READ_NS,
+};
+const DEMO_COST_PER_CALL_NS: u64 = 5;
+const DEMO_COST_PER_READ_NS: u64 = 150;
+
+/// The demo's setup: three emulated gc-heavy replicas, 70/30 random 4 KiB,
+/// depth 32, seed 1.
+fn demo_load(duration: Duration) -> LoadArgs {
+    LoadArgs {
         replicas: 3,
         profile: "gc-heavy".into(),
         profile_file: None,
@@ -162,7 +184,7 @@ pub(crate) fn cmd_demo(args: DemoArgs) -> anyhow::Result<()> {
         block_size: 4096,
         depth: 32,
         rate: None,
-        duration: args.duration,
+        duration,
         seed: 1,
         replica_depth: 64,
         hedge_pct: 95.0,
@@ -171,36 +193,106 @@ pub(crate) fn cmd_demo(args: DemoArgs) -> anyhow::Result<()> {
         trace_format: None,
         trace_disk: None,
         skip_bad: false,
-    };
-    let setup = bench_setup(&load)?;
+        clock: "sim".into(),
+        predict_cost_ns: None,
+    }
+}
+
+pub(crate) fn cmd_demo(args: DemoArgs) -> anyhow::Result<()> {
+    let mut sim = bench_setup(&demo_load(args.duration))?;
+    sim.clock = ClockChoice::Sim(DEMO_PREDICT_COST);
+    let mut real = bench_setup(&demo_load(args.real_duration))?;
+    real.clock = ClockChoice::Real;
     // The learned policies join when this build ships a model.
     let model = augur_predictor::Model::default_model().ok();
-    let pols = policies(if model.is_some() {
+    let all = if model.is_some() {
         "baseline,random,hedge,linnos,linnos+hedge,oracle"
     } else {
         "baseline,random,hedge,oracle"
+    };
+    let real_pols = policies(if model.is_some() {
+        "baseline,linnos"
+    } else {
+        "baseline"
     });
+    let pols = policies(all);
     let predictor = model.map(|m| ModelPredictor::new(m, "default").into_dyn());
     if !args.json {
         println!(
-            "Augur demo: 3 emulated gc-heavy replicas (1 GiB each, tmpfs), 70/30 random 4 KiB read/write,\n\
-             depth 32, {} per policy, seed 1. Read latency in microseconds.\n",
+            "Augur demo: 3 emulated gc-heavy replicas, 70/30 random 4 KiB read/write, depth 32, seed 1.\n\
+             Read latency in microseconds.\n\n\
+             1. Routing quality, on the simulated clock: the product's own array, router, feature\n\
+             store, model and emulator in simulated time, {} per policy. No host noise: the same\n\
+             table on any machine.\n",
             humantime::format_duration(args.duration)
         );
     }
-    let line = ProgressLine::new(setup.load.duration);
-    let reports = run_bench(&setup, &pols, predictor, &mut |p, pr| line.update(p, pr))?;
+    let line = ProgressLine::new(sim.load.duration);
+    let sim_reports = run_bench(&sim, &pols, predictor.clone(), &mut |p, pr| {
+        line.update(p, pr)
+    })?;
     line.bar.finish_and_clear();
-    print_reports(&reports, args.json)?;
     if !args.json {
+        print!("{}", render_table(&sim_reports));
         println!(
             "\nbaseline reads the primary replica even while it garbage-collects; hedge sends a\n\
              second copy after p95; linnos asks the shipped model whether the replica is about\n\
-             to be slow and, if so, reads elsewhere; oracle knows the emulator's stalls (the\n\
-             best any predictor can do). Tails move with CPU noise: compare rows of one run."
+             to be slow and, if so, reads elsewhere; oracle reads the emulator's own forecast.\n\n\
+             2. The real data path: the same array on replica files in {} through io_uring,\n\
+             {} per policy.\n",
+            augur::load::default_replica_dir().display(),
+            humantime::format_duration(args.real_duration)
         );
     }
+    let line = ProgressLine::new(real.load.duration);
+    let real_reports = run_bench(&real, &real_pols, predictor, &mut |p, pr| {
+        line.update(p, pr)
+    })?;
+    line.bar.finish_and_clear();
+    if args.json {
+        let out = serde_json::json!({ "sim": sim_reports, "real": real_reports });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    for r in &real_reports {
+        println!(
+            "{:<13} {:>9.0} IOPS  ({} reads, {} writes, {} errors)",
+            r.policy, r.iops, r.reads, r.writes, r.errors
+        );
+    }
+    println!(
+        "\nReal-clock tails depend on this host (other processes preempt the one I/O thread); judge\n\
+         policies on the simulated clock and overhead on the real one (augur bench --clock real)."
+    );
     Ok(())
+}
+
+/// One replica of `profile` on the simulated clock: depth 16, 70/30 random
+/// 4 KiB, 2 simulated seconds.
+fn simulate_one(profile: &Profile) -> anyhow::Result<PolicyReport> {
+    let setup = BenchSetup {
+        replicas: ReplicaSource::Fresh {
+            count: 1,
+            profile: Box::new(profile.clone()),
+            dir: None,
+            size: 1 << 30,
+        },
+        load: LoadSpec {
+            workload: Workload::Mixed { read_pct: 70.0 },
+            block_size: 4096,
+            depth: 16,
+            rate: None,
+            duration: Duration::from_secs(2),
+            seed: 1,
+        },
+        replica_depth: 64,
+        hedge_percentile: 95.0,
+        faults: Vec::new(),
+        clock: ClockChoice::Sim(PredictCost::default()),
+    };
+    let mut r = run_bench(&setup, &["baseline".to_string()], None, &mut |_, _| {})?;
+    r.pop()
+        .ok_or_else(|| anyhow::anyhow!("the simulation produced no report"))
 }
 
 pub(crate) fn cmd_profile(args: ProfileArgs) -> anyhow::Result<()> {
@@ -220,8 +312,12 @@ pub(crate) fn cmd_profile(args: ProfileArgs) -> anyhow::Result<()> {
                 "{}",
                 toml::to_string_pretty(&p).context("rendering profile")?
             );
-            let s = augur::emu::simulate_closed_loop(&p, 1, 16, 100_000, 0.7, 4096);
-            println!("# simulated, one replica, depth 16, 70/30 random 4 KiB: {s:?}");
+            let r = simulate_one(&p)?;
+            let l = &r.read_lat_us;
+            println!(
+                "# simulated clock, one replica, depth 16, 70/30 random 4 KiB, 2 s: read p50 {} us, p99 {} us, p99.9 {} us, max {} us; {:.0} IOPS",
+                l.p50, l.p99, l.p999, l.max, r.iops
+            );
         }
     }
     Ok(())

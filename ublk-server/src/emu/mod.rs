@@ -77,37 +77,36 @@
 //!
 //! # Simulated read latency
 //!
-//! [`simulate_closed_loop`]`(profile, seed 1, depth 16, 200 000 I/Os, 70 %
-//! reads, 4 KiB)`, single replica, virtual time (run
+//! One replica on the simulated clock ([`Clock`]: the array's own queue,
+//! router and emulator in simulated time), closed loop at depth 16, 70/30
+//! random 4 KiB, seed 1, 2 simulated seconds (run
 //! `cargo test -p augur --lib emu::tests::print_builtin_profile_latencies -- --nocapture`):
 //!
 //! | profile | read p50 µs | p99 µs | p99.9 µs | max µs | IOPS |
 //! |---|---|---|---|---|---|
-//! | `fast-nvme` | 150 | 568 | 741 | 970 | 97 125 |
-//! | `gc-heavy` | 171 | 695 | 3 057 | 3 380 | 80 657 |
-//! | `noisy-neighbor` | 151 | 609 | 2 351 | 6 266 | 93 560 |
+//! | `fast-nvme` | 150 | 560 | 731 | 940 | 97 402 |
+//! | `gc-heavy` | 171 | 713 | 3 067 | 3 291 | 79 881 |
+//! | `noisy-neighbor` | 151 | 612 | 2 711 | 5 875 | 93 648 |
 //!
 //! (Depth 16 on 8 channels keeps the device busy, so p50 includes channel
 //! queueing: it is about twice the unloaded 80 µs read.)
 //!
-//! The three-replica tables by policy come from the real array:
-//! `augur bench --profile NAME --policy baseline,hedge,oracle` (see the
-//! README). An earlier, virtual-time version of that comparison is kept as
-//! [`simulate`].
-//!
-//! (`emu::tests::array_oracle_halves_baseline_tail` checks the oracle at
-//! least halves baseline p99.9 and that baseline p99.9 exceeds 2 ms.)
+//! The three-replica tables by policy: `augur bench --clock sim --profile
+//! NAME --policy baseline,hedge,linnos,oracle` (see the README).
+//! `emu::tests::array_oracle_halves_baseline_tail` checks, on the simulated
+//! clock, that the oracle at least halves baseline p99.9 and that baseline
+//! p99.9 exceeds 2 ms on the profiles with stalls.
 
+pub mod clock;
 pub mod device;
 pub mod profile;
-pub mod sim;
 
 #[cfg(test)]
 mod tests;
 
+pub use clock::{Clock, SimTime};
 pub use device::{CHANNEL_STRIPE_BYTES, EmuStats, FlashEmu, Outcome};
 pub use profile::{FaultConfig, GcConfig, NoisyConfig, Profile, ProfileError};
-pub use sim::{SimConfig, SimPolicy, SimSummary, simulate, simulate_closed_loop};
 
 /// Operation kinds the emulator distinguishes (the feature store's).
 pub use augur_feature_store::Op;

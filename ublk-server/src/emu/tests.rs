@@ -294,53 +294,84 @@ fn jitter_is_lognormal_around_base() {
     assert!((p84 / 100_000.0 - 1.35).abs() < 0.05, "p84 {p84}");
 }
 
+/// `policy` on `replicas` replicas of `p`, on the simulated clock: 70/30
+/// random 4 KiB for `secs` simulated seconds, closed loop at `depth` or
+/// open loop at `rate`.
+fn sim_run(
+    p: &Profile,
+    replicas: usize,
+    policy: &str,
+    depth: u32,
+    rate: Option<f64>,
+    secs: u64,
+) -> crate::load::PolicyReport {
+    use crate::load::{BenchSetup, ClockChoice, LoadSpec, ReplicaSource, Workload, run_bench};
+    let setup = BenchSetup {
+        replicas: ReplicaSource::Fresh {
+            count: replicas,
+            profile: Box::new(p.clone()),
+            dir: None,
+            size: 1 << 30,
+        },
+        load: LoadSpec {
+            workload: Workload::Mixed { read_pct: 70.0 },
+            block_size: 4096,
+            depth,
+            rate,
+            duration: std::time::Duration::from_secs(secs),
+            seed: 1,
+        },
+        replica_depth: 64,
+        hedge_percentile: 95.0,
+        faults: Vec::new(),
+        clock: ClockChoice::Sim(crate::route::PredictCost::default()),
+    };
+    run_bench(&setup, &[policy.to_string()], None, &mut |_, _| {})
+        .unwrap()
+        .remove(0)
+}
+
+/// The table in the module docs (run with `--nocapture` to print it).
 #[test]
 fn print_builtin_profile_latencies() {
     for name in Profile::builtin_names() {
         let p = Profile::builtin(name).unwrap();
-        let s = simulate_closed_loop(&p, 1, 16, 200_000, 0.7, 4096);
+        let r = sim_run(&p, 1, "baseline", 16, None, 2);
+        let l = &r.read_lat_us;
         println!(
-            "| `{name}` | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
-            s.read_p50_us, s.read_p99_us, s.read_p999_us, s.read_max_us, s.iops
+            "| `{name}` | {} | {} | {} | {} | {:.0} |",
+            l.p50, l.p99, l.p999, l.max, r.iops
         );
-        assert!(s.reads > 100_000 && s.failed == 0);
+        assert!(
+            r.reads > 100_000 && r.errors == 0,
+            "{name}: {} reads",
+            r.reads
+        );
     }
 }
 
-/// The tuning target: on 3 replicas, 70/30 random 4 KiB, depth 32, at 30k
-/// and 60k IOPS total, baseline read p99.9 is several ms, while routing
-/// each read to the replica the oracle says is fastest at least halves it.
+/// The tuning target: on 3 replicas, 70/30 random 4 KiB, open loop at 30k
+/// and 60k IOPS, baseline read p99.9 is several ms, while routing each read
+/// to the replica the emulator says is fastest at least halves it.
 #[test]
 fn array_oracle_halves_baseline_tail() {
     for name in Profile::builtin_names() {
         let p = Profile::builtin(name).unwrap();
         for iops in [30_000.0, 60_000.0] {
-            let cfg = |policy| SimConfig {
-                replicas: 3,
-                depth: 32,
-                iops: Some(iops),
-                n_ios: 400_000,
-                read_fraction: 0.7,
-                bs: 4096,
-                span_bytes: 1 << 30,
-                policy,
-            };
-            let base = simulate(&p, 1, &cfg(SimPolicy::Baseline));
-            let oracle = simulate(&p, 1, &cfg(SimPolicy::Oracle));
+            let base = sim_run(&p, 3, "baseline", 32, Some(iops), 6);
+            let oracle = sim_run(&p, 3, "oracle", 32, Some(iops), 6);
+            let (b, o) = (&base.read_lat_us, &oracle.read_lat_us);
             println!(
-                "| `{name}` | {iops} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
-                base.read_p50_us,
-                base.read_p99_us,
-                base.read_p999_us,
-                oracle.read_p50_us,
-                oracle.read_p99_us,
-                oracle.read_p999_us
+                "| `{name}` | {iops} | {} | {} | {} | {} | {} | {} |",
+                b.p50, b.p99, b.p999, o.p50, o.p99, o.p999
             );
             if *name != "fast-nvme" {
-                assert!(base.read_p999_us > 2_000.0, "{name} {iops}: {base}");
+                assert!(b.p999 > 2_000, "{name} {iops}: baseline p99.9 {}", b.p999);
                 assert!(
-                    oracle.read_p999_us < 0.5 * base.read_p999_us,
-                    "{name} {iops}: baseline {base} / oracle {oracle}"
+                    (o.p999 as f64) < 0.5 * b.p999 as f64,
+                    "{name} {iops}: baseline p99.9 {} / oracle {}",
+                    b.p999,
+                    o.p999
                 );
             }
         }

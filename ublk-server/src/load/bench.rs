@@ -1,5 +1,7 @@
 //! `augur bench`, `augur record` and `augur demo`: run the load generator
-//! over fresh arrays, one policy after another, and report side by side.
+//! over fresh arrays, one policy after another, and report side by side, on
+//! the real clock (the io_uring data path) or the simulated one (the same
+//! code in a discrete-event loop: exact, and identical on any machine).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,9 +14,9 @@ use super::run::{LoadResult, Progress, run_load};
 use super::workload::LoadSpec;
 use crate::array::ArrayError;
 use crate::array::ReplicaSpec;
-use crate::array::{Array, ArrayConfig, FaultPlan, ReplicaStatus};
+use crate::array::{Array, ArrayConfig, FaultPlan, ReplicaStatus, SimOptions};
 use crate::emu::Profile;
-use crate::route::{Policy, SlowPredictor};
+use crate::route::{Policy, PredictCost, SlowPredictor};
 
 /// Where the replicas of a bench run come from.
 #[derive(Clone, Debug)]
@@ -48,6 +50,27 @@ pub struct BenchSetup {
     pub hedge_percentile: f64,
     /// Fault injection.
     pub faults: Vec<(usize, FaultPlan)>,
+    /// The clock the runs use.
+    pub clock: ClockChoice,
+}
+
+/// Which clock a bench run uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClockChoice {
+    /// The real data path: io_uring on replica files, wall-clock time.
+    Real,
+    /// Simulated time: no files, no io_uring; each predictor call costs this.
+    Sim(PredictCost),
+}
+
+impl ClockChoice {
+    /// `real` or `sim`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClockChoice::Real => "real",
+            ClockChoice::Sim(_) => "sim",
+        }
+    }
 }
 
 /// Read latency summary in microseconds.
@@ -72,6 +95,11 @@ pub struct LatencySummary {
 pub struct PolicyReport {
     /// Policy name.
     pub policy: String,
+    /// The clock it ran on: `real` or `sim`.
+    pub clock: &'static str,
+    /// On the simulated clock, what each predictor call cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predict_cost: Option<PredictCost>,
     /// Requests per second.
     pub iops: f64,
     /// Read latency.
@@ -113,10 +141,15 @@ fn summary(h: &hdrhistogram::Histogram<u64>) -> LatencySummary {
 }
 
 impl PolicyReport {
-    fn new(policy: &str, r: &LoadResult, replicas: Vec<ReplicaStatus>) -> Self {
+    fn new(policy: &str, clock: ClockChoice, r: &LoadResult, replicas: Vec<ReplicaStatus>) -> Self {
         let reads = r.stats.reads.max(1) as f64;
         PolicyReport {
             policy: policy.to_string(),
+            clock: clock.name(),
+            predict_cost: match clock {
+                ClockChoice::Sim(c) => Some(c),
+                ClockChoice::Real => None,
+            },
             iops: r.iops().round(),
             read_lat_us: summary(&r.read_us),
             write_lat_us: summary(&r.write_us),
@@ -167,7 +200,12 @@ pub fn run_bench(
         let name = policy.name().to_string();
         let (array, _dir) = open_array(setup, policy, None)?;
         let r = run_load(&array, &setup.load, &mut |p| on_progress(&name, p))?;
-        reports.push(PolicyReport::new(&name, &r, array.replica_status()));
+        reports.push(PolicyReport::new(
+            &name,
+            setup.clock,
+            &r,
+            array.replica_status(),
+        ));
     }
     Ok(reports)
 }
@@ -186,39 +224,71 @@ pub fn run_record(
     let log = Arc::new(TrainingLog::new(1 << 16));
     let name = policy.name().to_string();
     let (array, _dir) = open_array(setup, policy, Some(log.clone()))?;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let drainer = {
-        let log = log.clone();
-        let stop = stop.clone();
-        std::thread::spawn(move || -> anyhow::Result<(LogWriter<_>, u64)> {
+    let (r, written) = if array.clock().is_simulated() {
+        // Simulated time runs far ahead of a writer thread: drain the log on
+        // this thread, between polls, so no record is ever dropped.
+        let mut written = 0u64;
+        let mut failed: Option<augur_feature_store::LogError> = None;
+        let mut drain = |writer: &mut LogWriter<_>, written: &mut u64| {
             let mut batch = Vec::with_capacity(4096);
-            let mut written = 0u64;
             loop {
-                let done = stop.load(std::sync::atomic::Ordering::Acquire);
                 batch.clear();
                 let n = log.get(4096, &mut batch);
-                if n > 0 {
-                    writer.write(&batch)?;
-                    log.truncate(n);
-                    written += n as u64;
-                    continue;
+                if n == 0 {
+                    break;
                 }
-                if done {
-                    return Ok((writer, written));
+                if let Err(e) = writer.write(&batch) {
+                    failed.get_or_insert(e);
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                log.truncate(n);
+                *written += n as u64;
             }
-        })
+        };
+        let r = run_load(&array, &setup.load, &mut |p| {
+            on_progress(&name, p);
+            drain(&mut writer, &mut written);
+        });
+        drain(&mut writer, &mut written);
+        if let Some(e) = failed {
+            return Err(anyhow::anyhow!("writing {}: {e}", out.display()));
+        }
+        writer.finish()?;
+        (r?, written)
+    } else {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let drainer = {
+            let log = log.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || -> anyhow::Result<(LogWriter<_>, u64)> {
+                let mut batch = Vec::with_capacity(4096);
+                let mut written = 0u64;
+                loop {
+                    let done = stop.load(std::sync::atomic::Ordering::Acquire);
+                    batch.clear();
+                    let n = log.get(4096, &mut batch);
+                    if n > 0 {
+                        writer.write(&batch)?;
+                        log.truncate(n);
+                        written += n as u64;
+                        continue;
+                    }
+                    if done {
+                        return Ok((writer, written));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        let r = run_load(&array, &setup.load, &mut |p| on_progress(&name, p));
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        let (writer, written) = drainer
+            .join()
+            .map_err(|_| anyhow::anyhow!("log writer thread panicked"))??;
+        writer.finish()?;
+        (r?, written)
     };
-    let r = run_load(&array, &setup.load, &mut |p| on_progress(&name, p));
-    stop.store(true, std::sync::atomic::Ordering::Release);
-    let (writer, written) = drainer
-        .join()
-        .map_err(|_| anyhow::anyhow!("log writer thread panicked"))??;
-    writer.finish()?;
-    let r = r?;
     Ok((
-        PolicyReport::new(&name, &r, array.replica_status()),
+        PolicyReport::new(&name, setup.clock, &r, array.replica_status()),
         written,
         log.dropped(),
     ))
@@ -232,6 +302,20 @@ fn open_array(
 ) -> anyhow::Result<(Array, Option<tempfile::TempDir>)> {
     let (specs, dir, create) = match &setup.replicas {
         ReplicaSource::Given(specs, size) => (specs.clone(), None, *size),
+        // Simulated replicas hold no data: no files, so no directory.
+        ReplicaSource::Fresh {
+            count,
+            profile,
+            size,
+            ..
+        } if setup.clock != ClockChoice::Real => {
+            let specs = (0..*count)
+                .map(|i| {
+                    ReplicaSpec::emulated((**profile).clone(), PathBuf::from(format!("sim{i}")))
+                })
+                .collect();
+            (specs, None, Some(*size))
+        }
         ReplicaSource::Fresh {
             count,
             profile,
@@ -260,6 +344,13 @@ fn open_array(
     cfg.seed = setup.load.seed;
     cfg.hedge_percentile = setup.hedge_percentile;
     cfg.faults = setup.faults.clone();
+    if let ClockChoice::Sim(predict_cost) = setup.clock {
+        cfg.create_size = None;
+        cfg.simulate = Some(SimOptions {
+            size: create.unwrap_or(1 << 30),
+            predict_cost,
+        });
+    }
     let array = match log {
         Some(log) => Array::open_with_log(cfg, policy, log)?,
         None => Array::open(cfg, policy)?,
@@ -271,6 +362,24 @@ fn open_array(
 pub fn render_table(reports: &[PolicyReport]) -> String {
     use std::fmt::Write;
     let mut s = String::new();
+    match reports.first().map(|r| (r.clock, r.predict_cost)) {
+        Some(("sim", cost)) => {
+            let _ = writeln!(
+                s,
+                "clock: simulated (deterministic: the same flags give this table on any machine){}",
+                cost.filter(|c| *c != PredictCost::default())
+                    .map(|c| format!("; prediction costs {c}"))
+                    .unwrap_or_default()
+            );
+        }
+        Some(_) => {
+            let _ = writeln!(
+                s,
+                "clock: real (io_uring on replica files; tails include this host's scheduling noise)"
+            );
+        }
+        None => {}
+    }
     let _ = writeln!(
         s,
         "{:<13} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8}",

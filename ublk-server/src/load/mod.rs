@@ -8,8 +8,8 @@ mod run;
 mod workload;
 
 pub use bench::{
-    BenchSetup, LatencySummary, PolicyReport, ReplicaSource, default_replica_dir, render_table,
-    run_bench, run_record,
+    BenchSetup, ClockChoice, LatencySummary, PolicyReport, ReplicaSource, default_replica_dir,
+    render_table, run_bench, run_record,
 };
 pub use run::{LoadResult, Progress, run_load};
 pub use workload::{LoadSpec, ReplayIo, Workload};

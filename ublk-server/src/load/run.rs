@@ -72,6 +72,8 @@ struct Driver<'a> {
     /// Write payload: seeded bytes, the same for every policy.
     payload: AlignedBuf,
     pool: Vec<AlignedBuf>,
+    /// False on the simulated clock: requests carry no data.
+    with_data: bool,
     start_of: Vec<u64>,
     op_of: Vec<Op>,
     free_tags: Vec<usize>,
@@ -87,23 +89,27 @@ impl Driver<'_> {
             return false;
         };
         let (op, offset, len) = self.gen_.next(&self.spec.workload, start - self.t0);
-        let mut buf = match self.pool.pop() {
-            Some(b) if b.capacity() >= len as usize => b,
-            _ => AlignedBuf::new(len as usize),
-        };
-        buf.set_len(len as usize);
-        if op == Op::Write {
-            for chunk in buf.chunks_mut(self.payload.len()) {
-                chunk.copy_from_slice(&self.payload[..chunk.len()]);
+        // A simulated array holds no data: its requests carry no buffer.
+        let buf = self.with_data.then(|| {
+            let mut buf = match self.pool.pop() {
+                Some(b) if b.capacity() >= len as usize => b,
+                _ => AlignedBuf::new(len as usize),
+            };
+            buf.set_len(len as usize);
+            if op == Op::Write {
+                for chunk in buf.chunks_mut(self.payload.len()) {
+                    chunk.copy_from_slice(&self.payload[..chunk.len()]);
+                }
             }
-        }
+            buf
+        });
         self.start_of[tag] = start;
         self.op_of[tag] = op;
         q.submit(Request {
             op,
             offset,
             len,
-            buf: Some(buf),
+            buf,
             user: tag as u64,
         });
         true
@@ -180,6 +186,10 @@ pub fn run_load(
         let v = fill.next_u64().to_le_bytes();
         chunk.copy_from_slice(&v[..chunk.len()]);
     }
+    let with_data = !array.clock().is_simulated();
+    // Progress (and, in `record`, draining the training log) every 500 ms of
+    // wall time; simulated time runs far faster, so every 20 ms of it.
+    let progress_every: u64 = if with_data { 500_000_000 } else { 20_000_000 };
     let before = array.stats();
     let t0 = array.now_ns();
     let mut d = Driver {
@@ -193,7 +203,10 @@ pub fn run_load(
         },
         arrivals: Rng::new(spec.seed ^ 0xA5A5_5A5A_0F0F_F0F0),
         payload,
-        pool: (0..depth).map(|_| AlignedBuf::new(bs as usize)).collect(),
+        pool: (0..if with_data { depth } else { 0 })
+            .map(|_| AlignedBuf::new(bs as usize))
+            .collect(),
+        with_data,
         start_of: vec![0u64; depth],
         op_of: vec![Op::Read; depth],
         free_tags: (0..depth).rev().collect(),
@@ -212,7 +225,7 @@ pub fn run_load(
     };
     let end = t0 + spec.duration.as_nanos() as u64;
     let mut next_arrival = t0;
-    let mut next_progress = t0 + 500_000_000;
+    let mut next_progress = t0 + progress_every;
     let mut out: Vec<Completion> = Vec::with_capacity(depth);
     let open_loop = matches!(spec.workload, Workload::Replay(_)) || spec.rate.is_some();
     if matches!(spec.workload, Workload::Replay(_)) {
@@ -254,7 +267,7 @@ pub fn run_load(
         let now = array.now_ns();
         d.reap(&mut out, now);
         if now >= next_progress {
-            next_progress = now + 500_000_000;
+            next_progress = now + progress_every;
             progress(Progress {
                 elapsed_s: (now - t0) as f64 / 1e9,
                 completed: d.res.completed,

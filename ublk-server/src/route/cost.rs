@@ -118,9 +118,10 @@ mod tests {
         }
         fn score_batch(&self, inputs: &[PredictInput], out: &mut [i64]) {
             for (i, o) in inputs.iter().zip(out) {
-                *o = std::hint::black_box((0..200u64).fold(i.snapshot.pending_ios as u64, |a, b| {
-                    a.wrapping_mul(31).wrapping_add(b)
-                })) as i64;
+                *o =
+                    std::hint::black_box((0..200u64).fold(i.snapshot.pending_ios as u64, |a, b| {
+                        a.wrapping_mul(31).wrapping_add(b)
+                    })) as i64;
             }
         }
     }

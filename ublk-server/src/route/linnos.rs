@@ -61,6 +61,8 @@ impl Policy {
             s.scores.clear();
             s.scores.resize(s.inputs.len(), 0);
             predictor.score_batch(&s.inputs, &mut s.scores);
+            s.calls += 1;
+            s.items += s.inputs.len() as u32;
             let mut still = 0;
             for j in 0..s.which.len() {
                 let k = s.which[j];

@@ -21,7 +21,10 @@ use augur_rng::Rng;
 
 use crate::array::ArrayError;
 
+mod cost;
 mod linnos;
+
+pub use cost::PredictCost;
 
 /// Most replicas an array may have.
 pub const MAX_REPLICAS: usize = 8;
@@ -104,11 +107,23 @@ pub struct Policy {
 /// once warmed up.
 #[derive(Default)]
 pub struct RouteScratch {
+    /// Predictor calls the last [`Policy::route_batch`] made.
+    calls: u32,
+    /// Reads those calls scored.
+    items: u32,
     inputs: Vec<PredictInput>,
     which: Vec<usize>,
     scores: Vec<i64>,
     best: Vec<(i64, u16)>,
     cand: Vec<u16>,
+}
+
+impl RouteScratch {
+    /// The predictor work of the last [`Policy::route_batch`]: (calls, reads
+    /// scored). The simulated clock charges it with a [`PredictCost`].
+    pub fn predictor_work(&self) -> (u32, u32) {
+        (self.calls, self.items)
+    }
 }
 
 /// The primary replica for an offset: stripes of [`STRIPE_BYTES`] go to the
@@ -180,6 +195,8 @@ impl Policy {
         out: &mut Vec<Route>,
     ) -> bool {
         out.clear();
+        scratch.calls = 0;
+        scratch.items = 0;
         let n = view.replica_count();
         if (0..n).all(|i| !view.is_live(i)) {
             return false;

@@ -1,0 +1,220 @@
+//! The simulated clock end to end, through the `augur` binary: byte-identical
+//! output for the same flags (also with CPU hogs beside it), different output
+//! for a different seed, no files touched, the demo's point made, and bad
+//! clock flags refused in one line. Needs nothing but the binary.
+
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+fn augur(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_augur"))
+        .args(args)
+        .output()
+        .expect("run augur")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const SIM_BENCH: &[&str] = &[
+    "bench",
+    "--clock",
+    "sim",
+    "--predict-cost-ns",
+    "400,150",
+    "--policy",
+    "baseline,random,hedge,linnos,linnos+hedge,oracle",
+    "--duration",
+    "1s",
+    "--json",
+];
+
+/// Keeps every core busy until dropped.
+struct Hogs {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Hogs {
+    fn start() -> Hogs {
+        let stop = Arc::new(AtomicBool::new(false));
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..n)
+            .map(|i| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = i as u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                        );
+                    }
+                })
+            })
+            .collect();
+        Hogs { stop, threads }
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn same_flags_same_bytes_even_under_load() {
+    let quiet = augur(SIM_BENCH);
+    assert!(quiet.status.success(), "{}", stderr(&quiet));
+    let loaded = {
+        let _hogs = Hogs::start();
+        augur(SIM_BENCH)
+    };
+    assert!(loaded.status.success(), "{}", stderr(&loaded));
+    assert!(!quiet.stdout.is_empty());
+    assert_eq!(
+        quiet.stdout, loaded.stdout,
+        "simulated-clock JSON differs between a quiet and a loaded run"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&quiet.stdout).expect("JSON");
+    let arr = v.as_array().expect("array");
+    assert_eq!(arr.len(), 6);
+    for obj in arr {
+        assert_eq!(obj["clock"], "sim");
+        assert_eq!(obj["predict_cost"]["per_batch_ns"], 400);
+        assert_eq!(obj["predict_cost"]["per_item_ns"], 150);
+        assert!(obj["reads"].as_u64().unwrap() > 10_000, "{obj}");
+        assert_eq!(obj["duration_s"], 1.0);
+    }
+
+    // A different seed is a different run: the comparison above can fail.
+    let mut other: Vec<&str> = SIM_BENCH.to_vec();
+    other.extend(["--seed", "2"]);
+    let o = augur(&other);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ne!(o.stdout, quiet.stdout);
+}
+
+#[test]
+fn simulated_record_writes_the_same_log_twice_and_no_replica_files() {
+    let d = tempfile::tempdir().unwrap();
+    let run = |name: &str| {
+        let out = d.path().join(name);
+        let o = augur(&[
+            "record",
+            "--clock",
+            "sim",
+            "--policy",
+            "linnos",
+            "--predict-cost-ns",
+            "300,100",
+            "--duration",
+            "500ms",
+            "--dir",
+            d.path().to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(text.contains("(0 dropped"), "{text}");
+        std::fs::read(out).unwrap()
+    };
+    let a = run("a.log");
+    let b = run("b.log");
+    assert!(a.len() > 16 + 108 * 10_000, "log of {} bytes", a.len());
+    assert_eq!(a, b, "two simulated recordings differ");
+    // Only the two logs: the simulated replicas have no files.
+    let mut names: Vec<String> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a.log", "b.log"]);
+}
+
+#[test]
+fn demo_table_shows_linnos_beating_baseline_and_hedge() {
+    let o = augur(&[
+        "demo",
+        "--json",
+        "--duration",
+        "3s",
+        "--real-duration",
+        "200ms",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let p999 = |name: &str| -> u64 {
+        v["sim"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["policy"] == name)
+            .unwrap_or_else(|| panic!("no {name} row"))["read_lat_us"]["p999"]
+            .as_u64()
+            .unwrap()
+    };
+    let (base, hedge, linnos) = (p999("baseline"), p999("hedge"), p999("linnos"));
+    assert!(
+        linnos < base && linnos < hedge,
+        "linnos {linnos} vs baseline {base} / hedge {hedge}"
+    );
+    let real = v["real"].as_array().unwrap();
+    assert!(!real.is_empty());
+    for r in real {
+        assert_eq!(r["clock"], "real");
+        assert!(r["iops"].as_f64().unwrap() > 0.0 && r["errors"] == 0, "{r}");
+    }
+}
+
+#[test]
+fn bad_clock_flags_are_refused_in_one_line() {
+    for (args, needle) in [
+        (
+            vec!["bench", "--clock", "lunar", "--duration", "10ms"],
+            "unknown clock 'lunar'",
+        ),
+        (
+            vec!["bench", "--predict-cost-ns", "5", "--duration", "10ms"],
+            "--clock sim only",
+        ),
+        (
+            vec![
+                "bench",
+                "--clock",
+                "sim",
+                "--predict-cost-ns",
+                "x",
+                "--duration",
+                "10ms",
+            ],
+            "--predict-cost-ns 'x'",
+        ),
+        (
+            vec![
+                "bench",
+                "--clock",
+                "sim",
+                "--replica",
+                "/tmp/plain.img",
+                "--size",
+                "1M",
+                "--duration",
+                "10ms",
+            ],
+            "not emulated",
+        ),
+    ] {
+        let o = augur(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains(needle), "{args:?}: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "{args:?}: {e}");
+    }
+}
