@@ -596,6 +596,121 @@ impl W {
     }
 }
 
+/// Reads layer `k` (0-based) of a model file: its header, f32 weights and
+/// bias, and their quantized form. `prev` is the width feeding it and
+/// `in_exp` the exponent of its integer inputs.
+fn read_layer(
+    r: &mut R<'_>,
+    k: usize,
+    prev: usize,
+    in_exp: i32,
+) -> Result<(Layer, QuantLayer), ModelError> {
+    let n = k + 1;
+    let hdr = |s: &'static str| move || format!("layer {n} {s}");
+    let inputs = r.u32(&hdr("input count"))? as usize;
+    let outputs = r.u32(&hdr("output count"))? as usize;
+    for (what, v) in [("inputs", inputs), ("outputs", outputs)] {
+        if v > MAX_WIDTH {
+            return Err(ModelError::TooLarge {
+                what: format!("layer {n} {what}"),
+                value: v as u64,
+                max: MAX_WIDTH as u64,
+            });
+        }
+        if v == 0 {
+            return Err(shape_err(format!("layer {n} has 0 {what}")));
+        }
+    }
+    if inputs != prev {
+        return Err(shape_err(if k == 0 {
+            format!("layer 1 takes {inputs} inputs but the model has {prev}")
+        } else {
+            format!("layer {n} takes {inputs} inputs but layer {k} has {prev} outputs")
+        }));
+    }
+    let act = match r.u8(&hdr("activation"))? {
+        0 => Activation::None,
+        1 => Activation::Relu,
+        c => {
+            return Err(ModelError::Invalid(format!(
+                "layer {n} has unknown activation code {c}"
+            )));
+        }
+    };
+    let weight_exp = r.u8(&hdr("weight exponent"))? as i8 as i32;
+    let out_shift = r.u8(&hdr("output shift"))? as u32;
+    let reserved = r.u8(&hdr("reserved byte"))?;
+    if reserved != 0 {
+        return Err(ModelError::Invalid(format!(
+            "layer {n} reserved byte is {reserved}, must be 0"
+        )));
+    }
+    let nw = inputs * outputs; // <= 2^20, no overflow
+    let weights = r.f32s(nw, &hdr("weights"))?;
+    let bias = r.f32s(outputs, &hdr("bias"))?;
+    let qw = r
+        .take(nw * 2, &hdr("quantized weights"))?
+        .chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    let qb = r
+        .take(outputs * 8, &hdr("quantized bias"))?
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect();
+    let q = QuantLayer {
+        inputs,
+        outputs,
+        activation: act,
+        in_exp,
+        weight_exp,
+        out_shift,
+        weights: qw,
+        bias: qb,
+    };
+    let layer = Layer {
+        inputs,
+        outputs,
+        weights,
+        bias,
+        activation: act,
+    };
+    Ok((layer, q))
+}
+
+/// Reads a model file's training metadata (after the layers).
+fn read_meta(r: &mut R<'_>) -> Result<TrainingMeta, ModelError> {
+    let data = r.str(MAX_STR, &|| "metadata: data".into())?;
+    let date = r.str(MAX_STR, &|| "metadata: date".into())?;
+    let seed = r.u64(&|| "metadata: seed".into())?;
+    let arch = r.str(MAX_STR, &|| "metadata: arch".into())?;
+    let label_rule = r.str(MAX_STR, &|| "metadata: label rule".into())?;
+    let threshold_us = r.u32(&|| "metadata: threshold".into())?;
+    let n_metrics = r.u32(&|| "metadata: metric count".into())? as usize;
+    if n_metrics > MAX_METRICS {
+        return Err(ModelError::TooLarge {
+            what: "metric count".into(),
+            value: n_metrics as u64,
+            max: MAX_METRICS as u64,
+        });
+    }
+    let mut metrics = Vec::with_capacity(n_metrics);
+    for i in 0..n_metrics {
+        let name = r.str(MAX_METRIC_NAME, &|| format!("metadata: metric {i} name"))?;
+        let v = r.f64(&|| format!("metadata: metric {i} value"))?;
+        metrics.push((name, v));
+    }
+    Ok(TrainingMeta {
+        data,
+        date,
+        seed,
+        arch,
+        label_rule,
+        threshold_us,
+        metrics,
+    })
+}
+
 /// Bounds-checked byte reader; every read names its section for errors.
 struct R<'a> {
     b: &'a [u8],
@@ -851,100 +966,13 @@ impl Model {
         let mut prev = n_inputs;
         let mut a = fs.input_exp();
         for k in 0..n_layers {
-            let n = k + 1;
-            let hdr = |s: &'static str| move || format!("layer {n} {s}");
-            let inputs = r.u32(&hdr("input count"))? as usize;
-            let outputs = r.u32(&hdr("output count"))? as usize;
-            for (what, v) in [("inputs", inputs), ("outputs", outputs)] {
-                if v > MAX_WIDTH {
-                    return Err(ModelError::TooLarge {
-                        what: format!("layer {n} {what}"),
-                        value: v as u64,
-                        max: MAX_WIDTH as u64,
-                    });
-                }
-                if v == 0 {
-                    return Err(shape_err(format!("layer {n} has 0 {what}")));
-                }
-            }
-            if inputs != prev {
-                return Err(shape_err(if k == 0 {
-                    format!("layer 1 takes {inputs} inputs but the model has {prev}")
-                } else {
-                    format!("layer {n} takes {inputs} inputs but layer {k} has {prev} outputs")
-                }));
-            }
-            let act = match r.u8(&hdr("activation"))? {
-                0 => Activation::None,
-                1 => Activation::Relu,
-                c => {
-                    return Err(ModelError::Invalid(format!(
-                        "layer {n} has unknown activation code {c}"
-                    )));
-                }
-            };
-            let weight_exp = r.u8(&hdr("weight exponent"))? as i8 as i32;
-            let out_shift = r.u8(&hdr("output shift"))? as u32;
-            let reserved = r.u8(&hdr("reserved byte"))?;
-            if reserved != 0 {
-                return Err(ModelError::Invalid(format!(
-                    "layer {n} reserved byte is {reserved}, must be 0"
-                )));
-            }
-            let nw = inputs * outputs; // <= 2^20, no overflow
-            let weights = r.f32s(nw, &hdr("weights"))?;
-            let bias = r.f32s(outputs, &hdr("bias"))?;
-            let qw = r
-                .take(nw * 2, &hdr("quantized weights"))?
-                .chunks_exact(2)
-                .map(|c| i16::from_le_bytes([c[0], c[1]]))
-                .collect();
-            let qb = r
-                .take(outputs * 8, &hdr("quantized bias"))?
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-                .collect();
-            let q = QuantLayer {
-                inputs,
-                outputs,
-                activation: act,
-                in_exp: a,
-                weight_exp,
-                out_shift,
-                weights: qw,
-                bias: qb,
-            };
+            let (layer, q) = read_layer(&mut r, k, prev, a)?;
             a = q.out_exp();
-            prev = outputs;
-            layers.push(Layer {
-                inputs,
-                outputs,
-                weights,
-                bias,
-                activation: act,
-            });
+            prev = layer.outputs;
+            layers.push(layer);
             quant.push(q);
         }
-        let data = r.str(MAX_STR, &|| "metadata: data".into())?;
-        let date = r.str(MAX_STR, &|| "metadata: date".into())?;
-        let seed = r.u64(&|| "metadata: seed".into())?;
-        let arch = r.str(MAX_STR, &|| "metadata: arch".into())?;
-        let label_rule = r.str(MAX_STR, &|| "metadata: label rule".into())?;
-        let threshold_us = r.u32(&|| "metadata: threshold".into())?;
-        let n_metrics = r.u32(&|| "metadata: metric count".into())? as usize;
-        if n_metrics > MAX_METRICS {
-            return Err(ModelError::TooLarge {
-                what: "metric count".into(),
-                value: n_metrics as u64,
-                max: MAX_METRICS as u64,
-            });
-        }
-        let mut metrics = Vec::with_capacity(n_metrics);
-        for i in 0..n_metrics {
-            let name = r.str(MAX_METRIC_NAME, &|| format!("metadata: metric {i} name"))?;
-            let v = r.f64(&|| format!("metadata: metric {i} value"))?;
-            metrics.push((name, v));
-        }
+        let meta = read_meta(&mut r)?;
         let body_end = r.pos;
         let stored = r.u32(&|| "checksum".into())?;
         if r.left() != 0 {
@@ -954,15 +982,6 @@ impl Model {
         if stored != computed {
             return Err(ModelError::ChecksumMismatch { stored, computed });
         }
-        let meta = TrainingMeta {
-            data,
-            date,
-            seed,
-            arch,
-            label_rule,
-            threshold_us,
-            metrics,
-        };
         check_structure(fs, &layers, scaler.as_ref())?;
         check_meta(&meta)?;
         let last = layers.len() - 1;

@@ -28,7 +28,7 @@ use augur_feature_store::{Op, TrainingRecord};
 use augur_rng::Rng;
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
@@ -976,43 +976,84 @@ fn training_meta(
     }
 }
 
-/// Trains a model on the reads in `records` according to `cfg`, reporting
-/// progress through `progress`. Deterministic for a given input and config.
-pub fn train(
-    records: &[TrainingRecord],
-    cfg: &TrainConfig,
+/// The rows one training epoch draws its batches from.
+struct Batches<'a> {
+    feats: &'a [f32],
+    labels: &'a [bool],
+    d_in: usize,
+    n_out: usize,
+    w_slow: f64,
+    batch_size: usize,
+    batches: usize,
+}
+
+/// One pass over the training rows in `order`, a gradient step per batch.
+/// Returns the network after the pass, the weighted loss sum and its weight.
+#[allow(clippy::too_many_arguments)]
+fn train_epoch(
+    mut net: Net,
+    optim: &mut ModuleOptimizer,
+    order: &[usize],
+    d: &Batches<'_>,
+    epoch: usize,
+    lr: f64,
+    device: &Device,
     progress: &mut dyn FnMut(Progress),
-) -> Result<(Model, TrainReport), TrainError> {
-    let started = Instant::now();
-    cfg.validate()?;
-    let fs = cfg.feature_set();
-    let widths = cfg.widths();
-    let d_in = widths[0];
-    let n_out = widths[widths.len() - 1];
+) -> Result<(Net, f64, f64), TrainError> {
+    let (mut epoch_loss, mut epoch_w) = (0.0f64, 0.0f64);
+    let mut xb: Vec<f32> = Vec::with_capacity(d.batch_size * d.d_in);
+    let mut tb: Vec<f32> = Vec::with_capacity(d.batch_size * 2);
+    for (b, chunk) in order.chunks(d.batch_size).enumerate() {
+        let n = chunk.len();
+        xb.clear();
+        tb.clear();
+        let wsum = fill_batch(
+            chunk, d.feats, d.labels, d.d_in, d.n_out, d.w_slow, &mut xb, &mut tb,
+        );
+        let loss = batch_loss(&net, &xb, &tb, n, d.d_in, d.n_out, wsum, device);
+        let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+        if !loss_value.is_finite() {
+            return Err(TrainError::Diverged {
+                epoch,
+                loss: loss_value,
+            });
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &net);
+        net = optim.step(lr, net, grads);
+        epoch_loss += loss_value * wsum;
+        epoch_w += wsum;
+        progress(Progress::Batch {
+            epoch,
+            batch: b + 1,
+            batches: d.batches,
+            loss: loss_value,
+        });
+    }
+    Ok((net, epoch_loss, epoch_w))
+}
 
-    let Split {
-        reads,
-        labels,
-        threshold,
-        labelled_slow_fraction,
-        train_idx,
-        val_idx,
-    } = labelled_split(records, cfg)?;
+/// What [`fit`] leaves: the best epoch's layers and the epochs' record.
+struct Fitted {
+    layers: Vec<Layer>,
+    best_epoch: usize,
+    history: Vec<EpochStats>,
+    stopped_early: bool,
+}
 
-    let (feats, scaler) = features(fs, &reads, &train_idx, d_in);
-    let row = |i: usize| &feats[i * d_in..(i + 1) * d_in];
-
-    let batch_size = cfg.batch_size.min(train_idx.len());
-    let batches = train_idx.len().div_ceil(batch_size);
-    progress(Progress::Prepared {
-        train_samples: train_idx.len(),
-        validation_samples: val_idx.len(),
-        threshold_us: threshold.threshold_us,
-        slow_fraction: labelled_slow_fraction,
-        batches_per_epoch: batches,
-        max_epochs: cfg.max_epochs,
-    });
-
+/// Trains the network: seeded initialisation, then epochs of shuffled
+/// batches, each followed by validation; keeps the best epoch's weights and
+/// stops once `cfg.patience` epochs have not improved on it.
+#[allow(clippy::too_many_arguments)]
+fn fit(
+    cfg: &TrainConfig,
+    widths: &[usize],
+    data: &Batches<'_>,
+    train_idx: &[usize],
+    val_x: &[f32],
+    val_y: &[bool],
+    started: Instant,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Fitted, TrainError> {
     // ---- network and optimiser ----
     let plain = Device::flex();
     let device = plain.clone().autodiff();
@@ -1020,57 +1061,31 @@ pub fn train(
     // use stays reproducible.
     device.seed(cfg.seed);
     let mut init_rng = stream_rng(cfg.seed, 2);
-    let mut net = Net::init(&widths, &mut init_rng, &device);
+    let mut net = Net::init(widths, &mut init_rng, &device);
     let mut optim = AdamConfig::new().init();
-    let w_slow = f64::from(cfg.false_submit_weight);
-
-    let val_x: Vec<f32> = val_idx
-        .iter()
-        .flat_map(|&i| row(i).iter().copied())
-        .collect();
-    let val_y: Vec<bool> = val_idx.iter().map(|&i| labels[i]).collect();
 
     let mut shuffle_rng = stream_rng(cfg.seed, 3);
-    let mut order = train_idx.clone();
+    let mut order = train_idx.to_vec();
     let mut history = Vec::new();
     let mut best: Option<(f64, usize, Vec<Layer>)> = None;
     let mut since_best = 0usize;
     let mut stopped_early = false;
-    let mut xb: Vec<f32> = Vec::with_capacity(batch_size * d_in);
-    let mut tb: Vec<f32> = Vec::with_capacity(batch_size * 2);
 
     for epoch in 1..=cfg.max_epochs {
         shuffle_rng.shuffle(&mut order);
-        let (mut epoch_loss, mut epoch_w) = (0.0f64, 0.0f64);
-        for (b, chunk) in order.chunks(batch_size).enumerate() {
-            let n = chunk.len();
-            xb.clear();
-            tb.clear();
-            let wsum = fill_batch(
-                chunk, &feats, &labels, d_in, n_out, w_slow, &mut xb, &mut tb,
-            );
-            let loss = batch_loss(&net, &xb, &tb, n, d_in, n_out, wsum, &device);
-            let loss_value = f64::from(loss.clone().into_scalar::<f32>());
-            if !loss_value.is_finite() {
-                return Err(TrainError::Diverged {
-                    epoch,
-                    loss: loss_value,
-                });
-            }
-            let grads = GradientsParams::from_grads(loss.backward(), &net);
-            net = optim.step(cfg.learning_rate, net, grads);
-            epoch_loss += loss_value * wsum;
-            epoch_w += wsum;
-            progress(Progress::Batch {
-                epoch,
-                batch: b + 1,
-                batches,
-                loss: loss_value,
-            });
-        }
-
-        let outputs = validation_outputs(&net, &val_x, d_in, n_out, &plain)?;
-        let vs = val_stats(&outputs, n_out, &val_y, w_slow);
+        let (next, epoch_loss, epoch_w) = train_epoch(
+            net,
+            &mut optim,
+            &order,
+            data,
+            epoch,
+            cfg.learning_rate,
+            &device,
+            progress,
+        )?;
+        net = next;
+        let outputs = validation_outputs(&net, val_x, data.d_in, data.n_out, &plain)?;
+        let vs = val_stats(&outputs, data.n_out, val_y, data.w_slow);
         if !vs.loss.is_finite() {
             return Err(TrainError::Diverged {
                 epoch,
@@ -1114,17 +1129,91 @@ pub fn train(
         Some(b) => b,
         None => (f64::NAN, 0, net.to_layers()?),
     };
+    Ok(Fitted {
+        layers,
+        best_epoch,
+        history,
+        stopped_early,
+    })
+}
 
-    // ---- build, check and evaluate the model ----
-    let val_records: Vec<TrainingRecord> = val_idx.iter().map(|&i| *reads[i]).collect();
-    let mut label_rule = if threshold.fallback {
+/// How the labels were made, for the report and the model's metadata.
+fn label_rule_text(cfg: &TrainConfig, threshold: &Threshold) -> String {
+    let rule = if threshold.fallback {
         format!("{} (no knee: p97 fallback)", cfg.label)
     } else {
         cfg.label.to_string()
     };
-    if let Some(p) = cfg.period {
-        label_rule = format!("{label_rule}, {p}");
+    match cfg.period {
+        Some(p) => format!("{rule}, {p}"),
+        None => rule,
     }
+}
+
+/// Trains a model on the reads in `records` according to `cfg`, reporting
+/// progress through `progress`. Deterministic for a given input and config.
+pub fn train(
+    records: &[TrainingRecord],
+    cfg: &TrainConfig,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Model, TrainReport), TrainError> {
+    let started = Instant::now();
+    cfg.validate()?;
+    let fs = cfg.feature_set();
+    let widths = cfg.widths();
+    let d_in = widths[0];
+    let n_out = widths[widths.len() - 1];
+
+    let Split {
+        reads,
+        labels,
+        threshold,
+        labelled_slow_fraction,
+        train_idx,
+        val_idx,
+    } = labelled_split(records, cfg)?;
+
+    let (feats, scaler) = features(fs, &reads, &train_idx, d_in);
+    let row = |i: usize| &feats[i * d_in..(i + 1) * d_in];
+
+    let batch_size = cfg.batch_size.min(train_idx.len());
+    let batches = train_idx.len().div_ceil(batch_size);
+    progress(Progress::Prepared {
+        train_samples: train_idx.len(),
+        validation_samples: val_idx.len(),
+        threshold_us: threshold.threshold_us,
+        slow_fraction: labelled_slow_fraction,
+        batches_per_epoch: batches,
+        max_epochs: cfg.max_epochs,
+    });
+
+    let w_slow = f64::from(cfg.false_submit_weight);
+    let val_x: Vec<f32> = val_idx
+        .iter()
+        .flat_map(|&i| row(i).iter().copied())
+        .collect();
+    let val_y: Vec<bool> = val_idx.iter().map(|&i| labels[i]).collect();
+    let data = Batches {
+        feats: &feats,
+        labels: &labels,
+        d_in,
+        n_out,
+        w_slow,
+        batch_size,
+        batches,
+    };
+    let Fitted {
+        layers,
+        best_epoch,
+        history,
+        stopped_early,
+    } = fit(
+        cfg, &widths, &data, &train_idx, &val_x, &val_y, started, progress,
+    )?;
+
+    // ---- build, check and evaluate the model ----
+    let val_records: Vec<TrainingRecord> = val_idx.iter().map(|&i| *reads[i]).collect();
+    let label_rule = label_rule_text(cfg, &threshold);
     let mut meta = training_meta(
         cfg,
         &label_rule,

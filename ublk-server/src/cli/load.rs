@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use augur::emu::Profile;
 use augur::load::{
-    BenchSetup, ClockChoice, LoadSpec, PolicyReport, Progress, ReplicaSource, Workload,
+    BenchSetup, ClockChoice, LoadProgress, LoadSpec, PolicyReport, ReplicaSource, Workload,
     render_table, run_bench, run_record,
 };
 use augur::route::Policy;
@@ -86,7 +86,7 @@ impl ProgressLine {
             total_s: total.as_secs_f64().max(1e-9),
         }
     }
-    fn update(&self, policy: &str, p: Progress) {
+    fn update(&self, policy: &str, p: LoadProgress) {
         self.bar.set_prefix(policy.to_string());
         self.bar
             .set_position(((p.elapsed_s / self.total_s) * 1000.0).min(1000.0) as u64);

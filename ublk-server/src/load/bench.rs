@@ -10,7 +10,7 @@ use std::time::Duration;
 use augur_feature_store::{LogWriter, TrainingLog};
 use serde::Serialize;
 
-use super::run::{LoadResult, Progress, run_load};
+use super::run::{LoadProgress, LoadResult, run_load};
 use super::workload::LoadSpec;
 use crate::array::ArrayError;
 use crate::array::ReplicaSpec;
@@ -188,7 +188,7 @@ pub fn run_bench(
     setup: &BenchSetup,
     policies: &[String],
     predictor: Option<Arc<dyn SlowPredictor>>,
-    on_progress: &mut dyn FnMut(&str, Progress),
+    on_progress: &mut dyn FnMut(&str, LoadProgress),
 ) -> anyhow::Result<Vec<PolicyReport>> {
     // Validate every policy name before running anything.
     let built: Vec<Policy> = policies
@@ -216,7 +216,7 @@ pub fn run_record(
     setup: &BenchSetup,
     policy: Policy,
     out: &Path,
-    on_progress: &mut dyn FnMut(&str, Progress),
+    on_progress: &mut dyn FnMut(&str, LoadProgress),
 ) -> anyhow::Result<(PolicyReport, u64, u64)> {
     let file = std::fs::File::create(out)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;

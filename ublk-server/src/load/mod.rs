@@ -11,5 +11,5 @@ pub use bench::{
     BenchSetup, ClockChoice, LatencySummary, PolicyReport, ReplicaSource, default_replica_dir,
     render_table, run_bench, run_record,
 };
-pub use run::{LoadResult, Progress, run_load};
+pub use run::{LoadProgress, LoadResult, run_load};
 pub use workload::{LoadSpec, ReplayIo, Workload};

@@ -49,7 +49,7 @@ impl LoadResult {
 
 /// A progress report, about twice a second.
 #[derive(Clone, Copy, Debug)]
-pub struct Progress {
+pub struct LoadProgress {
     /// Seconds run so far.
     pub elapsed_s: f64,
     /// Requests completed so far.
@@ -159,7 +159,7 @@ impl Driver<'_> {
 pub fn run_load(
     array: &Array,
     spec: &LoadSpec,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut dyn FnMut(LoadProgress),
 ) -> std::io::Result<LoadResult> {
     let bs = spec.block_size;
     assert!(
@@ -268,7 +268,7 @@ pub fn run_load(
         d.reap(&mut out, now);
         if now >= next_progress {
             next_progress = now + progress_every;
-            progress(Progress {
+            progress(LoadProgress {
                 elapsed_s: (now - t0) as f64 / 1e9,
                 completed: d.res.completed,
                 read_p99_us: d.res.read_us.value_at_quantile(0.99),
