@@ -343,6 +343,11 @@ pub struct TrainReport {
     pub best_epoch: usize,
     /// Whether early stopping ended training before the epoch cap.
     pub stopped_early: bool,
+    /// With period labels asked for: the share of reads they would have
+    /// marked slow, when that was above [`MAX_PERIOD_SLOW_SHARE`] and the
+    /// per-read labels were used instead (the device is slow most of the
+    /// time, so "avoid the slow period" has nowhere to send reads).
+    pub period_labels_dropped: Option<f64>,
     /// Per-epoch history.
     pub history: Vec<EpochStats>,
     /// The final model on the validation set, f32 and integer paths,
@@ -688,9 +693,17 @@ struct Split<'a> {
     labels: Vec<bool>,
     threshold: Threshold,
     labelled_slow_fraction: f64,
+    /// Set when period labels would have marked more than
+    /// [`MAX_PERIOD_SLOW_SHARE`] of the reads slow (that share): the
+    /// per-read labels were kept instead.
+    period_dropped: Option<f64>,
     train_idx: Vec<usize>,
     val_idx: Vec<usize>,
 }
+
+/// Most of the reads period labels may mark slow before training keeps the
+/// per-read labels instead (see [`TrainReport::period_labels_dropped`]).
+pub const MAX_PERIOD_SLOW_SHARE: f64 = 0.5;
 
 /// Selects the reads `cfg` trains on, labels them (threshold, then period
 /// labels) and splits them into training and validation sets per class.
@@ -715,13 +728,23 @@ fn labelled_split<'a>(
         .iter()
         .map(|&l| is_slow(l, threshold.threshold_us))
         .collect();
+    let mut period_dropped = None;
     if let Some(p) = cfg.period {
         let keyed: Vec<(u16, u64, bool)> = reads
             .iter()
             .zip(&labels)
             .map(|(r, &y)| (r.replica, r.time_ns, y))
             .collect();
-        labels = p.apply(&keyed);
+        let periodic = p.apply(&keyed);
+        let share = periodic.iter().filter(|&&y| y).count() as f64 / periodic.len() as f64;
+        // A device that is in a slow period most of the time has no fast
+        // periods to send reads to: period labels would teach "always slow".
+        // Keep the per-read labels then, and say so.
+        if share > MAX_PERIOD_SLOW_SHARE {
+            period_dropped = Some(share);
+        } else {
+            labels = periodic;
+        }
     }
     let labelled_slow_fraction = labels.iter().filter(|&&y| y).count() as f64 / labels.len() as f64;
     let mut slow_idx: Vec<usize> = (0..reads.len()).filter(|&i| labels[i]).collect();
@@ -761,6 +784,7 @@ fn labelled_split<'a>(
         labels,
         threshold,
         labelled_slow_fraction,
+        period_dropped,
         train_idx,
         val_idx,
     })
@@ -1138,15 +1162,23 @@ fn fit(
 }
 
 /// How the labels were made, for the report and the model's metadata.
-fn label_rule_text(cfg: &TrainConfig, threshold: &Threshold) -> String {
+fn label_rule_text(
+    cfg: &TrainConfig,
+    threshold: &Threshold,
+    period_dropped: Option<f64>,
+) -> String {
     let rule = if threshold.fallback {
         format!("{} (no knee: p97 fallback)", cfg.label)
     } else {
         cfg.label.to_string()
     };
-    match cfg.period {
-        Some(p) => format!("{rule}, {p}"),
-        None => rule,
+    match (cfg.period, period_dropped) {
+        (Some(p), Some(share)) => format!(
+            "{rule} (per read: {p} would mark {:.0}% of reads slow)",
+            share * 100.0
+        ),
+        (Some(p), None) => format!("{rule}, {p}"),
+        (None, _) => rule,
     }
 }
 
@@ -1169,9 +1201,12 @@ pub fn train(
         labels,
         threshold,
         labelled_slow_fraction,
+        period_dropped,
         train_idx,
         val_idx,
     } = labelled_split(records, cfg)?;
+    // The period rule in effect (none when its labels were dropped).
+    let period = cfg.period.filter(|_| period_dropped.is_none());
 
     let (feats, scaler) = features(fs, &reads, &train_idx, d_in);
     let row = |i: usize| &feats[i * d_in..(i + 1) * d_in];
@@ -1213,7 +1248,7 @@ pub fn train(
 
     // ---- build, check and evaluate the model ----
     let val_records: Vec<TrainingRecord> = val_idx.iter().map(|&i| *reads[i]).collect();
-    let label_rule = label_rule_text(cfg, &threshold);
+    let label_rule = label_rule_text(cfg, &threshold, period_dropped);
     let mut meta = training_meta(
         cfg,
         &label_rule,
@@ -1231,7 +1266,7 @@ pub fn train(
         .map_err(TrainError::Model)?;
     check_consistent(&model, &layers, &val_records, &val_x, d_in)?;
     let validation = evaluate(&model, &val_records, threshold.threshold_us);
-    let validation_period = cfg.period.map(|_| {
+    let validation_period = period.map(|_| {
         let truth: Vec<bool> = val_idx.iter().map(|&i| labels[i]).collect();
         evaluate_labelled(&model, &val_records, &truth, threshold.threshold_us)
     });
@@ -1260,6 +1295,7 @@ pub fn train(
         epochs_run: history.len(),
         best_epoch,
         stopped_early,
+        period_labels_dropped: period_dropped,
         validation_period,
         history,
         validation,
@@ -1471,6 +1507,50 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    /// A device in a slow period nearly all the time: one read in eight is
+    /// slow throughout, so ±2 ms period labels would mark every read slow.
+    #[test]
+    fn period_labels_that_would_mark_most_reads_slow_are_dropped() {
+        let recs: Vec<TrainingRecord> = (0..4000u64)
+            .map(|k| TrainingRecord {
+                time_ns: k * 100_000,
+                replica: 0,
+                op: Op::Read,
+                size_bytes: 4096,
+                offset: 0,
+                latency_us: if k % 8 == 0 { 3000 } else { 100 },
+                features: HistorySnapshot {
+                    read_max_us: 3000,
+                    oldest_pending_us: 100,
+                    ..HistorySnapshot::default()
+                },
+            })
+            .collect();
+        let cfg = TrainConfig {
+            extended: true,
+            label: LabelRule::Percentile(80.0),
+            period: Some(PeriodRule {
+                window_us: 2000,
+                min_slow_fraction: 0.1,
+            }),
+            ..small_cfg(Arch::Base, 5)
+        };
+        let (model, report) = train(&recs, &cfg, &mut |_| {}).expect("trains");
+        let share = report.period_labels_dropped.expect("period labels dropped");
+        assert!(share > MAX_PERIOD_SLOW_SHARE, "{share}");
+        // Trained on per-read labels: an eighth slow, and no period metrics.
+        assert!((report.label.slow_fraction - 0.125).abs() < 0.01);
+        assert!(report.validation_period.is_none());
+        assert!(
+            report.label_rule.contains("per read"),
+            "{}",
+            report.label_rule
+        );
+        // ...so the model does not call every read slow.
+        let snap = recs[1].features;
+        assert!(model.score_int(&snap, ReadInfo { size_bytes: 4096 }) <= 0);
     }
 
     #[test]

@@ -222,6 +222,7 @@ fn record_train_eval_show_and_linnos_bench() {
         log.to_str().unwrap(),
         "--out",
         model.to_str().unwrap(),
+        "--plain",
         "--epochs",
         "2",
         "--label",
@@ -354,6 +355,64 @@ fn corrupt_model_is_rejected_by_name() {
         "100ms",
     ]);
     assert_bad_input(&o, "bad.augm");
+}
+
+/// `augur train` with no flags but the log and the output is the recipe
+/// behind the shipped model: linnos-ext inputs, p98 labels, ±4 ms periods.
+#[test]
+fn train_defaults_are_the_shipped_recipe() {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("sim.log");
+    let model = d.path().join("m.augm");
+    let o = augur(&[
+        "record",
+        "--clock",
+        "sim",
+        "--duration",
+        "500ms",
+        "--out",
+        log.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = augur(&[
+        "train",
+        "--log",
+        log.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shown = |m: &str| {
+        let o = augur(&["model", "show", m]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let ours = shown(model.to_str().unwrap());
+    let shipped = shown("default");
+    for needle in [
+        "feature set linnos-ext",
+        "labels: p98, period ±4000 µs >= 10% slow",
+    ] {
+        assert!(ours.contains(needle), "{needle}: {ours}");
+        assert!(shipped.contains(needle), "{needle}: {shipped}");
+    }
+    // `--plain` and `--label-period off` undo the two departures from LinnOS.
+    let o = augur(&[
+        "train",
+        "--log",
+        log.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+        "--plain",
+        "--label-period",
+        "off",
+        "--epochs",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plain = shown(model.to_str().unwrap());
+    assert!(plain.contains("feature set linnos (31 inputs)"), "{plain}");
+    assert!(!plain.contains("period"), "{plain}");
 }
 
 #[test]

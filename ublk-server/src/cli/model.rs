@@ -26,23 +26,30 @@ pub struct TrainArgs {
     /// Architecture: base (31-256-2), deep1, deep2, heimdall.
     #[arg(long, default_value = "base")]
     arch: String,
-    /// Also feed the oldest pending I/O's age and the worst of the last ~64 read latencies
-    /// (feature set linnos-ext, 39 inputs; base, deep1, deep2).
+    /// Train the plain LinnOS encoding (31 inputs) instead of the default
+    /// linnos-ext, which also feeds the oldest pending I/O's age and the worst
+    /// of the last ~64 read latencies (39 inputs; base, deep1, deep2).
     #[arg(long)]
+    plain: bool,
+    /// The default (linnos-ext for base, deep1, deep2); kept for scripts.
+    #[arg(long, hide = true, conflicts_with = "plain")]
     extended: bool,
     /// Train on one replica's reads (its index), or `pooled`.
     #[arg(long, default_value = "pooled")]
     replica: String,
-    /// Label rule: inflection (the tangent method) or a percentile like p95.
-    #[arg(long, default_value = "inflection")]
+    /// Label rule: a percentile like p98 (the default), or inflection (the
+    /// LinnOS tangent method).
+    #[arg(long, default_value = "p98")]
     label: String,
     /// Period labels: also label slow every read issued in a slow period of
-    /// its replica, a window of ± this long (e.g. 4ms) in which at least
-    /// --period-slow-fraction of the reads were slow. Off by default (LinnOS).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    label_period: Option<std::time::Duration>,
-    /// Share of slow reads that makes a window a slow period (with --label-period).
-    #[arg(long, default_value_t = 0.1, requires = "label_period")]
+    /// its replica, a window of ± this long in which at least
+    /// --period-slow-fraction of the reads were slow; `off` for per-read
+    /// labels only (LinnOS). Where period labels would mark most reads slow,
+    /// training says so and keeps the per-read labels.
+    #[arg(long, default_value = "4ms", value_name = "DURATION|off")]
+    label_period: String,
+    /// Share of slow reads that makes a window a slow period.
+    #[arg(long, default_value_t = 0.1)]
     period_slow_fraction: f64,
     /// Loss weight of a false submit (slow predicted fast) relative to a false revoke.
     #[arg(long, default_value_t = 5.0)]
@@ -51,7 +58,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.2)]
     validation: f64,
     /// Most epochs.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 8)]
     epochs: usize,
     /// Epochs without validation improvement before stopping.
     #[arg(long, default_value_t = 4)]
@@ -74,6 +81,16 @@ pub struct TrainArgs {
 }
 
 /// The period rule of `--label-period D --period-slow-fraction F`.
+/// `--label-period`: a duration, or `off`/`none`/`0` for none.
+fn parse_period(s: &str) -> Result<Option<std::time::Duration>, String> {
+    match s.trim() {
+        "off" | "none" | "0" => Ok(None),
+        t => humantime::parse_duration(t)
+            .map(Some)
+            .map_err(|e| format!("'{s}' is not a duration or 'off': {e}")),
+    }
+}
+
 fn period_rule(d: std::time::Duration, fraction: f64) -> Result<PeriodRule, CliError> {
     PeriodRule {
         window_us: u32::try_from(d.as_micros()).unwrap_or(u32::MAX),
@@ -183,15 +200,16 @@ pub fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
         })?)
     };
     let label = LabelRule::parse(&a.label).map_err(|e| bad(format!("--label: {e}")))?;
-    let period = a
-        .label_period
+    let period = parse_period(&a.label_period)
+        .map_err(|e| bad(format!("--label-period {e}")))?
         .map(|d| period_rule(d, a.period_slow_fraction))
         .transpose()?;
     let records = load_logs(&a.logs)?;
     let names: Vec<String> = a.logs.iter().map(|p| p.display().to_string()).collect();
     let cfg = TrainConfig {
         arch,
-        extended: a.extended,
+        // linnos-ext unless --plain; heimdall has its own inputs.
+        extended: !a.plain && arch != Arch::Heimdall,
         replicas,
         label,
         period,
@@ -241,6 +259,12 @@ pub fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
     })
     .map_err(|e| bad(format!("training failed: {e}")))?;
     bar.finish_and_clear();
+    if let Some(share) = report.period_labels_dropped {
+        eprintln!(
+            "augur train: period labels would mark {:.0}% of the reads slow (this device is in a slow period most of the time), so the model is trained on per-read labels",
+            share * 100.0
+        );
+    }
     model
         .save(&a.out)
         .with_context(|| format!("writing {}", a.out.display()))?;
