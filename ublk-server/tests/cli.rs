@@ -2,18 +2,10 @@
 //! clear line, exit status 2, nothing half-created left behind).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn augur(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_augur"))
-        .args(args)
-        .output()
-        .expect("run augur")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod common;
+use common::{augur, stderr};
 
 /// Exit 2 with exactly one line on stderr that contains `needle`.
 fn assert_bad_input(o: &Output, needle: &str) {

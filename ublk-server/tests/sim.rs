@@ -3,20 +3,11 @@
 //! for a different seed, no files touched, the demo's point made, and bad
 //! clock flags refused in one line. Needs nothing but the binary.
 
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-fn augur(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_augur"))
-        .args(args)
-        .output()
-        .expect("run augur")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod common;
+use common::{augur, stderr};
 
 const SIM_BENCH: &[&str] = &[
     "bench",
