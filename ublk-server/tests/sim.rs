@@ -209,3 +209,88 @@ fn bad_clock_flags_are_refused_in_one_line() {
         assert_eq!(e.trim().lines().count(), 1, "{args:?}: {e}");
     }
 }
+
+/// One policy row of a simulated `augur bench --json` run.
+struct Row {
+    iops: f64,
+    p50: f64,
+    p999: f64,
+    extra_io_pct: f64,
+}
+
+/// `augur bench --clock sim` on `profile` for `policies`, 30 s each, default
+/// seed, the demo's fixed prediction cost.
+fn sim_table(profile: &str, policies: &str) -> std::collections::HashMap<String, Row> {
+    let o = augur(&[
+        "bench",
+        "--clock",
+        "sim",
+        "--predict-cost-ns",
+        "5,150",
+        "--profile",
+        profile,
+        "--policy",
+        policies,
+        "--duration",
+        "30s",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|r| {
+            let f = |x: &serde_json::Value| x.as_f64().expect("number");
+            (
+                r["policy"].as_str().expect("policy").to_string(),
+                Row {
+                    iops: f(&r["iops"]),
+                    p50: f(&r["read_lat_us"]["p50"]),
+                    p999: f(&r["read_lat_us"]["p999"]),
+                    extra_io_pct: f(&r["extra_io_pct"]),
+                },
+            )
+        })
+        .collect()
+}
+
+/// The regression gate for every model and routing change, on the simulated
+/// clock (deterministic, so this is no wall-clock assertion): with the
+/// shipped model, linnos cuts read p99.9 to at most 0.4x baseline and below
+/// hedge on the stalling profiles, with no extra replica I/O, and costs a
+/// healthy array at most 3% of IOPS and p50.
+#[test]
+fn shipped_model_meets_the_policy_targets() {
+    for profile in ["gc-heavy", "noisy-neighbor"] {
+        let t = sim_table(profile, "baseline,hedge,linnos");
+        let (base, hedge, linnos) = (&t["baseline"], &t["hedge"], &t["linnos"]);
+        assert!(
+            linnos.p999 <= 0.4 * base.p999,
+            "{profile}: linnos p99.9 {} > 0.4 x baseline {}",
+            linnos.p999,
+            base.p999
+        );
+        assert!(
+            linnos.p999 < hedge.p999,
+            "{profile}: linnos p99.9 {} not below hedge {}",
+            linnos.p999,
+            hedge.p999
+        );
+        assert_eq!(linnos.extra_io_pct, 0.0, "{profile}: linnos sent extra I/O");
+    }
+    let t = sim_table("fast-nvme", "baseline,linnos");
+    let (base, linnos) = (&t["baseline"], &t["linnos"]);
+    assert!(
+        linnos.iops >= 0.97 * base.iops,
+        "fast-nvme: linnos {} IOPS < 0.97 x baseline {}",
+        linnos.iops,
+        base.iops
+    );
+    assert!(
+        linnos.p50 <= 1.03 * base.p50,
+        "fast-nvme: linnos p50 {} > 1.03 x baseline {}",
+        linnos.p50,
+        base.p50
+    );
+}
