@@ -273,12 +273,14 @@ impl Array {
 
     /// The counters, all queues together.
     pub fn stats(&self) -> ArrayStats {
-        let mut s = self.inner.counters.snapshot();
+        // Under the lock a closing queue takes to hand its totals over, so
+        // its counts are in exactly one of the two places.
         let open = self
             .inner
             .queue_counters
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        let mut s = self.inner.counters.snapshot();
         for q in open.iter() {
             s.add(&q.snapshot());
         }
