@@ -9,7 +9,7 @@ use crate::record::{RECORD_SIZE, RecordError, TrainingRecord};
 /// First 8 bytes of every training-log file.
 pub const LOG_MAGIC: [u8; 8] = *b"AUGURLOG";
 /// Format version written and accepted.
-pub const LOG_VERSION: u32 = 3;
+pub const LOG_VERSION: u32 = 4;
 /// Header size: magic, u32 version, u32 record size.
 pub const HEADER_SIZE: usize = 16;
 
@@ -42,7 +42,7 @@ pub enum LogError {
     },
     /// A version this build does not read.
     #[error(
-        "unsupported training log version {found} (this build reads version {LOG_VERSION}; versions 1 and 2 lack the pending-age or read-maximum features: re-record them)"
+        "unsupported training log version {found} (this build reads version {LOG_VERSION}; versions 1 to 3 lack the pending-age, read-maximum or write-latency features: re-record them)"
     )]
     UnsupportedVersion {
         /// Version in the header.
@@ -310,13 +310,13 @@ mod tests {
     #[test]
     fn wrong_version_and_record_size_are_rejected() {
         let (_, mut bytes) = encoded(2);
-        bytes[8..12].copy_from_slice(&4u32.to_le_bytes());
+        bytes[8..12].copy_from_slice(&5u32.to_le_bytes());
         let e = read_log_from(&bytes[..]).unwrap_err();
-        assert!(matches!(e, LogError::UnsupportedVersion { found: 4 }));
-        assert!(e.to_string().contains("version 4"), "{e}");
-        // Older logs (before the pending-age and read-maximum features) are
-        // named as such.
-        for old in [1u32, 2] {
+        assert!(matches!(e, LogError::UnsupportedVersion { found: 5 }));
+        assert!(e.to_string().contains("version 5"), "{e}");
+        // Older logs (before the pending-age, read-maximum and write-latency
+        // features) are named as such.
+        for old in [1u32, 2, 3] {
             let (_, mut bytes) = encoded(2);
             bytes[8..12].copy_from_slice(&old.to_le_bytes());
             let e = read_log_from(&bytes[..]).unwrap_err();

@@ -1,5 +1,6 @@
-//! Per-replica live state: pending-I/O counters and the seqlock-protected
-//! history of the last [`HISTORY_LEN`] completed reads.
+//! Per-replica live state: pending-I/O counters, the seqlock-protected
+//! history of the last [`HISTORY_LEN`] completed reads, and the latencies of
+//! the last [`WRITE_HISTORY_LEN`] completed writes.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
@@ -7,6 +8,11 @@ use crossbeam_utils::{Backoff, CachePadded};
 
 /// Number of completed reads kept per replica (LinnOS uses the last 4).
 pub const HISTORY_LEN: usize = 4;
+
+/// Number of completed writes whose latency is kept per replica. Garbage
+/// collection slows every write it overlaps, so the least of the last few
+/// write latencies tells a GC window from queueing within a few writes.
+pub const WRITE_HISTORY_LEN: usize = 4;
 
 /// Unit in which pending I/O is counted (LinnOS counts 4 KiB pages).
 pub const PAGE_SIZE: u32 = 4096;
@@ -120,12 +126,22 @@ pub struct HistorySnapshot {
     /// about 268 ms ago; 0 if none is left (see
     /// [`ReplicaHistory::read_max_us`]).
     pub read_max_us: u32,
+    /// Latencies in µs of the last completed writes, newest first; entries
+    /// beyond `write_len` are zero (see [`ReplicaHistory::recent_writes`]).
+    pub write_recent_us: [u32; WRITE_HISTORY_LEN],
+    /// How many of `write_recent_us` are real (0..=WRITE_HISTORY_LEN).
+    pub write_len: u8,
 }
 
 impl HistorySnapshot {
     /// The real entries of `recent` (newest first), i.e. `&recent[..len]`.
     pub fn completed(&self) -> &[Completed] {
         &self.recent[..usize::from(self.len).min(HISTORY_LEN)]
+    }
+
+    /// The real entries of `write_recent_us` (newest first).
+    pub fn writes(&self) -> &[u32] {
+        &self.write_recent_us[..usize::from(self.write_len).min(WRITE_HISTORY_LEN)]
     }
 }
 
@@ -194,6 +210,9 @@ pub struct ReplicaHistory {
     /// of them (slot `g % READ_MAX_SLOTS`): `tag (g mod 2^16) << 48 | max
     /// latency µs << 24 | clock of the newest completion (2^24 units)`.
     read_max: CachePadded<(AtomicU64, [AtomicU64; READ_MAX_SLOTS])>,
+    /// Writes completed so far, and the ring of the last
+    /// [`WRITE_HISTORY_LEN`] write latencies (µs; write `n` in slot `n % LEN`).
+    writes: CachePadded<(AtomicU64, [AtomicU32; WRITE_HISTORY_LEN])>,
 }
 
 impl Default for ReplicaHistory {
@@ -225,6 +244,10 @@ impl ReplicaHistory {
             read_max: CachePadded::new((
                 AtomicU64::new(0),
                 [const { AtomicU64::new(0) }; READ_MAX_SLOTS],
+            )),
+            writes: CachePadded::new((
+                AtomicU64::new(0),
+                [const { AtomicU32::new(0) }; WRITE_HISTORY_LEN],
             )),
         }
     }
@@ -304,6 +327,7 @@ impl ReplicaHistory {
         read_max_us: u32,
     ) -> HistorySnapshot {
         let (recent, len) = self.read_history();
+        let (write_recent_us, write_len) = self.recent_writes();
         HistorySnapshot {
             pending_pages: ticket.pending_pages_at_issue,
             pending_ios: ticket.pending_ios_at_issue,
@@ -311,6 +335,8 @@ impl ReplicaHistory {
             len,
             oldest_pending_us,
             read_max_us,
+            write_recent_us,
+            write_len,
         }
     }
 
@@ -323,7 +349,8 @@ impl ReplicaHistory {
         (ticket, snap)
     }
 
-    /// Un-count the I/O; if it was a read, push it into the history (any thread).
+    /// Un-count the I/O; if it was a read, push it into the history, if a
+    /// write, its latency into the write ring (any thread).
     ///
     /// Each ticket must be completed exactly once.
     pub fn on_complete(&self, ticket: Ticket, latency_us: u32) {
@@ -348,7 +375,32 @@ impl ReplicaHistory {
                 pending_ios_at_issue: ticket.pending_ios_at_issue,
                 size_bytes: ticket.size_bytes,
             });
+        } else if ticket.op == Op::Write {
+            self.push_write(latency_us);
         }
+    }
+
+    /// Remember one completed write's latency (µs) in the write ring.
+    pub fn push_write(&self, latency_us: u32) {
+        let (count, ring) = &*self.writes;
+        let n = count.fetch_add(1, Ordering::Relaxed);
+        ring[(n % WRITE_HISTORY_LEN as u64) as usize].store(latency_us, Ordering::Relaxed);
+    }
+
+    /// The last completed writes' latencies (µs), newest first, and how many
+    /// there are. Not a seqlock: under completions racing on other threads an
+    /// entry may already hold a newer write's latency, which is as good a
+    /// signal; with one completing thread (the array's) it is exact.
+    pub fn recent_writes(&self) -> ([u32; WRITE_HISTORY_LEN], u8) {
+        let (count, ring) = &*self.writes;
+        let n = count.load(Ordering::Relaxed);
+        let len = n.min(WRITE_HISTORY_LEN as u64) as usize;
+        let mut out = [0u32; WRITE_HISTORY_LEN];
+        for (j, o) in out.iter_mut().enumerate().take(len) {
+            let k = (n - 1 - j as u64) % WRITE_HISTORY_LEN as u64;
+            *o = ring[k as usize].load(Ordering::Relaxed);
+        }
+        (out, len as u8)
     }
 
     /// Fold a timed read completed at `done_ns` into the slot of its group
@@ -462,6 +514,7 @@ impl ReplicaHistory {
     /// `oldest_pending_us` is 0 (use [`snapshot_at`](Self::snapshot_at)).
     pub fn snapshot(&self) -> HistorySnapshot {
         let (recent, len) = self.read_history();
+        let (write_recent_us, write_len) = self.recent_writes();
         let (pending_pages, pending_ios) = unpack(self.pending.load(Ordering::Relaxed));
         HistorySnapshot {
             pending_pages,
@@ -470,6 +523,8 @@ impl ReplicaHistory {
             len,
             oldest_pending_us: 0,
             read_max_us: 0,
+            write_recent_us,
+            write_len,
         }
     }
 
@@ -531,6 +586,29 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn write_ring_keeps_the_last_write_latencies_newest_first() {
+        let h = ReplicaHistory::new();
+        assert_eq!(h.recent_writes(), ([0; WRITE_HISTORY_LEN], 0));
+        for (k, lat) in [30u32, 40, 500].into_iter().enumerate() {
+            let t = h.on_submit_at(Op::Write, 4096, k as u64);
+            h.on_complete(t, lat);
+        }
+        // Reads and flushes do not enter the write ring.
+        let t = h.on_submit_at(Op::Read, 4096, 9);
+        h.on_complete(t, 7000);
+        let t = h.on_submit_at(Op::Flush, 0, 9);
+        h.on_complete(t, 7000);
+        assert_eq!(h.recent_writes(), ([500, 40, 30, 0], 3));
+        let snap = h.snapshot_at(10);
+        assert_eq!(snap.writes(), &[500, 40, 30]);
+        for lat in [1u32, 2, 3] {
+            h.push_write(lat);
+        }
+        assert_eq!(h.recent_writes(), ([3, 2, 1, 500], 4));
+        assert_eq!(h.snapshot().writes(), &[3, 2, 1, 500]);
+    }
 
     #[test]
     fn pages_round_up_and_flush_is_zero() {

@@ -68,15 +68,15 @@
 //! are not data races (no UB, no `unsafe` in this crate). Readers never
 //! block writers; nothing on submit, complete or snapshot allocates.
 //!
-//! # Training-log file format (version 3)
+//! # Training-log file format (version 4)
 //!
 //! All integers little-endian. A 16-byte header:
 //!
 //! | offset | size | field |
 //! |-------:|-----:|-------|
 //! | 0  | 8 | magic `b"AUGURLOG"` |
-//! | 8  | 4 | `u32` version = 3 |
-//! | 12 | 4 | `u32` record size = [`RECORD_SIZE`] (108) |
+//! | 8  | 4 | `u32` version = 4 |
+//! | 12 | 4 | `u32` record size = [`RECORD_SIZE`] (128) |
 //!
 //! followed by zero or more fixed-size records, each:
 //!
@@ -93,11 +93,14 @@
 //! | 32 | 4 | `features.pending_ios: u32` (at issue) |
 //! | 36 | 4 | `features.oldest_pending_us: u32` (at issue; 0 if untimed) |
 //! | 40 | 4 | `features.read_max_us: u32` (at issue; 0 if untimed) |
-//! | 44 | 16 × `HISTORY_LEN` | `features.recent[i]`, newest first: `latency_us`, `pending_pages_at_issue`, `pending_ios_at_issue`, `size_bytes` (`u32` each; zero beyond `len`) |
+//! | 44 | 4 × `WRITE_HISTORY_LEN` | `features.write_recent_us[i]: u32`, newest first (zero beyond `write_len`) |
+//! | 60 | 1 | `features.write_len: u8` (0..=`WRITE_HISTORY_LEN`) |
+//! | 61 | 3 | zero |
+//! | 64 | 16 × `HISTORY_LEN` | `features.recent[i]`, newest first: `latency_us`, `pending_pages_at_issue`, `pending_ios_at_issue`, `size_bytes` (`u32` each; zero beyond `len`) |
 //!
-//! Versions 1 (no `oldest_pending_us`, 100-byte records) and 2 (offset 40
-//! held a time-windowed maximum over reads and writes) are rejected by
-//! name: re-record such logs. Readers reject a wrong magic, version or record size, report a file that
+//! Versions 1 (no `oldest_pending_us`, 100-byte records), 2 (offset 40
+//! held a time-windowed maximum over reads and writes) and 3 (no write
+//! latencies, 108-byte records) are rejected by name: re-record such logs. Readers reject a wrong magic, version or record size, report a file that
 //! ends inside a record as [`LogError::TruncatedRecord`] with that record's
 //! 0-based index (the records before it are still available through
 //! [`LogReader`]), and reject an unknown op byte or an oversized history
@@ -118,7 +121,7 @@ pub use file::{
 pub use history::{
     AGE_BUCKET_SHIFT, AGE_BUCKETS, Completed, HISTORY_LEN, HistorySnapshot, Op, PAGE_SIZE,
     READ_MAX_GROUP, READ_MAX_SLOTS, READ_MAX_STALE_UNITS, READ_MAX_TIME_SHIFT, ReplicaHistory,
-    Ticket, pages_for,
+    Ticket, WRITE_HISTORY_LEN, pages_for,
 };
 pub use queue::TrainingLog;
 pub use record::{RECORD_SIZE, RecordError, TrainingRecord};

@@ -1,7 +1,7 @@
 //! [`TrainingRecord`] and its fixed-size little-endian encoding (shared by
 //! the in-memory [`crate::TrainingLog`] ring and the log file).
 
-use crate::history::{Completed, HISTORY_LEN, HistorySnapshot, Op};
+use crate::history::{Completed, HISTORY_LEN, HistorySnapshot, Op, WRITE_HISTORY_LEN};
 
 /// One training record: a completed I/O with the features seen at its issue.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -27,10 +27,18 @@ pub struct TrainingRecord {
 /// Layout (all little-endian): `time_ns u64 | offset u64 | replica u16 |
 /// op u8 | features.len u8 | size_bytes u32 | latency_us u32 |
 /// features.pending_pages u32 | features.pending_ios u32 |
-/// features.oldest_pending_us u32 | features.read_max_us u32 |` then `HISTORY_LEN` times `latency_us u32
-/// | pending_pages_at_issue u32 | pending_ios_at_issue u32 | size_bytes u32`
-/// (newest first).
-pub const RECORD_SIZE: usize = 44 + 16 * HISTORY_LEN;
+/// features.oldest_pending_us u32 | features.read_max_us u32 |
+/// features.write_recent_us 4 x u32 | features.write_len u8 | 3 zero bytes |`
+/// then `HISTORY_LEN` times `latency_us u32 | pending_pages_at_issue u32 |
+/// pending_ios_at_issue u32 | size_bytes u32` (newest first).
+pub const RECORD_SIZE: usize = HISTORY_AT + 16 * HISTORY_LEN;
+
+/// Offset of the write latencies in a record.
+const WRITES_AT: usize = 44;
+/// Offset of the write count.
+const WRITE_LEN_AT: usize = WRITES_AT + 4 * WRITE_HISTORY_LEN;
+/// Offset of the read history.
+const HISTORY_AT: usize = WRITE_LEN_AT + 4;
 
 /// Why a record's bytes could not be decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +49,9 @@ pub enum RecordError {
     /// The history length exceeds [`HISTORY_LEN`].
     #[error("invalid history length {0} (max {HISTORY_LEN})")]
     InvalidHistoryLen(u8),
+    /// The write-history length exceeds [`WRITE_HISTORY_LEN`].
+    #[error("invalid write-history length {0} (max {WRITE_HISTORY_LEN})")]
+    InvalidWriteLen(u8),
 }
 
 fn u32_at(b: &[u8; RECORD_SIZE], at: usize) -> u32 {
@@ -68,8 +79,13 @@ impl TrainingRecord {
         b[32..36].copy_from_slice(&self.features.pending_ios.to_le_bytes());
         b[36..40].copy_from_slice(&self.features.oldest_pending_us.to_le_bytes());
         b[40..44].copy_from_slice(&self.features.read_max_us.to_le_bytes());
+        for (i, w) in self.features.write_recent_us.iter().enumerate() {
+            let at = WRITES_AT + 4 * i;
+            b[at..at + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        b[WRITE_LEN_AT] = self.features.write_len;
         for (i, c) in self.features.recent.iter().enumerate() {
-            let at = 44 + 16 * i;
+            let at = HISTORY_AT + 16 * i;
             b[at..at + 4].copy_from_slice(&c.latency_us.to_le_bytes());
             b[at + 4..at + 8].copy_from_slice(&c.pending_pages_at_issue.to_le_bytes());
             b[at + 8..at + 12].copy_from_slice(&c.pending_ios_at_issue.to_le_bytes());
@@ -86,9 +102,17 @@ impl TrainingRecord {
         if usize::from(len) > HISTORY_LEN {
             return Err(RecordError::InvalidHistoryLen(len));
         }
+        let write_len = b[WRITE_LEN_AT];
+        if usize::from(write_len) > WRITE_HISTORY_LEN {
+            return Err(RecordError::InvalidWriteLen(write_len));
+        }
+        let mut write_recent_us = [0u32; WRITE_HISTORY_LEN];
+        for (i, w) in write_recent_us.iter_mut().enumerate() {
+            *w = u32_at(b, WRITES_AT + 4 * i);
+        }
         let mut recent = [Completed::default(); HISTORY_LEN];
         for (i, c) in recent.iter_mut().enumerate() {
-            let at = 44 + 16 * i;
+            let at = HISTORY_AT + 16 * i;
             *c = Completed {
                 latency_us: u32_at(b, at),
                 pending_pages_at_issue: u32_at(b, at + 4),
@@ -110,6 +134,8 @@ impl TrainingRecord {
                 read_max_us: u32_at(b, 40),
                 recent,
                 len,
+                write_recent_us,
+                write_len,
             },
         })
     }
@@ -133,6 +159,15 @@ pub(crate) mod tests {
                 size_bytes: j.wrapping_mul(11),
             };
         }
+        let write_len = (id % (WRITE_HISTORY_LEN as u64 + 1)) as u8;
+        let mut write_recent_us = [0u32; WRITE_HISTORY_LEN];
+        for (i, w) in write_recent_us
+            .iter_mut()
+            .enumerate()
+            .take(usize::from(write_len))
+        {
+            *w = k.wrapping_mul(23).wrapping_add(i as u32);
+        }
         TrainingRecord {
             time_ns: id.wrapping_mul(0x9e37_79b9_7f4a_7c15),
             replica: (id % 3) as u16,
@@ -147,6 +182,8 @@ pub(crate) mod tests {
                 read_max_us: k.wrapping_mul(19),
                 recent,
                 len,
+                write_recent_us,
+                write_len,
             },
         }
     }
@@ -168,6 +205,12 @@ pub(crate) mod tests {
         assert_eq!(
             TrainingRecord::from_bytes(&b),
             Err(RecordError::InvalidHistoryLen(5))
+        );
+        let mut b = record_for(3).to_bytes();
+        b[WRITE_LEN_AT] = 5;
+        assert_eq!(
+            TrainingRecord::from_bytes(&b),
+            Err(RecordError::InvalidWriteLen(5))
         );
     }
 }

@@ -40,6 +40,25 @@
 //! Augur extension, not part of the LinnOS paper. (Feature-set code 3; code
 //! 2 was an earlier variant and is refused.)
 //!
+//! # LinnOS with write latencies (47 inputs, `linnos-write`)
+//!
+//! The 39 `linnos-ext` inputs, then two write latencies in µs, capped at
+//! 9999 and written as 4 decimal digits (0 while the replica has completed
+//! no write):
+//!
+//! | inputs | value |
+//! |--------|-------|
+//! | 39..43 | latency of the replica's newest completed write ([`HistorySnapshot::write_recent_us`]`[0]`) |
+//! | 43..47 | least latency among its last four completed writes |
+//!
+//! Garbage collection is triggered by written volume and slows every write
+//! it overlaps, including those between its erases, while most reads in the
+//! window still run at full speed. A read learns of a GC window only when
+//! one stuck behind an erase ages or completes (hundreds of µs to ms); the
+//! writes, which every replica takes, tell within a few of them: one slow
+//! write may be queueing, four slow ones are the device. An Augur extension
+//! (feature-set code 4).
+//!
 //! # Heimdall encoding (12 inputs)
 //!
 //! Raw (unscaled) features, all integer-valued:
@@ -57,17 +76,20 @@
 //! model's [`MinMax`] (clamped to `[0, 1]`); the integer path uses
 //! [`IntScaler`] (see [`crate::infer`]).
 
-use augur_feature_store::{HISTORY_LEN, HistorySnapshot};
+use augur_feature_store::{HISTORY_LEN, HistorySnapshot, WRITE_HISTORY_LEN};
 
 /// Number of LinnOS inputs (5 pending counts x 3 digits + 4 latencies x 4 digits).
 pub const LINNOS_INPUTS: usize = 31;
 /// Number of `linnos-ext` inputs (LinnOS + 4 digits each of the oldest
 /// pending age and the recent read maximum).
 pub const LINNOS_EXT_INPUTS: usize = LINNOS_INPUTS + 8;
+/// Number of `linnos-write` inputs (`linnos-ext` + 4 digits each of the
+/// newest write latency and the least of the last four).
+pub const LINNOS_WRITE_INPUTS: usize = LINNOS_EXT_INPUTS + 8;
 /// Number of Heimdall inputs.
 pub const HEIMDALL_INPUTS: usize = 12;
 /// Largest number of inputs of any feature set.
-pub const MAX_INPUTS: usize = LINNOS_EXT_INPUTS;
+pub const MAX_INPUTS: usize = LINNOS_WRITE_INPUTS;
 
 /// LinnOS cap on pending counts (pages).
 pub const LINNOS_PENDING_CAP: u32 = 999;
@@ -84,6 +106,7 @@ pub const HEIMDALL_INT_SHIFT: i32 = 10;
 
 // The encodings index `recent` up to these lengths.
 const _: () = assert!(HISTORY_LEN >= 4 && HISTORY_LEN >= HEIMDALL_HISTORY);
+const _: () = assert!(WRITE_HISTORY_LEN >= 4);
 
 /// Which feature encoding a model consumes. Stored in the model file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -92,25 +115,31 @@ pub enum FeatureSet {
     LinnOs,
     /// LinnOS plus the oldest pending age and the recent read maximum (39 inputs).
     LinnOsExt,
+    /// `linnos-ext` plus the newest and the least recent write latency (47 inputs).
+    LinnOsWrite,
     /// Heimdall: 12 raw features, MinMax-scaled with a scaler stored in the model.
     Heimdall,
 }
 
 impl FeatureSet {
-    /// Number of model inputs: 31 (LinnOS), 39 (extended) or 12 (Heimdall).
+    /// Number of model inputs: 31 (LinnOS), 39 (extended), 47 (with write
+    /// latencies) or 12 (Heimdall).
     pub const fn n_inputs(self) -> usize {
         match self {
             FeatureSet::LinnOs => LINNOS_INPUTS,
             FeatureSet::LinnOsExt => LINNOS_EXT_INPUTS,
+            FeatureSet::LinnOsWrite => LINNOS_WRITE_INPUTS,
             FeatureSet::Heimdall => HEIMDALL_INPUTS,
         }
     }
 
-    /// Short lowercase name: `"linnos"`, `"linnos-ext"` or `"heimdall"`.
+    /// Short lowercase name: `"linnos"`, `"linnos-ext"`, `"linnos-write"`
+    /// or `"heimdall"`.
     pub fn name(self) -> &'static str {
         match self {
             FeatureSet::LinnOs => "linnos",
             FeatureSet::LinnOsExt => "linnos-ext",
+            FeatureSet::LinnOsWrite => "linnos-write",
             FeatureSet::Heimdall => "heimdall",
         }
     }
@@ -120,6 +149,7 @@ impl FeatureSet {
         match s.trim().to_ascii_lowercase().as_str() {
             "linnos" => Some(FeatureSet::LinnOs),
             "linnos-ext" => Some(FeatureSet::LinnOsExt),
+            "linnos-write" => Some(FeatureSet::LinnOsWrite),
             "heimdall" => Some(FeatureSet::Heimdall),
             _ => None,
         }
@@ -131,6 +161,7 @@ impl FeatureSet {
             FeatureSet::LinnOs => 0,
             FeatureSet::Heimdall => 1,
             FeatureSet::LinnOsExt => 3,
+            FeatureSet::LinnOsWrite => 4,
         }
     }
 
@@ -144,6 +175,7 @@ impl FeatureSet {
             0 => Some(FeatureSet::LinnOs),
             1 => Some(FeatureSet::Heimdall),
             3 => Some(FeatureSet::LinnOsExt),
+            4 => Some(FeatureSet::LinnOsWrite),
             _ => None,
         }
     }
@@ -153,7 +185,7 @@ impl FeatureSet {
     /// are fixed point with 10 fractional bits.
     pub const fn input_exp(self) -> i32 {
         match self {
-            FeatureSet::LinnOs | FeatureSet::LinnOsExt => 0,
+            FeatureSet::LinnOs | FeatureSet::LinnOsExt | FeatureSet::LinnOsWrite => 0,
             FeatureSet::Heimdall => HEIMDALL_INT_SHIFT,
         }
     }
@@ -162,7 +194,7 @@ impl FeatureSet {
     /// 1024 for Heimdall fixed point).
     pub const fn max_int_input(self) -> i32 {
         match self {
-            FeatureSet::LinnOs | FeatureSet::LinnOsExt => 9,
+            FeatureSet::LinnOs | FeatureSet::LinnOsExt | FeatureSet::LinnOsWrite => 9,
             FeatureSet::Heimdall => HEIMDALL_INT_ONE as i32,
         }
     }
@@ -241,6 +273,37 @@ pub fn encode_linnos_ext_int(h: &HistorySnapshot, out: &mut [i32; LINNOS_EXT_INP
 pub fn encode_linnos_ext(h: &HistorySnapshot, out: &mut [f32; LINNOS_EXT_INPUTS]) {
     let mut d = [0i32; LINNOS_EXT_INPUTS];
     encode_linnos_ext_int(h, &mut d);
+    for (o, v) in out.iter_mut().zip(d) {
+        *o = v as f32;
+    }
+}
+
+/// `linnos-write` digits as integers: the `linnos-ext` digits, then the
+/// newest write latency and the least of the last four, capped at 9999, as
+/// 4 digits each (0 without writes).
+#[inline]
+pub fn encode_linnos_write_int(h: &HistorySnapshot, out: &mut [i32; LINNOS_WRITE_INPUTS]) {
+    let mut ext = [0i32; LINNOS_EXT_INPUTS];
+    encode_linnos_ext_int(h, &mut ext);
+    out[..LINNOS_EXT_INPUTS].copy_from_slice(&ext);
+    let w = h.writes();
+    let newest = w.first().copied().unwrap_or(0);
+    let least = w.iter().copied().min().unwrap_or(0);
+    digits::<4>(
+        newest.min(LINNOS_LATENCY_CAP),
+        &mut out[LINNOS_EXT_INPUTS..LINNOS_EXT_INPUTS + 4],
+    );
+    digits::<4>(
+        least.min(LINNOS_LATENCY_CAP),
+        &mut out[LINNOS_EXT_INPUTS + 4..],
+    );
+}
+
+/// `linnos-write` digits as f32 (training and the f32 path).
+#[inline]
+pub fn encode_linnos_write(h: &HistorySnapshot, out: &mut [f32; LINNOS_WRITE_INPUTS]) {
+    let mut d = [0i32; LINNOS_WRITE_INPUTS];
+    encode_linnos_write_int(h, &mut d);
     for (o, v) in out.iter_mut().zip(d) {
         *o = v as f32;
     }
@@ -468,6 +531,47 @@ mod tests {
             Some(FeatureSet::LinnOsExt)
         );
         assert_eq!(FeatureSet::LinnOsExt.n_inputs(), 39);
+    }
+
+    #[test]
+    fn linnos_write_appends_newest_and_least_write_latency() {
+        let mut s = snap(42, &[(7, 1234)]);
+        s.oldest_pending_us = 873;
+        s.read_max_us = 96;
+        let mut ext = [0i32; LINNOS_EXT_INPUTS];
+        encode_linnos_ext_int(&s, &mut ext);
+        for (writes, tail) in [
+            (&[][..], [0, 0, 0, 0, 0, 0, 0, 0]),
+            (&[120][..], [0, 1, 2, 0, 0, 1, 2, 0]),
+            (&[95, 310, 40, 77][..], [0, 0, 9, 5, 0, 0, 4, 0]),
+            (&[12_000, 10_500][..], [9, 9, 9, 9, 9, 9, 9, 9]),
+        ] {
+            s.write_recent_us = [0; WRITE_HISTORY_LEN];
+            s.write_recent_us[..writes.len()].copy_from_slice(writes);
+            s.write_len = writes.len() as u8;
+            let mut d = [0i32; LINNOS_WRITE_INPUTS];
+            encode_linnos_write_int(&s, &mut d);
+            assert_eq!(d[..LINNOS_EXT_INPUTS], ext);
+            assert_eq!(d[LINNOS_EXT_INPUTS..], tail, "writes {writes:?}");
+            let mut f = [0f32; LINNOS_WRITE_INPUTS];
+            encode_linnos_write(&s, &mut f);
+            assert!(f.iter().zip(d).all(|(a, b)| *a == b as f32));
+        }
+        // Entries beyond write_len are not writes.
+        s.write_recent_us = [300, 5, 5, 5];
+        s.write_len = 1;
+        let mut d = [0i32; LINNOS_WRITE_INPUTS];
+        encode_linnos_write_int(&s, &mut d);
+        assert_eq!(d[LINNOS_EXT_INPUTS..], [0, 3, 0, 0, 0, 3, 0, 0]);
+        assert_eq!(
+            FeatureSet::parse("linnos-write"),
+            Some(FeatureSet::LinnOsWrite)
+        );
+        assert_eq!(
+            FeatureSet::from_code(FeatureSet::LinnOsWrite.code()),
+            Some(FeatureSet::LinnOsWrite)
+        );
+        assert_eq!(FeatureSet::LinnOsWrite.n_inputs(), 47);
     }
 
     #[test]

@@ -25,7 +25,8 @@
 //! 1. **Input.** LinnOS: `x0[i]` = the 31 decimal digits of
 //!    [`crate::features::encode_linnos_int`], each in `0..=9` (exponent
 //!    `a_0 = 0`); `linnos-ext`: the 39 digits of
-//!    [`crate::features::encode_linnos_ext_int`], likewise. Heimdall: the 12 raw integer features of
+//!    [`crate::features::encode_linnos_ext_int`], likewise; `linnos-write`:
+//!    the 47 digits of [`crate::features::encode_linnos_write_int`]. Heimdall: the 12 raw integer features of
 //!    [`crate::features::heimdall_raw_int`] mapped by the model's
 //!    [`crate::features::IntScaler`] to `0..=1024` (`a_0 = 10`).
 //! 2. **Layer k** (`n` inputs, `m` outputs, quantized weights `Wq[o][i]`
@@ -73,9 +74,9 @@ use std::cell::RefCell;
 use augur_feature_store::HistorySnapshot;
 
 use crate::features::{
-    FeatureSet, HEIMDALL_INPUTS, LINNOS_EXT_INPUTS, LINNOS_INPUTS, MAX_INPUTS, ReadInfo,
-    encode_linnos, encode_linnos_ext, encode_linnos_ext_int, encode_linnos_int, heimdall_raw,
-    heimdall_raw_int,
+    FeatureSet, HEIMDALL_INPUTS, LINNOS_EXT_INPUTS, LINNOS_INPUTS, LINNOS_WRITE_INPUTS, MAX_INPUTS,
+    ReadInfo, encode_linnos, encode_linnos_ext, encode_linnos_ext_int, encode_linnos_int,
+    encode_linnos_write, encode_linnos_write_int, heimdall_raw, heimdall_raw_int,
 };
 use crate::model::{Activation, MAX_WIDTH, Model, QuantLayer};
 
@@ -558,6 +559,12 @@ impl Model {
                 out[..LINNOS_EXT_INPUTS].copy_from_slice(&v);
                 LINNOS_EXT_INPUTS
             }
+            FeatureSet::LinnOsWrite => {
+                let mut v = [0f32; LINNOS_WRITE_INPUTS];
+                encode_linnos_write(h, &mut v);
+                out[..LINNOS_WRITE_INPUTS].copy_from_slice(&v);
+                LINNOS_WRITE_INPUTS
+            }
             FeatureSet::Heimdall => {
                 let mut v = [0f32; HEIMDALL_INPUTS];
                 heimdall_raw(h, r, &mut v);
@@ -591,6 +598,12 @@ impl Model {
                 encode_linnos_ext_int(h, &mut v);
                 out[..LINNOS_EXT_INPUTS].copy_from_slice(&v);
                 LINNOS_EXT_INPUTS
+            }
+            FeatureSet::LinnOsWrite => {
+                let mut v = [0i32; LINNOS_WRITE_INPUTS];
+                encode_linnos_write_int(h, &mut v);
+                out[..LINNOS_WRITE_INPUTS].copy_from_slice(&v);
+                LINNOS_WRITE_INPUTS
             }
             FeatureSet::Heimdall => {
                 let mut raw = [0u32; HEIMDALL_INPUTS];
@@ -772,7 +785,7 @@ pub mod reference {
 mod tests {
     use super::*;
     use crate::model::{Layer, TrainingMeta, W_QMAX};
-    use augur_feature_store::{Completed, HISTORY_LEN};
+    use augur_feature_store::{Completed, HISTORY_LEN, WRITE_HISTORY_LEN};
     use augur_rng::Rng;
 
     fn random_snapshot(rng: &mut Rng) -> HistorySnapshot {
@@ -791,8 +804,12 @@ mod tests {
             len: rng.below(HISTORY_LEN as u64 + 1) as u8,
             oldest_pending_us: v(rng),
             read_max_us: v(rng),
+            write_len: rng.below(WRITE_HISTORY_LEN as u64 + 1) as u8,
             ..Default::default()
         };
+        for j in 0..s.write_len as usize {
+            s.write_recent_us[j] = v(rng);
+        }
         for j in 0..s.len as usize {
             s.recent[j] = Completed {
                 latency_us: v(rng),
@@ -815,6 +832,8 @@ mod tests {
             Model::random(l, &[64], 1, 6).unwrap(),
             Model::random(FeatureSet::LinnOsExt, &[256], 2, 9).unwrap(),
             Model::random(FeatureSet::LinnOsExt, &[256, 256], 2, 10).unwrap(),
+            Model::random(FeatureSet::LinnOsWrite, &[256], 2, 11).unwrap(),
+            Model::random(FeatureSet::LinnOsWrite, &[256, 256, 256], 2, 12).unwrap(),
             Model::random(FeatureSet::Heimdall, &[128, 16], 1, 7).unwrap(),
             Model::random(FeatureSet::Heimdall, &[128, 16], 2, 8).unwrap(),
         ]
@@ -876,6 +895,8 @@ mod tests {
                 len: HISTORY_LEN as u8,
                 oldest_pending_us: u32::MAX,
                 read_max_us: u32::MAX,
+                write_recent_us: [u32::MAX; WRITE_HISTORY_LEN],
+                write_len: WRITE_HISTORY_LEN as u8,
             };
             for snap in [caps, HistorySnapshot::default()] {
                 let r = ReadInfo {

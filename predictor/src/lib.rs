@@ -23,8 +23,8 @@ pub mod trace;
 pub mod train;
 
 pub use features::{
-    FeatureSet, HEIMDALL_INPUTS, IntScaler, LINNOS_EXT_INPUTS, LINNOS_INPUTS, MinMax, ReadInfo,
-    encode_linnos, encode_linnos_ext, heimdall_raw,
+    FeatureSet, HEIMDALL_INPUTS, IntScaler, LINNOS_EXT_INPUTS, LINNOS_INPUTS, LINNOS_WRITE_INPUTS,
+    MinMax, ReadInfo, encode_linnos, encode_linnos_ext, encode_linnos_write, heimdall_raw,
 };
 pub use infer::{Kernel, ScoreInput, Scratch};
 pub use model::{Activation, Layer, Model, ModelError, QuantLayer, TrainingMeta};

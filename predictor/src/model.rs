@@ -11,7 +11,7 @@
 //! |--------|------|-----------------------------------------------------------------------|
 //! | 0      | 8    | magic `b"AUGURMDL"`                                                   |
 //! | 8      | 2    | `u16` format version = 1                                              |
-//! | 10     | 1    | `u8` feature set: 0 = LinnOS (31 inputs), 1 = Heimdall (12), 3 = linnos-ext (39); 2 (an earlier linnos-ext) is refused |
+//! | 10     | 1    | `u8` feature set: 0 = LinnOS (31 inputs), 1 = Heimdall (12), 3 = linnos-ext (39), 4 = linnos-write (47); 2 (an earlier linnos-ext) is refused |
 //! | 11     | 1    | `u8` number of layers `L`, 1..=[`MAX_LAYERS`]                          |
 //! | 12     | 4    | `u32` number of model inputs (must equal the feature set's)           |
 //! | 16     | 4    | `u32` flags: bit 0 = MinMax scaler present (set iff Heimdall); other bits 0 |
@@ -399,7 +399,7 @@ fn check_structure(
         prev = l.outputs;
     }
     match (fs, scaler) {
-        (FeatureSet::LinnOs | FeatureSet::LinnOsExt, Some(_)) => {
+        (FeatureSet::LinnOs | FeatureSet::LinnOsExt | FeatureSet::LinnOsWrite, Some(_)) => {
             return Err(ModelError::Invalid(
                 "a LinnOS model has no MinMax scaler".into(),
             ));
@@ -426,7 +426,7 @@ fn check_structure(
                 }
             }
         }
-        (FeatureSet::LinnOs | FeatureSet::LinnOsExt, None) => {}
+        (FeatureSet::LinnOs | FeatureSet::LinnOsExt | FeatureSet::LinnOsWrite, None) => {}
     }
     Ok(())
 }

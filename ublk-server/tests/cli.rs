@@ -350,7 +350,7 @@ fn corrupt_model_is_rejected_by_name() {
 }
 
 /// `augur train` with no flags but the log and the output is the recipe
-/// behind the shipped model: linnos-ext inputs, p98 labels, ±4 ms periods.
+/// behind the shipped model: linnos-write inputs, p98 labels, ±4 ms periods.
 #[test]
 fn train_defaults_are_the_shipped_recipe() {
     let d = tempfile::tempdir().unwrap();
@@ -382,7 +382,7 @@ fn train_defaults_are_the_shipped_recipe() {
     let ours = shown(model.to_str().unwrap());
     let shipped = shown("default");
     for needle in [
-        "feature set linnos-ext",
+        "feature set linnos-write (47 inputs)",
         "labels: p98, period ±4000 µs >= 10% slow",
     ] {
         assert!(ours.contains(needle), "{needle}: {ours}");
@@ -405,6 +405,26 @@ fn train_defaults_are_the_shipped_recipe() {
     let plain = shown(model.to_str().unwrap());
     assert!(plain.contains("feature set linnos (31 inputs)"), "{plain}");
     assert!(!plain.contains("period"), "{plain}");
+    // `--features` names any of them; a wrong name is refused by name.
+    let train_with = |features: &str| {
+        augur(&[
+            "train",
+            "--log",
+            log.to_str().unwrap(),
+            "--out",
+            model.to_str().unwrap(),
+            "--features",
+            features,
+            "--epochs",
+            "1",
+        ])
+    };
+    let o = train_with("linnos-ext");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(shown(model.to_str().unwrap()).contains("feature set linnos-ext (39 inputs)"));
+    let o = train_with("linnos-fast");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--features 'linnos-fast'"), "{}", stderr(&o));
 }
 
 #[test]

@@ -215,6 +215,7 @@ struct Row {
     iops: f64,
     p50: f64,
     p999: f64,
+    p9999: f64,
     extra_io_pct: f64,
 }
 
@@ -248,6 +249,7 @@ fn sim_table(profile: &str, policies: &str) -> std::collections::HashMap<String,
                     iops: f(&r["iops"]),
                     p50: f(&r["read_lat_us"]["p50"]),
                     p999: f(&r["read_lat_us"]["p999"]),
+                    p9999: f(&r["read_lat_us"]["p9999"]),
                     extra_io_pct: f(&r["extra_io_pct"]),
                 },
             )
@@ -259,12 +261,22 @@ fn sim_table(profile: &str, policies: &str) -> std::collections::HashMap<String,
 /// clock (deterministic, so this is no wall-clock assertion): with the
 /// shipped model, linnos cuts read p99.9 to at most 0.4x baseline and below
 /// hedge on the stalling profiles, with no extra replica I/O, and costs a
-/// healthy array at most 3% of IOPS and p50.
+/// healthy array at most 3% of IOPS and p50. Beyond p99.9: noisy-neighbor's
+/// p99.99 at most 0.6x baseline (the target); gc-heavy's p99.99 is held at
+/// today's level, at most 0.95x baseline (the 0.6x target is not met: the
+/// reads that arrive on an erasing die in the first few hundred µs of each
+/// GC window are slow before any signal of the window exists).
 #[test]
 fn shipped_model_meets_the_policy_targets() {
-    for profile in ["gc-heavy", "noisy-neighbor"] {
+    for (profile, p9999_ratio) in [("gc-heavy", 0.95), ("noisy-neighbor", 0.6)] {
         let t = sim_table(profile, "baseline,hedge,linnos");
         let (base, hedge, linnos) = (&t["baseline"], &t["hedge"], &t["linnos"]);
+        assert!(
+            linnos.p9999 <= p9999_ratio * base.p9999,
+            "{profile}: linnos p99.99 {} > {p9999_ratio} x baseline {}",
+            linnos.p9999,
+            base.p9999
+        );
         assert!(
             linnos.p999 <= 0.4 * base.p999,
             "{profile}: linnos p99.9 {} > 0.4 x baseline {}",

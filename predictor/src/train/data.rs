@@ -16,6 +16,11 @@ pub(super) fn encode(fs: FeatureSet, r: &TrainingRecord, out: &mut Vec<f32>) {
             encode_linnos_ext(&r.features, &mut f);
             out.extend_from_slice(&f);
         }
+        FeatureSet::LinnOsWrite => {
+            let mut f = [0.0f32; LINNOS_WRITE_INPUTS];
+            encode_linnos_write(&r.features, &mut f);
+            out.extend_from_slice(&f);
+        }
         FeatureSet::Heimdall => {
             let mut f = [0.0f32; HEIMDALL_INPUTS];
             heimdall_raw(

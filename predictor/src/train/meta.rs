@@ -127,10 +127,10 @@ pub(super) fn training_meta(
         },
         date: cfg.date.clone().unwrap_or_else(utc_date_today),
         seed: cfg.seed,
-        arch: if cfg.extended {
-            format!("{}+ext", cfg.arch.name())
-        } else {
-            cfg.arch.name().to_string()
+        arch: match cfg.feature_set() {
+            FeatureSet::LinnOsExt => format!("{}+ext", cfg.arch.name()),
+            FeatureSet::LinnOsWrite => format!("{}+write", cfg.arch.name()),
+            FeatureSet::LinnOs | FeatureSet::Heimdall => cfg.arch.name().to_string(),
         },
         label_rule: label_rule.to_string(),
         threshold_us: threshold.threshold_us,

@@ -36,8 +36,8 @@ use thiserror::Error;
 
 use crate::eval::{EvalReport, evaluate, evaluate_labelled};
 use crate::features::{
-    FeatureSet, HEIMDALL_INPUTS, LINNOS_EXT_INPUTS, LINNOS_INPUTS, MinMax, ReadInfo, encode_linnos,
-    encode_linnos_ext, heimdall_raw,
+    FeatureSet, HEIMDALL_INPUTS, LINNOS_EXT_INPUTS, LINNOS_INPUTS, LINNOS_WRITE_INPUTS, MinMax,
+    ReadInfo, encode_linnos, encode_linnos_ext, encode_linnos_write, heimdall_raw,
 };
 use crate::label::{LabelError, LabelRule, PeriodRule, Threshold, compute_threshold, is_slow};
 mod data;
@@ -152,9 +152,12 @@ impl ReplicaSelection {
 pub struct TrainConfig {
     /// Network architecture.
     pub arch: Arch,
-    /// Also feed the oldest pending age and the recent read maximum (feature set
-    /// `linnos-ext`, 39 inputs); base, deep1 and deep2 only.
-    pub extended: bool,
+    /// The LinnOS-family encoding to feed base, deep1 or deep2 instead of
+    /// plain LinnOS: `linnos-ext` (also the oldest pending age and the
+    /// recent read maximum, 39 inputs) or `linnos-write` (those and two
+    /// write latencies, 47). `None`: the architecture's own (LinnOS for
+    /// base/deep1/deep2, Heimdall for heimdall).
+    pub inputs: Option<FeatureSet>,
     /// Which replicas' reads to use.
     pub replicas: ReplicaSelection,
     /// How reads are labelled slow.
@@ -192,7 +195,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             arch: Arch::Base,
-            extended: false,
+            inputs: None,
             replicas: ReplicaSelection::Pooled,
             label: LabelRule::Inflection,
             period: None,
@@ -211,13 +214,10 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// The feature set trained: the architecture's, or `linnos-ext` with
-    /// [`extended`](Self::extended).
+    /// The feature set trained: [`inputs`](Self::inputs) if set, else the
+    /// architecture's.
     pub fn feature_set(&self) -> FeatureSet {
-        match (self.arch, self.extended) {
-            (Arch::Heimdall, _) | (_, false) => self.arch.feature_set(),
-            (_, true) => FeatureSet::LinnOsExt,
-        }
+        self.inputs.unwrap_or_else(|| self.arch.feature_set())
     }
 
     /// Layer widths from input to output for this configuration.
@@ -230,8 +230,19 @@ impl TrainConfig {
     /// Checks the numeric parameters.
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |what: String| Err(TrainError::InvalidConfig(what));
-        if self.extended && self.arch == Arch::Heimdall {
-            return bad("the extended inputs are for the LinnOS architectures (base, deep1, deep2), not heimdall".into());
+        match (self.arch, self.inputs) {
+            (Arch::Heimdall, Some(fs)) if fs != FeatureSet::Heimdall => {
+                return bad(format!(
+                    "the {fs} inputs are for the LinnOS architectures (base, deep1, deep2), not heimdall"
+                ));
+            }
+            (a, Some(FeatureSet::Heimdall)) if a != Arch::Heimdall => {
+                return bad(format!(
+                    "the heimdall inputs need the heimdall architecture, not {}",
+                    a.name()
+                ));
+            }
+            _ => {}
         }
         if !(self.false_submit_weight.is_finite() && self.false_submit_weight > 0.0) {
             return bad(format!(

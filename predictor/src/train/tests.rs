@@ -151,7 +151,7 @@ fn extended_inputs_train_a_linnos_ext_model() {
         r.features.oldest_pending_us = if slow { 900 } else { 100 };
     }
     let cfg = TrainConfig {
-        extended: true,
+        inputs: Some(FeatureSet::LinnOsExt),
         max_epochs: 6,
         ..small_cfg(Arch::Base, 2)
     };
@@ -169,11 +169,43 @@ fn extended_inputs_train_a_linnos_ext_model() {
     );
 
     let e = TrainConfig {
-        extended: true,
+        inputs: Some(FeatureSet::LinnOsExt),
         ..small_cfg(Arch::Heimdall, 1)
     }
     .validate()
     .expect_err("heimdall has no extended inputs");
+    assert!(e.to_string().contains("heimdall"), "{e}");
+}
+
+#[test]
+fn write_inputs_train_a_linnos_write_model() {
+    let mut recs = separable(800, 6);
+    // Only the write latencies carry the signal here.
+    for r in &mut recs {
+        let slow = r.latency_us > 1000;
+        r.features.write_recent_us = if slow { [400; 4] } else { [25; 4] };
+        r.features.write_len = 4;
+        r.features.recent = Default::default();
+        r.features.len = 0;
+        r.features.pending_pages = 0;
+    }
+    let cfg = TrainConfig {
+        inputs: Some(FeatureSet::LinnOsWrite),
+        max_epochs: 6,
+        ..small_cfg(Arch::Base, 2)
+    };
+    assert_eq!(cfg.widths(), vec![47, 256, 2]);
+    let (model, report) = train(&recs, &cfg, &mut |_| {}).expect("trains");
+    assert_eq!(model.feature_set(), FeatureSet::LinnOsWrite);
+    assert_eq!(model.meta().arch, "base+write");
+    let acc = report.validation.int.accuracy.unwrap_or(0.0);
+    assert!(acc > 0.95, "write-input validation accuracy {acc}");
+    let e = TrainConfig {
+        inputs: Some(FeatureSet::Heimdall),
+        ..small_cfg(Arch::Base, 1)
+    }
+    .validate()
+    .expect_err("base cannot take the heimdall inputs");
     assert!(e.to_string().contains("heimdall"), "{e}");
 }
 
@@ -221,7 +253,7 @@ fn period_labels_that_would_mark_most_reads_slow_are_dropped() {
         })
         .collect();
     let cfg = TrainConfig {
-        extended: true,
+        inputs: Some(FeatureSet::LinnOsExt),
         label: LabelRule::Percentile(80.0),
         period: Some(PeriodRule {
             window_us: 2000,
@@ -249,7 +281,7 @@ fn period_labels_that_would_mark_most_reads_slow_are_dropped() {
 fn period_labels_teach_avoiding_a_degraded_period() {
     let recs = degraded_period();
     let cfg = TrainConfig {
-        extended: true,
+        inputs: Some(FeatureSet::LinnOsExt),
         label: LabelRule::Percentile(95.0),
         max_epochs: 20,
         patience: 20,

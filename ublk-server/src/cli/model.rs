@@ -9,7 +9,7 @@ use augur_predictor::eval::{evaluate, evaluate_labelled};
 use augur_predictor::label::{LabelRule, PeriodRule, is_slow};
 use augur_predictor::trace::{ImportOptions, TraceFormat, import_file};
 use augur_predictor::train::{Arch, Progress, ReplicaSelection, TrainConfig, train};
-use augur_predictor::{Model, ModelError};
+use augur_predictor::{FeatureSet, Model, ModelError};
 use clap::{Args, Subcommand};
 
 use super::error::CliError;
@@ -26,13 +26,18 @@ pub struct TrainArgs {
     /// Architecture: base (31-256-2), deep1, deep2, heimdall.
     #[arg(long, default_value = "base")]
     arch: String,
-    /// Train the plain LinnOS encoding (31 inputs) instead of the default
-    /// linnos-ext, which also feeds the oldest pending I/O's age and the worst
-    /// of the last ~64 read latencies (39 inputs; base, deep1, deep2).
-    #[arg(long)]
+    /// Inputs of base, deep1 and deep2: linnos-write (the default: LinnOS's
+    /// 31 digits, the oldest pending I/O's age, the worst of the last ~64
+    /// read latencies, and the newest and least of the last four write
+    /// latencies, 47 inputs), linnos-ext (without the writes, 39) or linnos
+    /// (the paper's 31). heimdall always has its own.
+    #[arg(long, value_name = "SET")]
+    features: Option<String>,
+    /// The same as `--features linnos`.
+    #[arg(long, conflicts_with_all = ["features", "extended"])]
     plain: bool,
-    /// The default (linnos-ext for base, deep1, deep2); kept for scripts.
-    #[arg(long, hide = true, conflicts_with = "plain")]
+    /// The same as `--features linnos-ext`; kept for scripts.
+    #[arg(long, hide = true, conflicts_with = "features")]
     extended: bool,
     /// Train on one replica's reads (its index), or `pooled`.
     #[arg(long, default_value = "pooled")]
@@ -78,6 +83,26 @@ pub struct TrainArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// The feature set of `--features` / `--plain` / `--extended`: linnos-write
+/// by default for base, deep1 and deep2; heimdall's own for heimdall.
+fn train_inputs(a: &TrainArgs, arch: Arch) -> Result<Option<FeatureSet>, CliError> {
+    let asked = match (&a.features, a.plain, a.extended) {
+        (Some(name), _, _) => Some(FeatureSet::parse(name).ok_or_else(|| {
+            CliError::BadFlag(format!(
+                "--features '{name}' is not one of linnos-write, linnos-ext, linnos, heimdall"
+            ))
+        })?),
+        (None, true, _) => Some(FeatureSet::LinnOs),
+        (None, false, true) => Some(FeatureSet::LinnOsExt),
+        (None, false, false) => None,
+    };
+    Ok(match (arch, asked) {
+        (Arch::Heimdall, None) => None,
+        (_, None) => Some(FeatureSet::LinnOsWrite),
+        (_, Some(fs)) => Some(fs),
+    })
 }
 
 /// The period rule of `--label-period D --period-slow-fraction F`.
@@ -204,12 +229,12 @@ pub fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
         .map_err(|e| bad(format!("--label-period {e}")))?
         .map(|d| period_rule(d, a.period_slow_fraction))
         .transpose()?;
+    let inputs = train_inputs(&a, arch)?;
     let records = load_logs(&a.logs)?;
     let names: Vec<String> = a.logs.iter().map(|p| p.display().to_string()).collect();
     let cfg = TrainConfig {
         arch,
-        // linnos-ext unless --plain; heimdall has its own inputs.
-        extended: !a.plain && arch != Arch::Heimdall,
+        inputs,
         replicas,
         label,
         period,
