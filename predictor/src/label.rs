@@ -12,6 +12,15 @@
 //!   cap itself, so roughly the slowest 3% are labelled slow.
 //! * [`LabelRule::Percentile`] — a fixed percentile `P` (nearest rank), so
 //!   roughly `100 - P` percent of reads are labelled slow.
+//! * [`LabelRule::MedianMultiple`] — `K` times the median latency: slow
+//!   means "K times what this device usually takes", whatever share of the
+//!   reads that is. A percentile assumes the share: on a device that stalls
+//!   more often than `100 - P` percent of the time it lands inside the
+//!   stalls and labels most of them fast.
+//! * [`LabelRule::LowerOf`] — the lower of a percentile and a median
+//!   multiple, `min(p98,4x-median)` (`augur train`'s default): at least the
+//!   slowest 2% are slow, and more when the device stalls more often than
+//!   that.
 //!
 //! On top of either rule, [`PeriodRule`] gives *period labels* (after
 //! Heimdall's period-based labelling): a read is also slow when it was issued
@@ -44,6 +53,10 @@ pub enum LabelRule {
     Inflection,
     /// A fixed percentile in `(0, 100)`: slow if above the P-th percentile.
     Percentile(f64),
+    /// A multiple `K > 1` of the median: slow if above `K x p50`.
+    MedianMultiple(f64),
+    /// The lower of the P-th percentile and `K x p50`: `(P, K)`.
+    LowerOf(f64, f64),
 }
 
 impl fmt::Display for LabelRule {
@@ -51,17 +64,36 @@ impl fmt::Display for LabelRule {
         match self {
             LabelRule::Inflection => f.write_str("inflection"),
             LabelRule::Percentile(p) => write!(f, "p{p}"),
+            LabelRule::MedianMultiple(k) => write!(f, "{k}x-median"),
+            LabelRule::LowerOf(p, k) => write!(f, "min(p{p},{k}x-median)"),
         }
     }
 }
 
 impl LabelRule {
-    /// Parses `inflection`, `pNN`, `percentile:NN` or a bare number `NN`
-    /// (a percentile strictly between 0 and 100, fractions allowed).
+    /// Parses `inflection`, `Kx-median` (a multiple above 1, e.g.
+    /// `4x-median`), `pNN`, `percentile:NN`, a bare number `NN` (a
+    /// percentile strictly between 0 and 100, fractions allowed), or
+    /// `min(pNN,Kx-median)`.
     pub fn parse(s: &str) -> Result<Self, LabelError> {
         let t = s.trim();
+        if let Some(inner) = t.strip_prefix("min(").and_then(|r| r.strip_suffix(')')) {
+            let bad = || LabelError::BadRule(s.to_string());
+            let (a, b) = inner.split_once(',').ok_or_else(bad)?;
+            return match (Self::parse(a)?, Self::parse(b)?) {
+                (LabelRule::Percentile(p), LabelRule::MedianMultiple(k))
+                | (LabelRule::MedianMultiple(k), LabelRule::Percentile(p)) => {
+                    Ok(LabelRule::LowerOf(p, k))
+                }
+                _ => Err(bad()),
+            };
+        }
         if t.eq_ignore_ascii_case("inflection") || t.eq_ignore_ascii_case("tangent") {
             return Ok(LabelRule::Inflection);
+        }
+        if let Some(k) = t.strip_suffix("x-median") {
+            let k: f64 = k.parse().map_err(|_| LabelError::BadRule(s.to_string()))?;
+            return LabelRule::MedianMultiple(k).validate();
         }
         let num = t
             .strip_prefix("percentile:")
@@ -80,6 +112,14 @@ impl LabelRule {
         match self {
             LabelRule::Percentile(p) if !(p > 0.0 && p < 100.0) => {
                 Err(LabelError::PercentileOutOfRange(p))
+            }
+            LabelRule::MedianMultiple(k) if !(k > 1.0 && k <= 1000.0) => {
+                Err(LabelError::MultipleOutOfRange(k))
+            }
+            LabelRule::LowerOf(p, k) => {
+                LabelRule::Percentile(p).validate()?;
+                LabelRule::MedianMultiple(k).validate()?;
+                Ok(self)
             }
             _ => Ok(self),
         }
@@ -170,11 +210,16 @@ pub enum LabelError {
     /// The percentile is not strictly between 0 and 100.
     #[error("percentile {0} is out of range: it must lie strictly between 0 and 100")]
     PercentileOutOfRange(f64),
+    /// The median multiple is not above 1 (or absurdly large).
+    #[error("median multiple {0} is out of range: it must be above 1 and at most 1000")]
+    MultipleOutOfRange(f64),
     /// The period rule's parameters are out of range.
     #[error("bad period label rule: {0}")]
     BadPeriod(String),
     /// The rule string could not be parsed.
-    #[error("unknown label rule '{0}': expected 'inflection', 'pNN' or 'percentile:NN'")]
+    #[error(
+        "unknown label rule '{0}': expected 'inflection', 'Kx-median', 'pNN', 'percentile:NN' or 'min(pNN,Kx-median)'"
+    )]
     BadRule(String),
 }
 
@@ -207,6 +252,12 @@ fn percentile_sorted(sorted: &[u32], p: f64) -> u32 {
     // Nearest rank: the smallest value with at least p% of samples <= it.
     let rank = ((p / 100.0) * n as f64).ceil() as usize;
     sorted[rank.clamp(1, n) - 1]
+}
+
+/// `k` times the median (nearest rank) of a sorted, non-empty slice.
+fn median_multiple_sorted(sorted: &[u32], k: f64) -> u32 {
+    let median = f64::from(percentile_sorted(sorted, 50.0));
+    (median * k).round().min(f64::from(u32::MAX)) as u32
 }
 
 /// The P-th percentile (nearest rank) of `latencies`, `p` in `(0, 100)`.
@@ -284,6 +335,12 @@ pub fn compute_threshold(latencies: &[u32], rule: LabelRule) -> Result<Threshold
             (t, Some(g), f)
         }
         LabelRule::Percentile(p) => (percentile_sorted(&sorted, p), None, false),
+        LabelRule::MedianMultiple(k) => (median_multiple_sorted(&sorted, k), None, false),
+        LabelRule::LowerOf(p, k) => (
+            percentile_sorted(&sorted, p).min(median_multiple_sorted(&sorted, k)),
+            None,
+            false,
+        ),
     };
     let fast = sorted.partition_point(|&v| v <= threshold_us);
     let n = sorted.len();
@@ -323,6 +380,42 @@ mod tests {
             LabelRule::parse("median"),
             Err(LabelError::BadRule(_))
         ));
+        assert_eq!(
+            LabelRule::parse("4x-median"),
+            Ok(LabelRule::MedianMultiple(4.0))
+        );
+        assert_eq!(LabelRule::MedianMultiple(2.5).to_string(), "2.5x-median");
+        assert_eq!(
+            LabelRule::parse("1x-median"),
+            Err(LabelError::MultipleOutOfRange(1.0))
+        );
+        assert!(matches!(
+            LabelRule::parse("fourx-median"),
+            Err(LabelError::BadRule(_))
+        ));
+        let t = compute_threshold(
+            &[100, 100, 120, 150, 900, 2000],
+            LabelRule::MedianMultiple(4.0),
+        )
+        .unwrap();
+        // Nearest-rank median of six is the third value, 120.
+        assert_eq!((t.threshold_us, t.slow_fraction), (480, 2.0 / 6.0));
+        for text in ["min(p98,4x-median)", "min(4x-median, p98)"] {
+            assert_eq!(LabelRule::parse(text), Ok(LabelRule::LowerOf(98.0, 4.0)));
+        }
+        assert_eq!(
+            LabelRule::LowerOf(98.0, 4.0).to_string(),
+            "min(p98,4x-median)"
+        );
+        for bad in ["min(p98)", "min(p98,p99)", "min(p98,4x-median"] {
+            assert!(LabelRule::parse(bad).is_err(), "{bad}");
+        }
+        // The lower of the two: 4 x median (480) below p99 (2000), p60 (150) below 480.
+        let lat = [100, 100, 120, 150, 900, 2000];
+        let t = compute_threshold(&lat, LabelRule::LowerOf(99.0, 4.0)).unwrap();
+        assert_eq!(t.threshold_us, 480);
+        let t = compute_threshold(&lat, LabelRule::LowerOf(60.0, 4.0)).unwrap();
+        assert_eq!(t.threshold_us, 150);
         assert_eq!(LabelRule::Percentile(95.0).to_string(), "p95");
         assert_eq!(LabelRule::Inflection.to_string(), "inflection");
     }

@@ -16,7 +16,7 @@ const SIM_BENCH: &[&str] = &[
     "--predict-cost-ns",
     "400,150",
     "--policy",
-    "baseline,random,hedge,linnos,linnos+hedge,oracle",
+    "baseline,random,hedge,linnos,linnos+hedge,greedy-oracle",
     "--duration",
     "1s",
     "--json",

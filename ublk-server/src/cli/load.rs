@@ -36,7 +36,7 @@ pub(crate) struct BenchArgs {
     #[command(flatten)]
     pub(crate) load: LoadArgs,
     /// Policies to compare, comma-separated.
-    #[arg(long, default_value = "baseline,random,hedge,oracle")]
+    #[arg(long, default_value = "baseline,random,hedge,greedy-oracle")]
     pub(crate) policy: String,
     /// Print one JSON array (an object per policy) instead of the table.
     #[arg(long)]
@@ -206,9 +206,9 @@ pub(crate) fn cmd_demo(args: DemoArgs) -> anyhow::Result<()> {
     // The learned policies join when this build ships a model.
     let model = augur_predictor::Model::default_model().ok();
     let all = if model.is_some() {
-        "baseline,random,hedge,linnos,linnos+hedge,oracle"
+        "baseline,random,hedge,linnos,linnos+hedge,greedy-oracle"
     } else {
-        "baseline,random,hedge,oracle"
+        "baseline,random,hedge,greedy-oracle"
     };
     let real_pols = policies(if model.is_some() {
         "baseline,linnos"
@@ -237,7 +237,8 @@ pub(crate) fn cmd_demo(args: DemoArgs) -> anyhow::Result<()> {
         println!(
             "\nbaseline reads the primary replica even while it garbage-collects; hedge sends a\n\
              second copy after p95; linnos asks the shipped model whether the replica is about\n\
-             to be slow and, if so, reads elsewhere; oracle reads the emulator's own forecast.\n\n\
+             to be slow and, if so, reads elsewhere; greedy-oracle sends each read where the\n\
+             emulator forecasts it finishes first.\n\n\
              2. The real data path: the same array on replica files in {} through io_uring,\n\
              {} per policy.\n",
             augur::load::default_replica_dir().display(),

@@ -42,9 +42,12 @@ pub struct TrainArgs {
     /// Train on one replica's reads (its index), or `pooled`.
     #[arg(long, default_value = "pooled")]
     replica: String,
-    /// Label rule: a percentile like p98 (the default), or inflection (the
-    /// LinnOS tangent method).
-    #[arg(long, default_value = "p98")]
+    /// Label rule: min(p98,4x-median) (the default: slow above the 98th
+    /// percentile or 4x the median, whichever is lower, so a device that
+    /// stalls more often than 2% of the time still has its stalls
+    /// labelled), a percentile like p98, a median multiple like 4x-median,
+    /// or inflection (the LinnOS tangent method).
+    #[arg(long, default_value = "min(p98,4x-median)")]
     label: String,
     /// Period labels: also label slow every read issued in a slow period of
     /// its replica, a window of ± this long in which at least

@@ -359,7 +359,7 @@ fn array_oracle_halves_baseline_tail() {
         let p = Profile::builtin(name).unwrap();
         for iops in [30_000.0, 60_000.0] {
             let base = sim_run(&p, 3, "baseline", 32, Some(iops), 6);
-            let oracle = sim_run(&p, 3, "oracle", 32, Some(iops), 6);
+            let oracle = sim_run(&p, 3, "greedy-oracle", 32, Some(iops), 6);
             let (b, o) = (&base.read_lat_us, &oracle.read_lat_us);
             println!(
                 "| `{name}` | {iops} | {} | {} | {} | {} | {} | {} |",

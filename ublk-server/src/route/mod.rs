@@ -37,7 +37,7 @@ pub const POLICY_NAMES: &[&str] = &[
     "hedge",
     "linnos",
     "linnos+hedge",
-    "oracle",
+    "greedy-oracle",
 ];
 
 /// What the router may ask of the array about its replicas.
@@ -92,7 +92,10 @@ pub enum PolicyKind {
         /// Also hedge.
         hedge: bool,
     },
-    /// The emulator's forecast.
+    /// Per read, the replica whose emulator forecasts the earliest
+    /// completion (`greedy-oracle`). Greedy: each read takes the best
+    /// replica for itself, ignoring the queueing that choice causes later
+    /// reads, so it is a strong reference, not a proven optimum.
     Oracle,
 }
 
@@ -159,13 +162,19 @@ impl Policy {
             "baseline" => PolicyKind::Baseline,
             "random" => PolicyKind::Random,
             "hedge" => PolicyKind::Hedge,
-            "oracle" => PolicyKind::Oracle,
+            // `oracle` was its name before it was called what it is.
+            "greedy-oracle" | "oracle" => PolicyKind::Oracle,
             "linnos" | "linnos+hedge" => PolicyKind::Linnos {
                 predictor: predictor
                     .ok_or_else(|| ArrayError::BadSpec(format!("policy '{name}' needs a model")))?,
                 hedge: name == "linnos+hedge",
             },
             other => return Err(ArrayError::UnknownPolicy(other.to_string())),
+        };
+        let name = if matches!(kind, PolicyKind::Oracle) {
+            "greedy-oracle"
+        } else {
+            name
         };
         Ok(Policy {
             kind,
