@@ -826,12 +826,19 @@ impl Model {
     }
 
     /// Write the model file (to a temporary name in the same directory, then
-    /// renamed over `path`, so a reader never sees half a file).
+    /// renamed over `path`, so a reader never sees half a file). A `path`
+    /// that exists and is not a plain file (a symlink, `/dev/null`, a FIFO)
+    /// is written through instead: renaming over it would replace it.
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
         let io = |source| ModelError::Io {
             path: path.display().to_string(),
             source,
         };
+        if let Ok(m) = std::fs::symlink_metadata(path)
+            && !m.file_type().is_file()
+        {
+            return std::fs::write(path, self.to_bytes()).map_err(io);
+        }
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = std::path::PathBuf::from(tmp);
@@ -1246,6 +1253,7 @@ mod tests {
         for fs in [
             FeatureSet::LinnOs,
             FeatureSet::LinnOsExt,
+            FeatureSet::LinnOsWrite,
             FeatureSet::Heimdall,
         ] {
             for m in [small(fs), Model::random(fs, &[256, 256], 2, 9).unwrap()] {
@@ -1262,6 +1270,28 @@ mod tests {
         let _ = std::fs::remove_file(&p);
         assert_eq!(m, m2);
         assert!(matches!(Model::load(&p), Err(ModelError::Io { .. })));
+    }
+
+    /// Saving through a path that is not a plain file writes into what it
+    /// names instead of renaming a new file over it (`--out /dev/null` once
+    /// replaced /dev/null with a model).
+    #[test]
+    fn save_writes_through_a_symlink_instead_of_replacing_it() {
+        let dir = std::env::temp_dir().join(format!("augur-model-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (target, link) = (dir.join("real.augm"), dir.join("link.augm"));
+        std::fs::write(&target, b"old").unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let m = small(FeatureSet::LinnOsWrite);
+        m.save(&link).unwrap();
+        let still_link = std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink();
+        let loaded = Model::load(&target);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(still_link, "the symlink was replaced");
+        assert_eq!(loaded.unwrap(), m);
     }
 
     #[test]
