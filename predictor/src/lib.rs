@@ -1,7 +1,8 @@
 //! Feature encodings, model file, CPU inference (f32 and integer), training,
 //! quantization and evaluation for the slow-I/O predictor.
 //!
-//! - [`features`]: the LinnOS (31 digits) and Heimdall (12 features) encodings.
+//! - [`features`]: the LinnOS (31 digits), `linnos-ext` (39), `linnos-write`
+//!   (47: with write latencies) and Heimdall (12 features) encodings.
 //! - [`model`]: f32 + quantized layers, the self-describing model file.
 //! - [`infer`]: the f32 path and the bit-specified integer fast path.
 //! - [`slow`]: the [`SlowPredictor`] seam the routing policies call, and
