@@ -448,4 +448,9 @@ impl ReplicaView for Inner {
         let emu = emu.lock().unwrap_or_else(|p| p.into_inner());
         Some(emu.peek_read_latency(now_ns, offset, len))
     }
+    fn stall_age_ns(&self, i: usize, now_ns: u64) -> Option<u64> {
+        let emu = self.replicas[i].emu.as_ref()?;
+        let emu = emu.lock().unwrap_or_else(|p| p.into_inner());
+        emu.stalled_since(now_ns).map(|t| now_ns.saturating_sub(t))
+    }
 }

@@ -394,6 +394,22 @@ impl FlashEmu {
         self.plan(now_ns, Op::Read, offset, len, &mut rng).complete - now_ns
     }
 
+    /// When the stall in force at `now_ns` began: the GC window or
+    /// noisy-neighbour busy period covering it (the earlier start if both
+    /// do), `None` when neither does. What a perfect stall detector knows.
+    pub fn stalled_since(&self, now_ns: u64) -> Option<u64> {
+        let gc = self.gc_covering(now_ns).map(|_| self.gc_start);
+        let noisy = self.noisy.as_ref().and_then(|(_, track)| {
+            let mut t = *track;
+            t.advance(now_ns);
+            t.busy_until(now_ns).map(|_| t.cur_start)
+        });
+        match (gc, noisy) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// True while a GC window or a noisy-neighbour busy period is in force at `now_ns`.
     pub fn is_stalled(&self, now_ns: u64) -> bool {
         self.stalled_until(now_ns).is_some()

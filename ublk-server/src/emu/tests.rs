@@ -128,6 +128,9 @@ fn gc_windows_follow_written_volume_and_stall_reads() {
     assert!(e.is_stalled(w0) && e.is_stalled(w0 + 9 * MS));
     assert!(!e.is_stalled(w0 + 10 * MS));
     assert_eq!(e.stalled_until(w0 + MS), Some(w0 + 10 * MS));
+    // A perfect detector's view: the window's start, inside it only.
+    assert_eq!(e.stalled_since(w0 + MS), Some(w0));
+    assert_eq!(e.stalled_since(w0 + 10 * MS), None);
     // A read inside the window waits for its end; the oracle agrees.
     let t = w0 + 2 * MS;
     let peek = e.peek_read_latency(t, 0, KIB4);
@@ -184,6 +187,8 @@ fn noisy_periods_arrive_at_configured_rate_and_slow_service() {
         let now = i * step;
         let s = e.is_stalled(now);
         stalled += s as u64;
+        assert_eq!(e.stalled_since(now).is_some(), s);
+        assert!(e.stalled_since(now).is_none_or(|t| t <= now));
         // Rotating channels: each sees one read per 6.4 ms, so never queues.
         let off = (i % 64) * CHANNEL_STRIPE_BYTES;
         let lat = at(e.submit(now, Op::Read, off, KIB4)) - now;

@@ -380,9 +380,16 @@ pub fn render_table(reports: &[PolicyReport]) -> String {
         }
         None => {}
     }
+    // The policy column fits the longest name (`stall-bound:250us`).
+    let w = reports
+        .iter()
+        .map(|r| r.policy.len())
+        .max()
+        .unwrap_or(0)
+        .max(13);
     let _ = writeln!(
         s,
-        "{:<13} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8}",
+        "{:<w$} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8}",
         "policy",
         "IOPS",
         "avg us",
@@ -397,7 +404,7 @@ pub fn render_table(reports: &[PolicyReport]) -> String {
         let l = &r.read_lat_us;
         let _ = writeln!(
             s,
-            "{:<13} {:>9.0} {:>8.1} {:>8} {:>8} {:>9} {:>9} {:>9.2} {:>8.2}",
+            "{:<w$} {:>9.0} {:>8.1} {:>8} {:>8} {:>9} {:>9} {:>9.2} {:>8.2}",
             r.policy, r.iops, l.avg, l.p50, l.p99, l.p999, l.p9999, r.reroute_pct, r.extra_io_pct
         );
     }

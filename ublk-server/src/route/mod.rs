@@ -11,7 +11,8 @@
 //! | `hedge`        | the primary; a second copy to the next replica if the first has not completed by a percentile (default p95) of recent read latency; first completion wins |
 //! | `linnos`       | ask the predictor about the primary; predicted slow, try the next live replica, up to N-1 times; all slow, the one with the lowest score |
 //! | `linnos+hedge` | `linnos`, then hedged like `hedge` |
-//! | `oracle`       | the emulator's own forecast picks the replica that would answer first: the best any predictor could do (benchmarks only) |
+//! | `greedy-oracle` | the emulator's own forecast picks, per read, the replica that would answer first (benchmarks on emulated replicas only; greedy, so a strong reference rather than a proven optimum: it ignores the queueing its choice causes) |
+//! | `stall-bound:D` | a perfect stall detector that reacts `D` late (e.g. `stall-bound:200us`): the emulator says which replicas are inside a GC window or noisy-neighbour period that began at least `D` ago, and reads avoid those (benchmarks on emulated replicas only). It measures how fast a detector must be to reach a tail target |
 
 use std::sync::Arc;
 
@@ -38,6 +39,7 @@ pub const POLICY_NAMES: &[&str] = &[
     "linnos",
     "linnos+hedge",
     "greedy-oracle",
+    "stall-bound",
 ];
 
 /// What the router may ask of the array about its replicas.
@@ -50,6 +52,12 @@ pub trait ReplicaView {
     fn snapshot(&self, i: usize, now_ns: u64) -> HistorySnapshot;
     /// The emulator's forecast of a read's latency (ns), `None` if not emulated.
     fn forecast_read_ns(&self, i: usize, now_ns: u64, offset: u64, len: u32) -> Option<u64>;
+    /// How long the emulator's current stall (GC window or noisy-neighbour
+    /// period) has lasted at `now_ns`; `None` outside one or if not emulated.
+    fn stall_age_ns(&self, i: usize, now_ns: u64) -> Option<u64> {
+        let _ = (i, now_ns);
+        None
+    }
 }
 
 /// A read waiting to be routed: where it reads and how much.
@@ -97,6 +105,13 @@ pub enum PolicyKind {
     /// replica for itself, ignoring the queueing that choice causes later
     /// reads, so it is a strong reference, not a proven optimum.
     Oracle,
+    /// The primary unless the emulator says it has been stalled for at
+    /// least `delay_ns`, then the next live replica that has not
+    /// (`stall-bound:D`): what a perfect detector reacting `D` late gives.
+    StallBound {
+        /// The detector's reaction time.
+        delay_ns: u64,
+    },
 }
 
 /// A routing policy selected by name.
@@ -137,6 +152,18 @@ pub fn primary_for(view: &dyn ReplicaView, offset: u64) -> Option<u16> {
     next_live(view, first, 0)
 }
 
+/// The detector delay of `stall-bound:D` (`D` as `200us`, `1ms`, ...).
+fn parse_delay(d: &str) -> Result<u64, ArrayError> {
+    humantime::parse_duration(d)
+        .ok()
+        .and_then(|d| u64::try_from(d.as_nanos()).ok())
+        .ok_or_else(|| {
+            ArrayError::BadSpec(format!(
+                "stall-bound: '{d}' is not a delay (write it like 200us or 1ms)"
+            ))
+        })
+}
+
 /// The first live replica at or after `from + skip` (wrapping), skipping
 /// `skip` positions first.
 fn next_live(view: &dyn ReplicaView, from: usize, skip: usize) -> Option<u16> {
@@ -169,17 +196,23 @@ impl Policy {
                     .ok_or_else(|| ArrayError::BadSpec(format!("policy '{name}' needs a model")))?,
                 hedge: name == "linnos+hedge",
             },
-            other => return Err(ArrayError::UnknownPolicy(other.to_string())),
+            other => match other.split_once(':') {
+                Some(("stall-bound", d)) => PolicyKind::StallBound {
+                    delay_ns: parse_delay(d)?,
+                },
+                None if other == "stall-bound" => PolicyKind::StallBound { delay_ns: 0 },
+                _ => return Err(ArrayError::UnknownPolicy(other.to_string())),
+            },
         };
-        let name = if matches!(kind, PolicyKind::Oracle) {
-            "greedy-oracle"
-        } else {
-            name
+        let name = match kind {
+            PolicyKind::Oracle => "greedy-oracle".to_string(),
+            PolicyKind::StallBound { delay_ns } => format!(
+                "stall-bound:{}",
+                humantime::format_duration(std::time::Duration::from_nanos(delay_ns))
+            ),
+            _ => name.to_string(),
         };
-        Ok(Policy {
-            kind,
-            name: name.to_string(),
-        })
+        Ok(Policy { kind, name })
     }
 
     /// The name it was selected by.
@@ -259,6 +292,24 @@ impl Policy {
                     });
                 }
             }
+            PolicyKind::StallBound { delay_ns } => {
+                let stalled = |i: usize| {
+                    view.stall_age_ns(i, now_ns)
+                        .is_some_and(|age| age >= *delay_ns)
+                };
+                for r in reads {
+                    let p = primary_for(view, r.offset).unwrap_or(0);
+                    let pick = (0..n)
+                        .map(|k| (p as usize + k) % n)
+                        .find(|&i| view.is_live(i) && !stalled(i))
+                        .map_or(p, |i| i as u16);
+                    out.push(Route {
+                        replica: pick,
+                        rerouted: pick != p,
+                        ..Route::default()
+                    });
+                }
+            }
             PolicyKind::Linnos { predictor, hedge } => {
                 self.route_linnos(
                     view,
@@ -321,7 +372,7 @@ mod tests {
         }
     }
 
-    fn route(p: &Policy, v: &View, offsets: &[u64]) -> Vec<Route> {
+    fn route(p: &Policy, v: &dyn ReplicaView, offsets: &[u64]) -> Vec<Route> {
         let reads: Vec<PendingRead> = offsets
             .iter()
             .map(|&offset| PendingRead { offset, len: 4096 })
@@ -396,6 +447,50 @@ mod tests {
         assert_eq!(route(&p, &v, &[0])[0].replica, 2);
         v.live[2] = false;
         assert_eq!(route(&p, &v, &[0])[0].replica, 1);
+    }
+
+    /// Live replicas with the given stall ages (ns), for `stall-bound`.
+    struct Stalls(Vec<Option<u64>>);
+    impl ReplicaView for Stalls {
+        fn replica_count(&self) -> usize {
+            self.0.len()
+        }
+        fn is_live(&self, _: usize) -> bool {
+            true
+        }
+        fn snapshot(&self, _: usize, _: u64) -> HistorySnapshot {
+            HistorySnapshot::default()
+        }
+        fn forecast_read_ns(&self, _: usize, _: u64, _: u64, _: u32) -> Option<u64> {
+            None
+        }
+        fn stall_age_ns(&self, i: usize, _: u64) -> Option<u64> {
+            self.0[i]
+        }
+    }
+
+    #[test]
+    fn stall_bound_avoids_replicas_stalled_longer_than_its_delay() {
+        let p = Policy::from_name("stall-bound:200us", None).unwrap();
+        assert_eq!(p.name(), "stall-bound:200us");
+        // Offset 0: primary 0. Stalled 150 us: not yet seen, stays.
+        let v = Stalls(vec![Some(150_000), None, None]);
+        assert_eq!(route(&p, &v, &[0])[0], Route::default());
+        // Stalled 200 us: avoided, to the next replica not stalled.
+        let v = Stalls(vec![Some(200_000), Some(900_000), None]);
+        let r = route(&p, &v, &[0])[0];
+        assert!(r.rerouted && r.replica == 2, "{r:?}");
+        // All stalled: the primary.
+        let v = Stalls(vec![Some(1_000_000); 3]);
+        assert_eq!(route(&p, &v, &[0])[0].replica, 0);
+        // No delay given: zero.
+        let p = Policy::from_name("stall-bound", None).unwrap();
+        assert_eq!(p.name(), "stall-bound:0s");
+        let e = Policy::from_name("stall-bound:soon", None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("'soon' is not a delay"), "{e}");
     }
 
     #[test]
