@@ -1014,6 +1014,17 @@ impl Model {
         }
     }
 
+    /// The model's id: the CRC-32 of its file encoding (the checksum the
+    /// file ends with), as 8 lowercase hex digits.
+    pub fn id(&self) -> String {
+        let b = self.to_bytes();
+        let n = b.len();
+        format!(
+            "{:08x}",
+            u32::from_le_bytes([b[n - 4], b[n - 3], b[n - 2], b[n - 1]])
+        )
+    }
+
     /// Which feature encoding the model consumes.
     pub fn feature_set(&self) -> FeatureSet {
         self.fs
@@ -1261,8 +1272,16 @@ mod tests {
                 let m2 = Model::from_bytes(&b).unwrap();
                 assert_eq!(m, m2);
                 assert_eq!(m2.to_bytes(), b);
+                // The id is the file's own checksum.
+                let n = b.len();
+                let crc = u32::from_le_bytes([b[n - 4], b[n - 3], b[n - 2], b[n - 1]]);
+                assert_eq!(m2.id(), format!("{crc:08x}"));
             }
         }
+        assert_ne!(
+            small(FeatureSet::LinnOs).id(),
+            small(FeatureSet::LinnOsExt).id()
+        );
         let m = small(FeatureSet::LinnOs);
         let p = std::env::temp_dir().join(format!("augur-model-test-{}.augm", std::process::id()));
         m.save(&p).unwrap();

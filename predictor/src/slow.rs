@@ -42,6 +42,12 @@ pub trait SlowPredictor: Send + Sync {
     fn name(&self) -> &str;
     /// Scores each input into `out` (same length); > 0 predicts slow.
     fn score_batch(&self, inputs: &[PredictInput], out: &mut [i64]);
+    /// The latency (µs) at and above which a read counts as slow for this
+    /// predictor (a model's label threshold), to judge its decisions
+    /// against what the device then did; `None` if it has none.
+    fn slow_threshold_us(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// A loaded, validated model used through its integer fast path (the same
@@ -70,6 +76,12 @@ impl ModelPredictor {
         Ok(Self::new(model, spec))
     }
 
+    /// The model's id: the CRC-32 its file carries, as 8 hex digits (the
+    /// same bytes give the same id wherever the file was copied).
+    pub fn id(&self) -> String {
+        self.model.id()
+    }
+
     /// The model.
     pub fn model(&self) -> &Model {
         &self.model
@@ -91,6 +103,10 @@ impl SlowPredictor for ModelPredictor {
             [one] => out[0] = self.model.score_int(&one.snapshot, one.read),
             _ => self.model.score_int_batch(inputs, out),
         }
+    }
+
+    fn slow_threshold_us(&self) -> Option<u32> {
+        Some(self.model.meta().threshold_us).filter(|&t| t > 0)
     }
 }
 

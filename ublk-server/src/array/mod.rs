@@ -30,6 +30,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use augur_feature_store::{HistorySnapshot, ReplicaHistory, TrainingLog};
 
 use crate::emu::{Clock, FlashEmu};
@@ -49,9 +50,11 @@ pub use buf::AlignedBuf;
 pub use error::ArrayError;
 pub use queue::{Completion, Queue, Request};
 pub use replica::{Backing, ReplicaSpec, SECTOR, open_backing};
-pub use stats::{ArrayStats, ReplicaCounts, ReplicaStatus};
+pub use stats::{
+    ArrayStats, LAT_BUCKETS, LatencyHist, ReplicaCounts, ReplicaStatus, lat_bucket, lat_bucket_top,
+};
 
-use stats::{Counters, ReplicaCounters};
+use stats::{Counters, LatencyTable, ReplicaCounters};
 
 /// A fault to inject into one replica, for tests and demonstrations: from the
 /// given point on, every I/O to it fails with `EIO`.
@@ -139,16 +142,20 @@ pub(crate) struct Inner {
     pub(crate) clock: Clock,
     /// What a prediction batch costs on the simulated clock.
     pub(crate) predict_cost: PredictCost,
-    pub(crate) policy: Policy,
+    /// The routing policy (and its model), swapped whole while I/O runs.
+    pub(crate) policy: ArcSwap<Policy>,
     pub(crate) replica_depth: u32,
     pub(crate) seed: u64,
     pub(crate) hedge_percentile: f64,
-    pub(crate) log: Option<Arc<TrainingLog>>,
+    /// Where completed reads' training records go while recording.
+    pub(crate) log: ArcSwapOption<TrainingLog>,
     /// Events that are no queue's (a replica marked failed) and the totals
     /// of queues that have closed.
     pub(crate) counters: Counters,
     /// The counter tables of the open queues.
-    pub(crate) queue_counters: Mutex<Vec<Arc<Counters>>>,
+    pub(crate) queue_counters: Mutex<Vec<(Arc<Counters>, Arc<LatencyTable>)>>,
+    /// The read-latency histograms of queues that have closed.
+    pub(crate) latency: LatencyTable,
 }
 
 /// A replicated block device in a process: open it, then drive it through
@@ -208,13 +215,14 @@ impl Array {
                 size,
                 clock,
                 predict_cost,
-                policy,
+                policy: ArcSwap::from_pointee(policy),
                 replica_depth: cfg.replica_depth,
                 seed: cfg.seed,
                 hedge_percentile: cfg.hedge_percentile,
-                log: None,
+                log: ArcSwapOption::empty(),
                 counters: Counters::default(),
                 queue_counters: Mutex::new(Vec::new()),
+                latency: LatencyTable::new(cfg.replicas.len()),
             }),
         })
     }
@@ -225,11 +233,15 @@ impl Array {
         policy: Policy,
         log: Arc<TrainingLog>,
     ) -> Result<Array, ArrayError> {
-        let mut a = Array::open(cfg, policy)?;
-        if let Some(inner) = Arc::get_mut(&mut a.inner) {
-            inner.log = Some(log);
-        }
+        let a = Array::open(cfg, policy)?;
+        a.set_log(Some(log));
         Ok(a)
+    }
+
+    /// Starts (`Some`) or stops (`None`) recording completed reads' training
+    /// records into a log, while I/O runs; returns the log it replaced.
+    pub fn set_log(&self, log: Option<Arc<TrainingLog>>) -> Option<Arc<TrainingLog>> {
+        self.inner.log.swap(log)
     }
 
     /// Device size in bytes.
@@ -251,9 +263,16 @@ impl Array {
             .count()
     }
 
-    /// The routing policy in use.
-    pub fn policy(&self) -> &Policy {
-        &self.inner.policy
+    /// The routing policy in use now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.inner.policy.load_full()
+    }
+
+    /// Replaces the routing policy (with its model) while I/O runs and
+    /// returns the one it replaced. Lock-free for the queues: a batch being
+    /// routed finishes with the old policy, the next one uses the new.
+    pub fn set_policy(&self, policy: Policy) -> Arc<Policy> {
+        self.inner.policy.swap(Arc::new(policy))
     }
 
     /// Nanoseconds since the array opened (the clock of the emulators and logs).
@@ -282,9 +301,28 @@ impl Array {
             .unwrap_or_else(|p| p.into_inner());
         let mut s = self.inner.counters.snapshot();
         for q in open.iter() {
-            s.add(&q.snapshot());
+            s.add(&q.0.snapshot());
         }
         s
+    }
+
+    /// Each replica's read-latency histogram since the array opened (every
+    /// read it answered, hedged copies included; the replica's own time).
+    pub fn read_latency(&self) -> Vec<LatencyHist> {
+        let open = self
+            .inner
+            .queue_counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        (0..self.inner.replicas.len())
+            .map(|i| {
+                let mut h = self.inner.latency.snapshot(i);
+                for q in open.iter() {
+                    h.add(&q.1.snapshot(i));
+                }
+                h
+            })
+            .collect()
     }
 
     /// Each replica's state and counters.

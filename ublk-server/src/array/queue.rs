@@ -16,7 +16,7 @@ use io_uring::{IoUring, types};
 use super::hedge::LatencyWindow;
 use super::sim::SimEvents;
 use super::slots::{Slot, Sub, SubKind};
-use super::stats::{Counters, bump};
+use super::stats::{Counters, LatencyTable, bump};
 use super::{AlignedBuf, ArrayError, Inner, SECTOR};
 use crate::emu::{Clock, Outcome};
 use crate::route::{PendingRead, PolicyKind, Route, RouteScratch, next_after};
@@ -74,6 +74,8 @@ pub struct Queue {
     pub(super) inner: Arc<Inner>,
     /// This queue's own counters (registered with the array, written only here).
     pub(super) counters: Arc<Counters>,
+    /// Its read-latency histograms (per replica), summed by the array.
+    pub(super) latency: Arc<LatencyTable>,
     /// How replica I/O and timers are carried out.
     pub(super) io: Io,
     pub(super) slots: Vec<Slot>,
@@ -103,6 +105,14 @@ pub struct Queue {
     pub(super) keep_released: bool,
 }
 
+/// Whether a policy sends hedged copies (so the queue keeps a latency window).
+fn hedges(kind: &PolicyKind) -> bool {
+    matches!(
+        kind,
+        PolicyKind::Hedge | PolicyKind::Linnos { hedge: true, .. }
+    )
+}
+
 impl Queue {
     pub(super) fn new(inner: Arc<Inner>, id: u32, entries: u32) -> Result<Queue, ArrayError> {
         // COOP_TASKRUN: completions are run when this thread enters the
@@ -122,19 +132,18 @@ impl Queue {
         let n = inner.replicas.len();
         let seed = inner.seed ^ ((id as u64 + 1) << 48);
         let pct = inner.hedge_percentile;
-        let hedging = matches!(
-            inner.policy.kind(),
-            PolicyKind::Hedge | PolicyKind::Linnos { hedge: true, .. }
-        );
+        let hedging = hedges(inner.policy.load().kind());
         let counters = Arc::new(Counters::default());
+        let latency = Arc::new(LatencyTable::new(n));
         inner
             .queue_counters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(counters.clone());
+            .push((counters.clone(), latency.clone()));
         Ok(Queue {
             inner,
             counters,
+            latency,
             io,
             slots: Vec::new(),
             free_slots: Vec::new(),
@@ -271,6 +280,8 @@ impl Queue {
             tried: 0,
             hedged: false,
             start_ns: 0,
+            pred: 0,
+            slow_us: 0,
             ts: Box::new(types::Timespec::new()),
         });
         self.slots.len() - 1
@@ -333,7 +344,13 @@ impl Queue {
         if !self.reads.is_empty() {
             let now = self.inner.now_ns();
             let inner = self.inner.clone();
-            let ok = inner.policy.route_batch(
+            // One policy, so one model, for the whole batch: a swap that
+            // lands meanwhile is seen by the next batch. A guard, not a
+            // clone: no allocation, no lock.
+            let policy = inner.policy.load();
+            self.hedging = hedges(policy.kind());
+            let slow_us = policy.slow_threshold_us().unwrap_or(0);
+            let ok = policy.route_batch(
                 inner.as_ref(),
                 now,
                 &self.reads,
@@ -363,8 +380,18 @@ impl Queue {
                 if r.all_slow {
                     bump(&self.counters.all_slow, 1);
                 }
+                let said_slow = r.predictions.saturating_sub(u16::from(!r.all_slow));
+                if said_slow > 0 {
+                    bump(&self.counters.predicted_slow, u64::from(said_slow));
+                }
                 let s = &mut self.slots[idx];
                 s.primary = r.replica;
+                s.pred = match (r.predictions > 0, r.all_slow) {
+                    (false, _) => 0,
+                    (true, false) => 1,
+                    (true, true) => 2,
+                };
+                s.slow_us = slow_us;
                 self.start_read(idx, r.replica, SubKind::Main);
                 if r.hedge && next_after(inner.as_ref(), r.replica).is_some() {
                     self.arm_hedge(idx);
@@ -425,7 +452,8 @@ impl Queue {
             Op::Write => rep.counters.writes.fetch_add(1, Relaxed),
             _ => rep.counters.other.fetch_add(1, Relaxed),
         };
-        let snap = (op == Op::Read && inner.log.is_some()).then(|| rep.history.snapshot_at(now));
+        let snap =
+            (op == Op::Read && inner.log.load().is_some()).then(|| rep.history.snapshot_at(now));
         let ticket = rep.history.on_submit_at(op, len, now);
         let injected = rep.fault.after_ios.is_some_and(|n| io_no >= n)
             || rep.fault.at_ns.is_some_and(|t| now >= t);
@@ -487,12 +515,15 @@ impl Queue {
         if let Some(t) = self.subs[sub].ticket.take() {
             rep.history.on_complete(t, latency_us);
         }
+        if op == Op::Read && res >= 0 {
+            self.latency.record(r, u64::from(latency_us));
+        }
         if res < 0 {
             rep.counters.errors.fetch_add(1, Relaxed);
             let err = std::io::Error::from_raw_os_error(-res);
             inner.mark_failed(r, &format!("{op:?} I/O failed: {err}"));
         } else if op == Op::Read
-            && let (Some(log), Some(snap)) = (inner.log.as_ref(), self.subs[sub].snap)
+            && let (Some(log), Some(snap)) = (&*inner.log.load(), self.subs[sub].snap)
         {
             log.push(TrainingRecord {
                 time_ns: self.subs[sub].issue_ns,
@@ -525,6 +556,23 @@ impl Queue {
                     }
                     if self.hedging {
                         self.window.record(now.saturating_sub(slot.start_ns));
+                    }
+                    // The replica's own time, as the model's labels are.
+                    let us = u64::from(latency_us);
+                    // Judge the prediction on the replica it was made for
+                    // (a hedged copy's answer says nothing about it).
+                    if slot.pred != 0 && slot.slow_us > 0 && kind == SubKind::Main {
+                        let slow = us >= u64::from(slot.slow_us);
+                        bump(&self.counters.judged_reads, 1);
+                        if slow {
+                            bump(&self.counters.observed_slow, 1);
+                        }
+                        if slow && slot.pred == 1 {
+                            bump(&self.counters.false_submits, 1);
+                        }
+                        if slow == (slot.pred == 2) {
+                            bump(&self.counters.correct_predictions, 1);
+                        }
                     }
                     let buf = if kind == SubKind::Hedge {
                         hedge_buf

@@ -339,6 +339,7 @@ impl Drop for Queue {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         self.inner.counters.absorb(&self.counters.snapshot());
-        open.retain(|c| !std::sync::Arc::ptr_eq(c, &self.counters));
+        self.inner.latency.absorb(&self.latency);
+        open.retain(|c| !std::sync::Arc::ptr_eq(&c.0, &self.counters));
     }
 }

@@ -58,5 +58,9 @@ pub(super) struct Slot {
     pub(super) tried: u16,
     pub(super) hedged: bool,
     pub(super) start_ns: u64,
+    /// A read's prediction for the replica it went to: 0 none, 1 fast, 2 slow.
+    pub(super) pred: u8,
+    /// The slow threshold (µs) of the model that predicted it.
+    pub(super) slow_us: u32,
     pub(super) ts: Box<types::Timespec>,
 }

@@ -225,6 +225,22 @@ impl Policy {
         &self.kind
     }
 
+    /// The predictor's slow threshold (µs), for judging its decisions.
+    pub fn slow_threshold_us(&self) -> Option<u32> {
+        match &self.kind {
+            PolicyKind::Linnos { predictor, .. } => predictor.slow_threshold_us(),
+            _ => None,
+        }
+    }
+
+    /// The predictor, for the `linnos` policies.
+    pub fn predictor(&self) -> Option<&Arc<dyn SlowPredictor>> {
+        match &self.kind {
+            PolicyKind::Linnos { predictor, .. } => Some(predictor),
+            _ => None,
+        }
+    }
+
     /// Routes `reads` (arrived together) into `out`, one [`Route`] each.
     /// Returns `false` when no replica is live.
     pub fn route_batch(
