@@ -65,6 +65,7 @@
 //! |---|---|
 //! | [`array`] | the array, its queues, replicas, counters |
 //! | [`route`] | the read routing policies (`linnos` apart) |
+//! | [`control`] | the control socket: status, stats, live model and policy swap, recording |
 //! | [`emu`] | the flash emulator and its profiles |
 //! | [`frontend`] | ublk and FUSE |
 //! | [`load`] | the in-process load generator, bench, record and demo runs |
@@ -74,6 +75,7 @@
 #![warn(missing_docs)]
 
 pub mod array;
+pub mod control;
 pub mod emu;
 pub mod frontend;
 pub mod load;

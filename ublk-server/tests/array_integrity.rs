@@ -278,3 +278,145 @@ fn bad_requests_are_rejected_with_einval() {
     assert_eq!(out.len(), 3);
     assert!(out.iter().all(|c| c.result == -libc::EINVAL));
 }
+
+thread_local! {
+    /// The ids of the models this thread's predictor calls used since the
+    /// last check.
+    static SEEN: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A model that names itself in every call it serves and calls half the
+/// replicas slow (by id), so a batch often takes several rounds of calls.
+struct Tagged(u64);
+impl SlowPredictor for Tagged {
+    fn name(&self) -> &str {
+        "tagged"
+    }
+    fn score_batch(&self, inputs: &[PredictInput], out: &mut [i64]) {
+        SEEN.with(|s| s.borrow_mut().push(self.0));
+        for (i, o) in inputs.iter().zip(out) {
+            *o = if (i.replica as u64 + self.0).is_multiple_of(2) {
+                1
+            } else {
+                -1
+            };
+        }
+    }
+}
+
+/// Models swapped as fast as a thread can while four threads read: every
+/// routed batch sees exactly one model from its first predictor call to
+/// its last, no read fails, and the data read is the data written.
+#[test]
+fn model_swaps_under_concurrent_reads_give_each_batch_one_model() {
+    const THREADS: usize = 4;
+    const ROUNDS: usize = 400;
+    let dir = scratch_dir();
+    let array = open(dir.path(), "linnos", Vec::new());
+    // Known contents: block b holds the byte b % 251.
+    {
+        let mut q = array.queue(0, 64).unwrap();
+        let mut done = Vec::new();
+        for b in 0..SIZE / BS {
+            let mut buf = AlignedBuf::new(BS as usize);
+            buf.fill((b % 251) as u8);
+            q.submit(Request {
+                op: Op::Write,
+                offset: b * BS,
+                len: BS as u32,
+                buf: Some(buf),
+                user: b,
+            });
+            while q.in_flight() > 8 {
+                q.poll(&mut done, true, None).unwrap();
+            }
+        }
+        while q.in_flight() > 0 {
+            q.poll(&mut done, true, None).unwrap();
+        }
+        assert!(done.iter().all(|c| c.result == 0));
+    }
+    let first: Arc<dyn SlowPredictor> = Arc::new(Tagged(0));
+    array.set_policy(Policy::from_name("linnos", Some(first)).unwrap());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (array, stop) = (array.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut k = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                k += 1;
+                let m: Arc<dyn SlowPredictor> = Arc::new(Tagged(k));
+                array.set_policy(Policy::from_name("linnos", Some(m)).unwrap());
+                std::thread::yield_now();
+            }
+            k
+        })
+    };
+    let readers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let array = array.clone();
+            std::thread::spawn(move || {
+                let mut q = array.queue(1 + t as u32, 64).unwrap();
+                let mut rng = Rng::new(7 + t as u64);
+                let mut done = Vec::new();
+                let (mut ids, mut multi_call_batches) = (HashSet::new(), 0);
+                for round in 0..ROUNDS {
+                    for j in 0..8 {
+                        let b = rng.below(SIZE / BS);
+                        q.submit(Request {
+                            op: Op::Read,
+                            offset: b * BS,
+                            len: BS as u32,
+                            buf: Some(AlignedBuf::new(BS as usize)),
+                            user: (b << 8) | j,
+                        });
+                    }
+                    // This poll routes the 8 reads as one batch.
+                    q.poll(&mut done, false, None).unwrap();
+                    let seen = SEEN.with(|s| std::mem::take(&mut *s.borrow_mut()));
+                    assert!(!seen.is_empty(), "round {round}: no predictor call");
+                    assert!(
+                        seen.iter().all(|&id| id == seen[0]),
+                        "round {round}: one batch used models {seen:?}"
+                    );
+                    multi_call_batches += usize::from(seen.len() > 1);
+                    ids.insert(seen[0]);
+                    while q.in_flight() > 0 {
+                        q.poll(&mut done, true, None).unwrap();
+                    }
+                    // Completing reads routes nothing.
+                    assert!(SEEN.with(|s| s.borrow().is_empty()));
+                }
+                for c in &done {
+                    assert_eq!(c.result, 0, "read {} failed", c.user >> 8);
+                    let want = ((c.user >> 8) % 251) as u8;
+                    let buf = c.buf.as_ref().expect("a read's buffer comes back");
+                    assert!(
+                        buf.iter().all(|&x| x == want),
+                        "block {} read wrong data",
+                        c.user >> 8
+                    );
+                }
+                assert_eq!(done.len(), ROUNDS * 8);
+                (ids.len(), multi_call_batches)
+            })
+        })
+        .collect();
+    let per_thread: Vec<(usize, usize)> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    // The swaps really landed while batches ran, and batches really made
+    // several calls (else one model per batch would hold trivially).
+    let distinct: usize = per_thread.iter().map(|p| p.0).sum();
+    let multi: usize = per_thread.iter().map(|p| p.1).sum();
+    assert!(swaps > 10, "only {swaps} swaps");
+    assert!(
+        distinct > THREADS * 2,
+        "batches saw only {distinct} models: {per_thread:?}"
+    );
+    assert!(
+        multi > ROUNDS,
+        "only {multi} batches made more than one call"
+    );
+    assert_eq!(array.stats().failed_requests, 0);
+}

@@ -306,6 +306,14 @@ impl Array {
         s
     }
 
+    /// I/Os pending on replica `i` now.
+    pub fn pending_ios(&self, i: usize) -> u32 {
+        self.inner
+            .replicas
+            .get(i)
+            .map_or(0, |r| r.history.pending().1)
+    }
+
     /// Each replica's read-latency histogram since the array opened (every
     /// read it answered, hedged copies included; the replica's own time).
     pub fn read_latency(&self) -> Vec<LatencyHist> {

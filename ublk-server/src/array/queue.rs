@@ -448,6 +448,14 @@ impl Queue {
         let (offset, len) = (self.slots[req].offset, self.slots[req].len);
         let io_no = rep.ios.fetch_add(1, Relaxed);
         match op {
+            Op::Read => rep.counters.read_bytes.fetch_add(u64::from(len), Relaxed),
+            Op::Write => rep
+                .counters
+                .written_bytes
+                .fetch_add(u64::from(len), Relaxed),
+            _ => 0,
+        };
+        match op {
             Op::Read => rep.counters.reads.fetch_add(1, Relaxed),
             Op::Write => rep.counters.writes.fetch_add(1, Relaxed),
             _ => rep.counters.other.fetch_add(1, Relaxed),

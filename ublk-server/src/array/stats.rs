@@ -124,6 +124,10 @@ counter_table! {
         other,
         /// Replica I/O errors seen.
         errors,
+        /// Bytes read from the replica.
+        read_bytes,
+        /// Bytes written to the replica.
+        written_bytes,
     }
 }
 

@@ -9,7 +9,8 @@ use clap::Args;
 
 use super::args::{FaultArgs, fault_plan, parse_size};
 use super::error::CliError;
-use super::load::predictor_for;
+use augur::ModelPredictor;
+use augur::control::ModelEntry;
 
 #[derive(Args)]
 pub(crate) struct FuseArgs {
@@ -136,12 +137,13 @@ pub(crate) fn cmd_fuse(args: FuseArgs) -> anyhow::Result<()> {
     cfg.replica_depth = args.replica_depth;
     cfg.seed = args.seed;
     cfg.hedge_percentile = args.hedge_pct;
-    let predictor = predictor_for(std::slice::from_ref(&args.policy), &args.model)?;
-    let policy = Policy::from_name(&args.policy, predictor)?;
+    let model = model_entry(&args.model)?;
+    let policy = Policy::from_name(&args.policy, Some(model.predictor.clone()))?;
     let opts = augur::frontend::fuse::FuseOptions {
         mount,
         threads: args.threads,
         attach_loop: args.attach_loop,
+        control: Some(model),
     };
     Ok(augur::frontend::fuse::serve(cfg, policy, &opts)?)
 }
@@ -174,8 +176,8 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.seed = a.seed;
     cfg.hedge_percentile = a.hedge_pct;
     cfg.faults = fault_plan(&a.fault)?;
-    let predictor = predictor_for(std::slice::from_ref(&policy_name), &model)?;
-    let policy = Policy::from_name(&policy_name, predictor)?;
+    let entry = model_entry(&model)?;
+    let policy = Policy::from_name(&policy_name, Some(entry.predictor.clone()))?;
     let opts = augur::frontend::ublk::ServeOptions {
         queues: a.queues,
         depth: a.depth,
@@ -183,20 +185,85 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
         id: a.id,
         recover: a.recover,
         model,
+        control: Some(entry),
     };
     let summary = augur::frontend::ublk::serve(cfg, policy, &opts)?;
     eprintln!("{}", summary.line());
     Ok(())
 }
 
+/// The model a daemon starts with (loaded for every policy, so that `augur
+/// ctl policy set linnos` needs no file).
+fn model_entry(spec: &str) -> anyhow::Result<ModelEntry> {
+    let m = super::model::load_model(spec)?;
+    Ok(ModelEntry::new(ModelPredictor::new(m, spec), spec))
+}
+
+/// The FUSE daemons answering on sockets in the run directory: (socket, status).
+fn fuse_daemons() -> Vec<(String, serde_json::Value)> {
+    super::ctl::sockets()
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("fuse-"))
+        })
+        .filter_map(|p| super::ctl::quick_status(&p).map(|r| (p.display().to_string(), r.result)))
+        .collect()
+}
+
 pub(crate) fn cmd_list(a: ListArgs) -> anyhow::Result<()> {
-    let devs = augur::frontend::ublk::list()?;
+    let fuse = fuse_daemons();
+    let devs = match augur::frontend::ublk::list() {
+        Ok(d) => d,
+        // Without ublk, FUSE daemons are still worth listing.
+        Err(e) if !fuse.is_empty() => {
+            eprintln!("augur list: no ublk devices: {e}");
+            Vec::new()
+        }
+        Err(e) => return Err(e.into()),
+    };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&devs)?);
-    } else if devs.is_empty() {
+        let mut all: Vec<serde_json::Value> = devs
+            .iter()
+            .map(|d| {
+                let mut v = serde_json::to_value(d).unwrap_or_default();
+                v["frontend"] = "ublk".into();
+                v
+            })
+            .collect();
+        for (sock, st) in &fuse {
+            let mut v = st.clone();
+            v["socket"] = sock.as_str().into();
+            all.push(v);
+        }
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    if devs.is_empty() && fuse.is_empty() {
         println!("no Augur ublk devices");
-    } else {
+    } else if !devs.is_empty() {
         print!("{}", augur::frontend::ublk::render_list(&devs));
+    }
+    if !fuse.is_empty() {
+        println!(
+            "{:<8} {:<40} {:<13} {:<9} SOCKET",
+            "PID", "FUSE FILE", "POLICY", "MODEL"
+        );
+        for (sock, st) in &fuse {
+            let f = |k: &str| {
+                st[k]
+                    .as_str()
+                    .map_or_else(|| st[k].to_string(), str::to_string)
+            };
+            println!(
+                "{:<8} {:<40} {:<13} {:<9} {sock}",
+                f("pid"),
+                f("device"),
+                f("policy"),
+                f("model")
+            );
+        }
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `load.rs` | `demo`, `bench`, `record`, `profile` |
 //! | `device.rs` | `serve`, `list`, `stop`, `fuse` |
+//! | `ctl.rs` | `ctl`: a running daemon's control socket |
 //! | `model.rs` | `train`, `eval`, `model`, `trace` |
 //! | `args.rs` | the workload and fault flags they share |
 //! | `error.rs` | [`CliError`]: a bad flag (exit status 2) |
@@ -14,6 +15,7 @@ use augur::array::ArrayError;
 use clap::{Parser, Subcommand};
 
 mod args;
+mod ctl;
 mod device;
 mod error;
 mod load;
@@ -42,12 +44,14 @@ enum Cmd {
     Profile(load::ProfileArgs),
     /// Serve the array as a ublk block device, /dev/ublkbN, in the foreground (Linux 6.0+ with ublk_drv).
     Serve(device::ServeArgs),
-    /// List Augur's ublk devices: id, device, daemon, state, geometry, policy, replicas.
+    /// List Augur's ublk devices (id, device, daemon, state, geometry, policy, model, replicas) and FUSE daemons.
     List(device::ListArgs),
     /// Stop an Augur ublk device (SIGTERM to its daemon; a device whose daemon died is deleted).
     Stop(device::StopArgs),
     /// Serve the array as one file, disk.img, in a FUSE mount (a block device where ublk is missing).
     Fuse(device::FuseArgs),
+    /// Ask a running daemon (serve or fuse) over its control socket: status, stats, live model and policy swap, recording.
+    Ctl(ctl::CtlArgs),
     /// Train a model from training logs (burn, CPU).
     Train(model::TrainArgs),
     /// Accuracy, false-submit/revoke rates, ROC AUC of a model on logs, f32 and integer paths.
@@ -71,7 +75,11 @@ pub fn main() -> ExitCode {
         .without_time()
         .init();
     let cli = Cli::parse();
+    if let Cmd::Ctl(a) = cli.cmd {
+        return ctl::cmd_ctl(a);
+    }
     let result = match cli.cmd {
+        Cmd::Ctl(_) => unreachable!("answered above"),
         Cmd::Demo(a) => load::cmd_demo(a),
         Cmd::Bench(a) => load::cmd_bench(a),
         Cmd::Record(a) => load::cmd_record(a),

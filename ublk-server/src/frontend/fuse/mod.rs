@@ -47,6 +47,7 @@ use fuser::{Config, MountOption};
 
 use crate::array::ArrayError;
 use crate::array::{Array, ArrayConfig};
+use crate::control::{ControlServer, Daemon, DaemonInfo, ModelEntry, fuse_name, run_dir};
 use crate::route::Policy;
 
 mod fs;
@@ -120,6 +121,9 @@ pub struct FuseOptions {
     pub threads: usize,
     /// Attach a loop device to `disk.img` and print its path.
     pub attach_loop: bool,
+    /// Listen on a control socket ([`crate::control`]), with this as the
+    /// active model; `None`: no socket.
+    pub control: Option<ModelEntry>,
 }
 
 /// Serves the array through FUSE until SIGINT or SIGTERM (or an external
@@ -249,6 +253,25 @@ fn serve_array(array: Array, mount: &Path, opts: &FuseOptions) -> Result<Served,
         array.policy().name(),
         opts.threads
     );
+    let _control = match &opts.control {
+        Some(model) => {
+            let info = DaemonInfo {
+                frontend: "fuse",
+                name: fuse_name(mount),
+                device: disk.display().to_string(),
+            };
+            let daemon = Daemon::new(info, array.clone(), model.clone());
+            match ControlServer::start(std::sync::Arc::new(daemon), &run_dir()) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    unmount(mount, &mut unmounter);
+                    let _ = session_thread.join();
+                    return Ok(Served::SetupFailed(FuseError::BadInput(e.to_string())));
+                }
+            }
+        }
+        None => None,
+    };
     let mut loop_dev = None;
     if opts.attach_loop {
         match attach_loop(&disk) {

@@ -211,6 +211,9 @@ pub struct ServeOptions {
     pub recover: bool,
     /// The model the policy uses (recorded for `augur list` and recovery).
     pub model: String,
+    /// Listen on a control socket ([`crate::control`]), with this as the
+    /// active model; `None`: no socket.
+    pub control: Option<crate::control::ModelEntry>,
 }
 
 /// What Augur records about a device in libublk's JSON (`target_data.augur`).
@@ -340,6 +343,8 @@ mod tests {
             policy: "hedge".into(),
             model: "default".into(),
             replicas: vec!["/a".into(), "/b".into()],
+            socket: Some("/run/augur/ublk0.sock".into()),
+            model_id: Some("f8e73f51".into()),
         };
         let t = render_list(&[d]);
         let lines: Vec<&str> = t.lines().collect();
@@ -347,5 +352,6 @@ mod tests {
         assert!(lines[0].starts_with("ID"));
         assert!(lines[1].contains("42 (gone)") && lines[1].contains("QUIESCED"));
         assert!(lines[1].contains("256 MiB") && lines[1].ends_with("/a,/b"));
+        assert!(lines[0].contains("MODEL") && lines[1].contains(" f8e73f51 "));
     }
 }

@@ -131,6 +131,10 @@ pub struct DeviceStatus {
     pub model: String,
     /// Replica specs.
     pub replicas: Vec<String>,
+    /// The daemon's control socket, when it answers on one.
+    pub socket: Option<String>,
+    /// The id of the model the daemon runs now (from its socket).
+    pub model_id: Option<String>,
 }
 
 /// Augur's ublk devices, by id.
@@ -164,7 +168,27 @@ pub fn list() -> Result<Vec<DeviceStatus>, ServeError> {
             policy: rec.as_ref().map(|r| r.policy.clone()).unwrap_or_default(),
             model: rec.as_ref().map(|r| r.model.clone()).unwrap_or_default(),
             replicas: rec.map(|r| r.replicas).unwrap_or_default(),
+            socket: None,
+            model_id: None,
         });
+    }
+    // What the daemons say now: the policy and model may have been swapped.
+    for d in &mut out {
+        let sock = crate::control::socket_for_ublk(d.id);
+        let reply = crate::control::request(
+            &sock,
+            crate::control::Command::Status,
+            Duration::from_secs(2),
+        );
+        if let Ok(r) = reply
+            && r.ok
+        {
+            d.socket = Some(sock.display().to_string());
+            d.model_id = r.result["model"].as_str().map(str::to_string);
+            if let Some(p) = r.result["policy"].as_str() {
+                d.policy = p.to_string();
+            }
+        }
     }
     Ok(out)
 }
@@ -188,8 +212,8 @@ pub fn human_size(bytes: u64) -> String {
 /// The table `augur list` prints: a header, then one line per device.
 pub fn render_list(devs: &[DeviceStatus]) -> String {
     let mut s = format!(
-        "{:<3} {:<13} {:<14} {:<9} {:>6} {:>5} {:>10} {:>5}  {:<13} REPLICAS\n",
-        "ID", "DEVICE", "DAEMON", "STATE", "QUEUES", "DEPTH", "SIZE", "BS", "POLICY"
+        "{:<3} {:<13} {:<14} {:<9} {:>6} {:>5} {:>10} {:>5}  {:<13} {:<9} REPLICAS\n",
+        "ID", "DEVICE", "DAEMON", "STATE", "QUEUES", "DEPTH", "SIZE", "BS", "POLICY", "MODEL"
     );
     for d in devs {
         let daemon = if d.daemon_running {
@@ -198,7 +222,7 @@ pub fn render_list(devs: &[DeviceStatus]) -> String {
             format!("{} (gone)", d.pid)
         };
         s.push_str(&format!(
-            "{:<3} {:<13} {:<14} {:<9} {:>6} {:>5} {:>10} {:>5}  {:<13} {}\n",
+            "{:<3} {:<13} {:<14} {:<9} {:>6} {:>5} {:>10} {:>5}  {:<13} {:<9} {}\n",
             d.id,
             d.path,
             daemon,
@@ -208,6 +232,7 @@ pub fn render_list(devs: &[DeviceStatus]) -> String {
             human_size(d.size),
             d.block_size,
             d.policy,
+            d.model_id.as_deref().unwrap_or("-"),
             d.replicas.join(",")
         ));
     }

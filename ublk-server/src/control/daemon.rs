@@ -1,0 +1,344 @@
+//! What a running daemon answers with: its array, models and recorder, and
+//! the handling of each [`Command`].
+
+use std::fs::OpenOptions;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use augur_feature_store::{LogWriter, TrainingLog};
+use augur_predictor::{ModelPredictor, SlowPredictor};
+use serde_json::json;
+
+use super::models::{ModelBook, ModelEntry};
+use super::protocol::{Command, Reply};
+use crate::array::{Array, ArrayStats, LatencyHist, ReplicaCounts};
+use crate::route::Policy;
+
+/// How long one "interval" of `status` lasts.
+pub const INTERVAL: Duration = Duration::from_secs(1);
+/// Records the live training log holds before the recorder drains them.
+const RECORD_RING: usize = 1 << 16;
+
+/// A counters-and-histograms sample, for per-interval rates.
+#[derive(Clone)]
+struct Sample {
+    at: Instant,
+    stats: ArrayStats,
+    replicas: Vec<ReplicaCounts>,
+    latency: Vec<LatencyHist>,
+}
+
+/// A live recording: the log the array writes into and the thread writing
+/// it to the file.
+struct Recorder {
+    file: PathBuf,
+    log: Arc<TrainingLog>,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Result<u64, String>>,
+}
+
+/// Who a daemon is, for `status` and `augur list`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DaemonInfo {
+    /// `ublk` or `fuse`.
+    pub frontend: &'static str,
+    /// The socket's name: `ublk0`, or `fuse-` and the mount path.
+    pub name: String,
+    /// What users open: `/dev/ublkb0`, or the FUSE file.
+    pub device: String,
+}
+
+/// A daemon's state as the control socket sees it. Everything here runs on
+/// the control thread; the I/O threads only see the array's atomics.
+pub struct Daemon {
+    info: DaemonInfo,
+    array: Array,
+    started: Instant,
+    book: Mutex<ModelBook>,
+    recorder: Mutex<Option<Recorder>>,
+    /// The two latest samples (older, newer), refreshed every [`INTERVAL`].
+    samples: Mutex<(Sample, Sample)>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Daemon {
+    /// The state of a daemon serving `array`, whose model is `model`
+    /// (loaded for every policy, so `policy set linnos` needs no file).
+    pub fn new(info: DaemonInfo, array: Array, model: ModelEntry) -> Self {
+        let s = Self::sample_of(&array);
+        Daemon {
+            info,
+            array,
+            started: Instant::now(),
+            book: Mutex::new(ModelBook::new(model)),
+            recorder: Mutex::new(None),
+            samples: Mutex::new((s.clone(), s)),
+        }
+    }
+
+    /// Who it is.
+    pub fn info(&self) -> &DaemonInfo {
+        &self.info
+    }
+
+    /// The array it serves.
+    pub fn array(&self) -> &Array {
+        &self.array
+    }
+
+    fn sample_of(array: &Array) -> Sample {
+        Sample {
+            at: Instant::now(),
+            stats: array.stats(),
+            replicas: array
+                .replica_status()
+                .into_iter()
+                .map(|r| r.counts)
+                .collect(),
+            latency: array.read_latency(),
+        }
+    }
+
+    /// Takes a new sample if the newer one is an [`INTERVAL`] old (called
+    /// by the control thread between requests).
+    pub fn tick(&self) {
+        let mut s = lock(&self.samples);
+        if s.1.at.elapsed() >= INTERVAL {
+            let new = Self::sample_of(&self.array);
+            s.0 = std::mem::replace(&mut s.1, new);
+        }
+    }
+
+    fn degraded(&self) -> bool {
+        self.array.live_count() < self.array.replica_count()
+    }
+
+    /// Answers one command.
+    pub fn handle(&self, cmd: Command) -> Reply {
+        let r = match cmd {
+            Command::Status => Ok(self.status()),
+            Command::Stats => Ok(self.stats()),
+            Command::ModelShow => Ok(self.model_show()),
+            Command::ModelLoad { file } => self.model_load(&file),
+            Command::ModelHistory => Ok(json!({ "events": lock(&self.book).history() })),
+            Command::ModelRollback => self.model_rollback(),
+            Command::PolicySet { name } => self.policy_set(&name),
+            Command::RecordStart { file } => self.record_start(&file),
+            Command::RecordStop => self.record_stop(),
+        };
+        match r {
+            Ok(v) => Reply::ok(v, self.degraded()),
+            Err(e) => Reply::error(e, self.degraded()),
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let (older, _) = lock(&self.samples).clone();
+        let now = Self::sample_of(&self.array);
+        let secs = now.at.duration_since(older.at).as_secs_f64().max(1e-9);
+        let replicas: Vec<_> = self
+            .array
+            .replica_status()
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let lat = now.latency[i].since(&older.latency[i]);
+                let c = r.counts.since(&older.replicas[i]);
+                json!({
+                    "replica": i,
+                    "spec": r.spec,
+                    "live": r.live,
+                    "pending": self.array.pending_ios(i),
+                    "iops": ((c.reads + c.writes + c.other) as f64 / secs).round() as u64,
+                    "read_p50_us": lat.quantile_us(0.5),
+                    "read_p99_us": lat.quantile_us(0.99),
+                    "read_p999_us": lat.quantile_us(0.999),
+                    "reads_in_interval": lat.count(),
+                })
+            })
+            .collect();
+        let d = now.stats.since(&older.stats);
+        let book = lock(&self.book);
+        json!({
+            "frontend": self.info.frontend,
+            "name": self.info.name,
+            "device": self.info.device,
+            "pid": std::process::id(),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "policy": self.array.policy().name(),
+            "model": book.active().id,
+            "model_source": book.active().source,
+            "recording": lock(&self.recorder).as_ref().map(|r| r.file.display().to_string()),
+            "interval_s": (secs * 1000.0).round() / 1000.0,
+            "iops": ((d.reads + d.writes + d.flushes + d.discards + d.write_zeroes) as f64 / secs)
+                .round() as u64,
+            "replicas": replicas,
+        })
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        let s = self.array.stats();
+        let judged = s.judged_reads;
+        let fast_submits = judged.saturating_sub(s.all_slow.min(judged));
+        let ratio = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
+        let replicas: Vec<_> = self
+            .array
+            .replica_status()
+            .iter()
+            .enumerate()
+            .map(|(i, r)| json!({ "replica": i, "spec": r.spec, "live": r.live, "counts": r.counts }))
+            .collect();
+        json!({
+            "uptime_s": self.started.elapsed().as_secs(),
+            "counters": s,
+            "replicas": replicas,
+            "predictor": {
+                "device": "cpu",
+                "predictions": s.predictions,
+                "predicted_slow": s.predicted_slow,
+                "judged_reads": judged,
+                "observed_slow": s.observed_slow,
+                "accuracy": ratio(s.correct_predictions, judged),
+                "false_submit_rate": ratio(s.false_submits, fast_submits),
+            },
+        })
+    }
+
+    fn model_show(&self) -> serde_json::Value {
+        let book = lock(&self.book);
+        let mut v = book.active().describe();
+        v["policy"] = json!(self.array.policy().name());
+        v["rollback_to"] = json!(book.previous().map(|m| m.id.clone()));
+        v
+    }
+
+    /// The active policy rebuilt around `model`.
+    fn policy_with(&self, name: &str, model: &ModelEntry) -> Result<Policy, String> {
+        let p: Arc<dyn SlowPredictor> = model.predictor.clone();
+        Policy::from_name(name, Some(p)).map_err(|e| e.to_string())
+    }
+
+    fn model_load(&self, file: &str) -> Result<serde_json::Value, String> {
+        // Read and validate here, on the control thread; the I/O threads
+        // only ever see a complete model.
+        let loaded = match ModelPredictor::load(file) {
+            Ok(p) => ModelEntry::new(p, file),
+            Err(e) => {
+                let why = format!("{file}: {e}; the active model stays");
+                lock(&self.book).reject(None, file.to_string(), why.clone());
+                return Err(why);
+            }
+        };
+        let mut book = lock(&self.book);
+        let policy = self.policy_with(self.array.policy().name(), &loaded)?;
+        self.array.set_policy(policy);
+        let new = loaded.id.clone();
+        let old = book.install(loaded, "load");
+        tracing::info!("model {} ({file}) replaced {}", new, old.id);
+        Ok(json!({ "old": old.id, "new": new, "source": file }))
+    }
+
+    fn model_rollback(&self) -> Result<serde_json::Value, String> {
+        let mut book = lock(&self.book);
+        let prev = book
+            .previous()
+            .cloned()
+            .ok_or("no earlier model to roll back to")?;
+        let policy = self.policy_with(self.array.policy().name(), &prev)?;
+        self.array.set_policy(policy);
+        let (old, new) = book.rollback().ok_or("no earlier model to roll back to")?;
+        tracing::info!("model rolled back from {} to {}", old.id, new.id);
+        Ok(json!({ "old": old.id, "new": new.id, "source": new.source }))
+    }
+
+    fn policy_set(&self, name: &str) -> Result<serde_json::Value, String> {
+        let book = lock(&self.book);
+        let policy = self.policy_with(name, book.active())?;
+        let new = policy.name().to_string();
+        let old = self.array.set_policy(policy);
+        tracing::info!("policy {} replaced {}", new, old.name());
+        Ok(json!({ "old": old.name(), "new": new }))
+    }
+
+    fn record_start(&self, file: &Path) -> Result<serde_json::Value, String> {
+        let mut rec = lock(&self.recorder);
+        if let Some(r) = rec.as_ref() {
+            return Err(format!("already recording to {}", r.file.display()));
+        }
+        // create_new: never overwrite a file (a log someone still needs).
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(file)
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        let mut writer =
+            LogWriter::new(BufWriter::new(f)).map_err(|e| format!("{}: {e}", file.display()))?;
+        let log = Arc::new(TrainingLog::new(RECORD_RING));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (log, stop) = (log.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("augur-record".into())
+                .spawn(move || -> Result<u64, String> {
+                    let mut batch = Vec::with_capacity(4096);
+                    loop {
+                        let done = stop.load(Ordering::Acquire);
+                        batch.clear();
+                        let n = log.get(4096, &mut batch);
+                        if n > 0 {
+                            writer.write(&batch).map_err(|e| e.to_string())?;
+                            log.truncate(n);
+                            continue;
+                        }
+                        if done {
+                            let written = writer.records_written();
+                            writer.finish().map_err(|e| e.to_string())?;
+                            return Ok(written);
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                })
+                .map_err(|e| format!("starting the recorder thread: {e}"))?
+        };
+        self.array.set_log(Some(log.clone()));
+        *rec = Some(Recorder {
+            file: file.to_path_buf(),
+            log,
+            stop,
+            thread,
+        });
+        Ok(json!({ "file": file.display().to_string() }))
+    }
+
+    fn record_stop(&self) -> Result<serde_json::Value, String> {
+        let r = lock(&self.recorder).take().ok_or("not recording")?;
+        self.array.set_log(None);
+        r.stop.store(true, Ordering::Release);
+        let written = r
+            .thread
+            .join()
+            .map_err(|_| "the recorder thread panicked".to_string())?
+            .map_err(|e| format!("writing {}: {e}", r.file.display()))?;
+        Ok(json!({
+            "file": r.file.display().to_string(),
+            "records": written,
+            "dropped": r.log.dropped(),
+        }))
+    }
+
+    /// Stops a recording still running (daemon exit), keeping what it wrote.
+    pub fn finish(&self) {
+        if lock(&self.recorder).is_some()
+            && let Err(e) = self.record_stop()
+        {
+            tracing::warn!("stopping the recording: {e}");
+        }
+    }
+}
