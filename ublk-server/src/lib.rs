@@ -66,6 +66,7 @@
 //! | [`array`] | the array, its queues, replicas, counters |
 //! | [`route`] | the read routing policies (`linnos` apart) |
 //! | [`control`] | the control socket: status, stats, live model and policy swap, recording |
+//! | [`metrics`] | Prometheus metrics, served at scrape time from the same counters |
 //! | [`emu`] | the flash emulator and its profiles |
 //! | [`frontend`] | ublk and FUSE |
 //! | [`load`] | the in-process load generator, bench, record and demo runs |
@@ -79,6 +80,7 @@ pub mod control;
 pub mod emu;
 pub mod frontend;
 pub mod load;
+pub mod metrics;
 pub mod route;
 
 pub use array::{

@@ -48,6 +48,9 @@ pub(crate) struct FuseArgs {
     /// Clear what a crashed daemon left at DIR (loop devices on DIR/disk.img, the mount) and exit.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["replica", "mount", "attach_loop"])]
     pub(crate) cleanup: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (a bare port: on loopback).
+    #[arg(long, value_name = "ADDR", value_parser = augur::metrics::parse_addr)]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -91,6 +94,9 @@ pub(crate) struct ServeArgs {
     pub(crate) hedge_pct: f64,
     #[command(flatten)]
     pub(crate) fault: FaultArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics (a bare port: on loopback).
+    #[arg(long, value_name = "ADDR", value_parser = augur::metrics::parse_addr)]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -144,6 +150,7 @@ pub(crate) fn cmd_fuse(args: FuseArgs) -> anyhow::Result<()> {
         threads: args.threads,
         attach_loop: args.attach_loop,
         control: Some(model),
+        metrics: args.metrics,
     };
     Ok(augur::frontend::fuse::serve(cfg, policy, &opts)?)
 }
@@ -186,6 +193,7 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
         recover: a.recover,
         model,
         control: Some(entry),
+        metrics: a.metrics,
     };
     let summary = augur::frontend::ublk::serve(cfg, policy, &opts)?;
     eprintln!("{}", summary.line());

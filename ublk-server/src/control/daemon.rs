@@ -93,6 +93,16 @@ impl Daemon {
         &self.array
     }
 
+    /// The active model.
+    pub fn model(&self) -> ModelEntry {
+        lock(&self.book).active().clone()
+    }
+
+    /// How long it has been up.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     fn sample_of(array: &Array) -> Sample {
         Sample {
             at: Instant::now(),

@@ -47,7 +47,7 @@ use fuser::{Config, MountOption};
 
 use crate::array::ArrayError;
 use crate::array::{Array, ArrayConfig};
-use crate::control::{ControlServer, Daemon, DaemonInfo, ModelEntry, fuse_name, run_dir};
+use crate::control::{DaemonInfo, ModelEntry, fuse_name};
 use crate::route::Policy;
 
 mod fs;
@@ -124,6 +124,8 @@ pub struct FuseOptions {
     /// Listen on a control socket ([`crate::control`]), with this as the
     /// active model; `None`: no socket.
     pub control: Option<ModelEntry>,
+    /// Serve Prometheus metrics here (needs `control`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Serves the array through FUSE until SIGINT or SIGTERM (or an external
@@ -253,20 +255,19 @@ fn serve_array(array: Array, mount: &Path, opts: &FuseOptions) -> Result<Served,
         array.policy().name(),
         opts.threads
     );
-    let _control = match &opts.control {
+    let _services = match &opts.control {
         Some(model) => {
             let info = DaemonInfo {
                 frontend: "fuse",
                 name: fuse_name(mount),
                 device: disk.display().to_string(),
             };
-            let daemon = Daemon::new(info, array.clone(), model.clone());
-            match ControlServer::start(std::sync::Arc::new(daemon), &run_dir()) {
+            match super::start_services(info, &array, model, opts.metrics) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     unmount(mount, &mut unmounter);
                     let _ = session_thread.join();
-                    return Ok(Served::SetupFailed(FuseError::BadInput(e.to_string())));
+                    return Ok(Served::SetupFailed(FuseError::BadInput(e)));
                 }
             }
         }

@@ -214,6 +214,8 @@ pub struct ServeOptions {
     /// Listen on a control socket ([`crate::control`]), with this as the
     /// active model; `None`: no socket.
     pub control: Option<crate::control::ModelEntry>,
+    /// Serve Prometheus metrics here (needs `control`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// What Augur records about a device in libublk's JSON (`target_data.augur`).

@@ -13,7 +13,7 @@ use libublk::io::UblkDev;
 use libublk::{UblkError, UblkFlags, sys};
 
 use crate::array::{Array, ArrayConfig, Queue};
-use crate::control::{ControlServer, Daemon, DaemonInfo, run_dir};
+use crate::control::DaemonInfo;
 use crate::route::Policy;
 
 use super::probe::check_available;
@@ -494,19 +494,18 @@ pub(super) fn run_device(
     // From here on a failure deletes a new device (UblkCtrl's drop) and
     // leaves a recovering one waiting for another try.
     let fail_dev = |e| (recovering, e);
-    let _control = match &opts.control {
+    let _services = match &opts.control {
         Some(model) => {
             let info = DaemonInfo {
                 frontend: "ublk",
                 name: format!("ublk{id}"),
                 device: format!("/dev/ublkb{id}"),
             };
-            let daemon = Daemon::new(info, array.clone(), model.clone());
-            match ControlServer::start(Arc::new(daemon), &run_dir()) {
+            match super::super::start_services(info, array, model, opts.metrics) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     drop_ctrl(shared, ctrl, recovering);
-                    return Err(fail_dev(ServeError::BadInput(e.to_string())));
+                    return Err(fail_dev(ServeError::BadInput(e)));
                 }
             }
         }
