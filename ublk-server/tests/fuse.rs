@@ -809,6 +809,20 @@ fn control_socket_commands_bad_requests_and_non_root_callers() {
         Some(2)
     );
     assert!(ctl_cli(&["policy", "set", "linnos"]).status.success());
+    // The emulated replicas change profile under the running device.
+    let o = ctl_cli(&["emu", "set-profile", "fast-nvme"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .contains("3 emulated replica(s) now run profile fast-nvme")
+    );
+    let o = ctl_cli(&["emu", "set-profile", "no-such-profile"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        common::stderr(&o).contains("no-such-profile"),
+        "{}",
+        common::stderr(&o)
+    );
     // Recording the live device.
     let log = fx.tmp.path().join("live.log");
     assert!(

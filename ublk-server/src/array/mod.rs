@@ -306,6 +306,31 @@ impl Array {
         s
     }
 
+    /// Switches every emulated replica to `profile` from now on; returns how
+    /// many there were. The profile must be valid.
+    pub fn set_emu_profile(&self, profile: &crate::emu::Profile) -> Result<usize, ArrayError> {
+        profile
+            .validate()
+            .map_err(|e| ArrayError::BadSpec(e.to_string()))?;
+        let now = self.now_ns();
+        let mut n = 0;
+        for (i, r) in self.inner.replicas.iter().enumerate() {
+            if let Some(emu) = &r.emu {
+                let mut e = emu.lock().unwrap_or_else(|p| p.into_inner());
+                // A new seed per switch, so a switch back is not a replay.
+                let seed = self.inner.seed.wrapping_add(i as u64) ^ now.rotate_left(17);
+                e.set_profile(profile.clone(), seed, now);
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return Err(ArrayError::BadSpec(
+                "no replica is emulated (emu:PROFILE:PATH), so there is no profile to set".into(),
+            ));
+        }
+        Ok(n)
+    }
+
     /// I/Os pending on replica `i` now.
     pub fn pending_ios(&self, i: usize) -> u32 {
         self.inner

@@ -44,6 +44,15 @@ enum CtlCmd {
     /// Record the live device's training log.
     #[command(subcommand)]
     Record(RecordCtl),
+    /// The emulated replicas (tests and demonstrations).
+    #[command(subcommand)]
+    Emu(EmuCtl),
+}
+
+#[derive(Subcommand)]
+enum EmuCtl {
+    /// Switch every emulated replica to PROFILE (a shipped name or a TOML file) from now on.
+    SetProfile { profile: String },
 }
 
 #[derive(Subcommand)]
@@ -134,6 +143,13 @@ pub(crate) fn cmd_ctl(a: CtlArgs) -> ExitCode {
             file: absolute(file),
         },
         CtlCmd::Record(RecordCtl::Stop) => Command::RecordStop,
+        CtlCmd::Emu(EmuCtl::SetProfile { profile }) => Command::EmuSetProfile {
+            profile: if profile.ends_with(".toml") || profile.contains('/') {
+                absolute(Path::new(profile)).display().to_string()
+            } else {
+                profile.clone()
+            },
+        },
     };
     let reply = pick_socket(&a)
         .map_err(anyhow::Error::from)
@@ -329,6 +345,14 @@ pub(crate) fn render(cmd: &Command, r: &Value) -> String {
         }
         Command::RecordStart { .. } => {
             let _ = writeln!(o, "recording to {}", s(&r["file"]));
+        }
+        Command::EmuSetProfile { .. } => {
+            let _ = writeln!(
+                o,
+                "{} emulated replica(s) now run profile {}",
+                s(&r["replicas"]),
+                s(&r["profile"])
+            );
         }
         Command::RecordStop => {
             let _ = writeln!(

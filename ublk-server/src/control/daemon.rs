@@ -16,6 +16,7 @@ use serde_json::json;
 use super::models::{ModelBook, ModelEntry};
 use super::protocol::{Command, Reply};
 use crate::array::{Array, ArrayStats, LatencyHist, ReplicaCounts};
+use crate::emu::Profile;
 use crate::route::Policy;
 
 /// How long one "interval" of `status` lasts.
@@ -142,6 +143,7 @@ impl Daemon {
             Command::PolicySet { name } => self.policy_set(&name),
             Command::RecordStart { file } => self.record_start(&file),
             Command::RecordStop => self.record_stop(),
+            Command::EmuSetProfile { profile } => self.emu_set_profile(&profile),
         };
         match r {
             Ok(v) => Reply::ok(v, self.degraded()),
@@ -341,6 +343,18 @@ impl Daemon {
             "records": written,
             "dropped": r.log.dropped(),
         }))
+    }
+
+    fn emu_set_profile(&self, spec: &str) -> Result<serde_json::Value, String> {
+        let p = if spec.ends_with(".toml") || spec.contains('/') {
+            Profile::from_file(Path::new(spec))
+        } else {
+            Profile::builtin(spec)
+        }
+        .map_err(|e| e.to_string())?;
+        let n = self.array.set_emu_profile(&p).map_err(|e| e.to_string())?;
+        tracing::info!("{n} emulated replica(s) now run profile {}", p.name);
+        Ok(json!({ "profile": p.name, "replicas": n }))
     }
 
     /// Stops a recording still running (daemon exit), keeping what it wrote.

@@ -56,6 +56,11 @@ pub enum Command {
     },
     /// Stop recording; the reply says how many records were written.
     RecordStop,
+    /// Switch every emulated replica to another profile (tests, demos).
+    EmuSetProfile {
+        /// A shipped profile's name, or a profile TOML file on the daemon's machine.
+        profile: String,
+    },
 }
 
 impl Command {
@@ -70,6 +75,7 @@ impl Command {
         "policy-set",
         "record-start",
         "record-stop",
+        "emu-set-profile",
     ];
 }
 
@@ -219,6 +225,9 @@ mod tests {
                 file: "/tmp/x.log".into(),
             },
             Command::RecordStop,
+            Command::EmuSetProfile {
+                profile: "gc-heavy".into(),
+            },
         ];
         assert_eq!(cmds.len(), Command::NAMES.len());
         for c in cmds {

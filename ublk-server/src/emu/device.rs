@@ -218,6 +218,28 @@ impl FlashEmu {
         }
     }
 
+    /// Becomes a device of `profile` from `now_ns` on (for demonstrations of
+    /// a device that changes under a running array): channels keep their
+    /// queued work, counters and an injected failure carry over, GC and
+    /// noisy-neighbour state start afresh from `seed`.
+    pub fn set_profile(&mut self, profile: Profile, seed: u64, now_ns: u64) {
+        let mut next = FlashEmu::new(profile, seed);
+        let busiest = self.busy_until.iter().copied().max().unwrap_or(0);
+        if next.busy_until.len() == self.busy_until.len() {
+            next.busy_until.copy_from_slice(&self.busy_until);
+        } else {
+            next.busy_until.fill(busiest);
+        }
+        if let Some((_, track)) = &mut next.noisy {
+            track.advance(now_ns);
+        }
+        next.stats = self.stats;
+        next.failed_flag = self.failed_flag;
+        next.fail_after_ios = next.fail_after_ios.or(self.fail_after_ios);
+        next.fail_at_ns = next.fail_at_ns.or(self.fail_at_ns);
+        *self = next;
+    }
+
     fn draw_threshold(g: &GcParams, rng: &mut Rng) -> u64 {
         let f = 1.0 + g.trigger_jitter * rng.next_signed_unit();
         ns(g.trigger_bytes * f)

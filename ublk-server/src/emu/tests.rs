@@ -152,6 +152,27 @@ fn gc_windows_follow_written_volume_and_stall_reads() {
 }
 
 #[test]
+fn a_device_switched_to_gc_heavy_starts_collecting_and_keeps_its_queue() {
+    let mut e = FlashEmu::new(Profile::builtin("fast-nvme").unwrap(), 1);
+    // Queue work on channel 0, then switch: the queued work stays.
+    let busy = at(e.submit(0, Op::Write, 0, 1 << 20));
+    let ios = e.stats().ios;
+    e.set_profile(Profile::builtin("gc-heavy").unwrap(), 2, 1000);
+    assert_eq!(e.profile().name, "gc-heavy");
+    assert_eq!(e.stats().ios, ios, "counters carry over");
+    assert!(
+        at(e.submit(1000, Op::Read, 0, KIB4)) > busy,
+        "the read waits for the queued write"
+    );
+    let mut i = 1u64;
+    while e.stats().gc_windows == 0 {
+        e.submit(1000 + i * 10_000, Op::Write, i * 4096, KIB4);
+        i += 1;
+        assert!(i < 1_000_000, "no GC after switching to gc-heavy");
+    }
+}
+
+#[test]
 fn gc_is_not_lock_step_across_seeds() {
     let p = Profile::builtin("gc-heavy").unwrap();
     let first_gc = |seed| {

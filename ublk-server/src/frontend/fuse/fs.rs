@@ -571,6 +571,25 @@ impl Filesystem for AugurFs {
         reply.ok()
     }
 
+    /// A block device is always ready: reads and writes never wait for
+    /// data to arrive (io_uring asks before each async I/O on the file).
+    fn poll(
+        &self,
+        _req: &FuseRequest,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        let ready = fuser::PollEvents::POLLIN
+            | fuser::PollEvents::POLLOUT
+            | fuser::PollEvents::POLLRDNORM
+            | fuser::PollEvents::POLLWRNORM;
+        reply.poll(events & ready)
+    }
+
     fn fallocate(
         &self,
         _req: &FuseRequest,
