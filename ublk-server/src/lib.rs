@@ -65,6 +65,7 @@
 //! |---|---|
 //! | [`array`] | the array, its queues, replicas, counters |
 //! | [`route`] | the read routing policies (`linnos` apart) |
+//! | [`adapt`] | online adaptation: retrain on recent reads, install only through three gates |
 //! | [`control`] | the control socket: status, stats, live model and policy swap, recording |
 //! | [`metrics`] | Prometheus metrics, served at scrape time from the same counters |
 //! | [`emu`] | the flash emulator and its profiles |
@@ -75,6 +76,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod adapt;
 pub mod array;
 pub mod control;
 pub mod emu;

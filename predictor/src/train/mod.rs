@@ -214,6 +214,25 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The shipped model's recipe, which `augur train` does by default:
+    /// LinnOS's base network on `linnos-write` inputs, labels
+    /// `min(p98,4x-median)` with ±4 ms period labels (10% slow), false
+    /// submits weighted 5, at most 8 epochs with patience 4, seed 1.
+    pub fn recipe() -> Self {
+        TrainConfig {
+            inputs: Some(FeatureSet::LinnOsWrite),
+            label: LabelRule::LowerOf(98.0, 4.0),
+            period: Some(PeriodRule {
+                window_us: 4000,
+                min_slow_fraction: 0.1,
+            }),
+            max_epochs: 8,
+            patience: 4,
+            seed: 1,
+            ..TrainConfig::default()
+        }
+    }
+
     /// The feature set trained: [`inputs`](Self::inputs) if set, else the
     /// architecture's.
     pub fn feature_set(&self) -> FeatureSet {

@@ -570,7 +570,8 @@ impl Queue {
                     // Judge the prediction on the replica it was made for
                     // (a hedged copy's answer says nothing about it).
                     if slot.pred != 0 && slot.slow_us > 0 && kind == SubKind::Main {
-                        let slow = us >= u64::from(slot.slow_us);
+                        // Slow as the labels say: above the threshold.
+                        let slow = us > u64::from(slot.slow_us);
                         bump(&self.counters.judged_reads, 1);
                         if slow {
                             bump(&self.counters.observed_slow, 1);

@@ -104,7 +104,7 @@ counter_table! {
         /// Reads answered by a replica the predictor had scored (the reads
         /// its decisions can be judged on).
         judged_reads,
-        /// Judged reads that took at least the model's slow threshold.
+        /// Judged reads that took longer than the model's slow threshold.
         observed_slow,
         /// Judged reads predicted fast that were slow (LinnOS's false submits).
         false_submits,

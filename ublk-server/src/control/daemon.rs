@@ -198,7 +198,6 @@ impl Daemon {
     fn stats(&self) -> serde_json::Value {
         let s = self.array.stats();
         let judged = s.judged_reads;
-        let fast_submits = judged.saturating_sub(s.all_slow.min(judged));
         let ratio = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
         let replicas: Vec<_> = self
             .array
@@ -218,7 +217,8 @@ impl Daemon {
                 "judged_reads": judged,
                 "observed_slow": s.observed_slow,
                 "accuracy": ratio(s.correct_predictions, judged),
-                "false_submit_rate": ratio(s.false_submits, fast_submits),
+                // As `augur eval`: of the reads that were slow, the share predicted fast.
+                "false_submit_rate": ratio(s.false_submits, s.observed_slow),
             },
         })
     }

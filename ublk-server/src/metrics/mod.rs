@@ -264,7 +264,7 @@ impl Collector for Scrape {
         counter(
             &mut e,
             "augur_prediction_observed_slow",
-            "Judged reads at or over the model's slow threshold.",
+            "Judged reads over the model's slow threshold.",
             s.observed_slow,
         )?;
         counter(

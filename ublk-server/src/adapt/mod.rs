@@ -1,0 +1,316 @@
+//! Online adaptation, the slow path: retrain on the device's recent reads
+//! and install the result only when it has earned it.
+//!
+//! LiteFlow's shape, with its two gaps closed. An [`Adapter`] keeps the
+//! newest reads of the live training log. A round trains a candidate on the
+//! older part (burn, the same recipe as `augur train`) and judges it on the
+//! newest part, held back from training. It installs only when all three
+//! gates pass, each measured, none assumed:
+//!
+//! 1. **Converged**: the validation loss of the last
+//!    [`AdaptConfig::converge_epochs`] epochs spreads by at most
+//!    [`AdaptConfig::converge_tol`] of its mean, or by at most
+//!    [`AdaptConfig::converge_abs`] once it is that small (LiteFlow's check
+//!    is hard-coded to true).
+//! 2. **Different enough**: its decisions differ from the active model's on
+//!    at least [`AdaptConfig::min_differ`] of the held-back reads
+//!    (LiteFlow's fidelity gate: an update that changes nothing is churn).
+//! 3. **No worse**: on the held-back reads, labelled with the candidate's
+//!    threshold, its accuracy is at least the active model's and its
+//!    false-submit rate at most the active model's.
+//!
+//! The daemon runs rounds on a background thread at idle priority; the
+//! benchmark runs them between simulated-clock steps, so an adaptation run
+//! on the simulated clock is exact and repeatable.
+
+use std::collections::VecDeque;
+
+use augur_feature_store::{Op, TrainingRecord};
+use augur_predictor::eval::evaluate;
+use augur_predictor::train::{EpochStats, TrainConfig, train};
+use augur_predictor::{Model, ReadInfo};
+use serde::Serialize;
+
+/// How often and on what the adapter retrains, and its gates.
+#[derive(Clone, Debug)]
+pub struct AdaptConfig {
+    /// Newest reads kept.
+    pub window: usize,
+    /// Reads that must arrive between two rounds.
+    pub min_new: usize,
+    /// Share of the window (the newest reads) held back to judge on.
+    pub holdout: f64,
+    /// Gate 1: epochs whose validation loss must agree...
+    pub converge_epochs: usize,
+    /// ...to within this share of their mean...
+    pub converge_tol: f64,
+    /// ...or to within this much (a loss near zero moves little but by a
+    /// large share).
+    pub converge_abs: f64,
+    /// Gate 2: least share of held-back reads on which the decisions differ.
+    pub min_differ: f64,
+    /// The training recipe.
+    pub train: TrainConfig,
+}
+
+impl Default for AdaptConfig {
+    fn default() -> Self {
+        AdaptConfig {
+            window: 200_000,
+            min_new: 50_000,
+            holdout: 0.25,
+            converge_epochs: 3,
+            converge_tol: 0.05,
+            converge_abs: 0.01,
+            min_differ: 0.02,
+            train: TrainConfig {
+                // Short rounds: the window is small and the device may move on.
+                max_epochs: 12,
+                patience: 3,
+                period: TrainConfig::recipe().period,
+                ..TrainConfig::recipe()
+            },
+        }
+    }
+}
+
+/// What a round measured, for the model history.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RoundMetrics {
+    /// Reads trained on.
+    pub trained_reads: usize,
+    /// Reads judged on (held back).
+    pub judged_reads: usize,
+    /// The candidate's slow threshold, the labels of the judgement.
+    pub threshold_us: u32,
+    /// Validation loss per epoch.
+    pub val_losses: Vec<f64>,
+    /// Gate 1 held.
+    pub converged: bool,
+    /// Share of judged reads on which the two models decide differently.
+    pub differ: f64,
+    /// Active model's accuracy on the judged reads.
+    pub active_accuracy: f64,
+    /// Candidate's accuracy on the judged reads.
+    pub candidate_accuracy: f64,
+    /// Active model's false-submit rate (slow reads predicted fast).
+    pub active_false_submit: f64,
+    /// Candidate's false-submit rate.
+    pub candidate_false_submit: f64,
+    /// Training time, seconds.
+    pub train_seconds: f64,
+}
+
+impl RoundMetrics {
+    /// One line for logs and `model history`.
+    pub fn summary(&self) -> String {
+        format!(
+            "accuracy {:.3} -> {:.3}, false-submit {:.3} -> {:.3}, decisions differ on {:.1}%, val loss {}{}, {} reads trained, {} judged, threshold {} us, {:.1} s",
+            self.active_accuracy,
+            self.candidate_accuracy,
+            self.active_false_submit,
+            self.candidate_false_submit,
+            self.differ * 100.0,
+            self.val_losses
+                .iter()
+                .map(|l| format!("{l:.4}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            if self.converged {
+                " (converged)"
+            } else {
+                " (not converged)"
+            },
+            self.trained_reads,
+            self.judged_reads,
+            self.threshold_us,
+            self.train_seconds
+        )
+    }
+}
+
+/// The outcome of a round.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Install this model.
+    Install(Box<Model>, RoundMetrics),
+    /// Keep the active model, for this reason.
+    Reject(String, RoundMetrics),
+}
+
+/// Gate 1: the last `n` epochs' validation losses lie within `tol` of
+/// their mean (relative) or within `abs` of each other, and there were at
+/// least `n` epochs.
+pub fn converged(history: &[EpochStats], n: usize, tol: f64, abs: f64) -> bool {
+    let n = n.max(2);
+    if history.len() < n {
+        return false;
+    }
+    let last: Vec<f64> = history[history.len() - n..]
+        .iter()
+        .map(|e| e.val_loss)
+        .collect();
+    let mean = last.iter().sum::<f64>() / n as f64;
+    let (lo, hi) = last
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    mean.is_finite() && ((hi - lo) <= tol * mean || (hi - lo) <= abs)
+}
+
+/// Share of `reads` on which the two models decide differently (integer path).
+pub fn differ_share(a: &Model, b: &Model, reads: &[TrainingRecord]) -> f64 {
+    let mut n = 0usize;
+    let mut d = 0usize;
+    for r in reads.iter().filter(|r| r.op == Op::Read) {
+        let info = ReadInfo {
+            size_bytes: r.size_bytes,
+        };
+        n += 1;
+        d += usize::from(
+            (a.score_int(&r.features, info) > 0) != (b.score_int(&r.features, info) > 0),
+        );
+    }
+    if n == 0 { 0.0 } else { d as f64 / n as f64 }
+}
+
+/// Gates 2 and 3 for a converged candidate: judges `candidate` against
+/// `active` on `held` labelled with `threshold_us`; fills `m`.
+pub fn judge(
+    active: &Model,
+    candidate: &Model,
+    held: &[TrainingRecord],
+    threshold_us: u32,
+    cfg: &AdaptConfig,
+    m: &mut RoundMetrics,
+) -> Result<(), String> {
+    let a = evaluate(active, held, threshold_us).int;
+    let c = evaluate(candidate, held, threshold_us).int;
+    m.judged_reads = held.iter().filter(|r| r.op == Op::Read).count();
+    m.threshold_us = threshold_us;
+    m.active_accuracy = a.accuracy.unwrap_or(0.0);
+    m.candidate_accuracy = c.accuracy.unwrap_or(0.0);
+    // No slow read held back: nobody submitted one falsely.
+    m.active_false_submit = a.false_submit_rate.unwrap_or(0.0);
+    m.candidate_false_submit = c.false_submit_rate.unwrap_or(0.0);
+    m.differ = differ_share(active, candidate, held);
+    if m.differ < cfg.min_differ {
+        return Err(format!(
+            "decisions differ on only {:.2}% of recent reads (gate: {:.2}%)",
+            m.differ * 100.0,
+            cfg.min_differ * 100.0
+        ));
+    }
+    if m.candidate_accuracy < m.active_accuracy {
+        return Err(format!(
+            "less accurate on recent reads ({:.3} < {:.3})",
+            m.candidate_accuracy, m.active_accuracy
+        ));
+    }
+    if m.candidate_false_submit > m.active_false_submit {
+        return Err(format!(
+            "more false submits on recent reads ({:.3} > {:.3})",
+            m.candidate_false_submit, m.active_false_submit
+        ));
+    }
+    Ok(())
+}
+
+/// The newest reads and the rounds run on them.
+pub struct Adapter {
+    cfg: AdaptConfig,
+    recent: VecDeque<TrainingRecord>,
+    new_reads: usize,
+    rounds: u64,
+}
+
+impl Adapter {
+    /// An adapter with nothing seen yet.
+    pub fn new(cfg: AdaptConfig) -> Self {
+        Adapter {
+            recent: VecDeque::with_capacity(cfg.window.min(1 << 20)),
+            cfg,
+            new_reads: 0,
+            rounds: 0,
+        }
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &AdaptConfig {
+        &self.cfg
+    }
+
+    /// Takes completed records (reads are kept, the oldest go first).
+    pub fn offer(&mut self, recs: &[TrainingRecord]) {
+        for r in recs.iter().filter(|r| r.op == Op::Read) {
+            if self.recent.len() == self.cfg.window {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(*r);
+            self.new_reads += 1;
+        }
+    }
+
+    /// Whether enough new reads have come in for a round.
+    pub fn ready(&self) -> bool {
+        self.new_reads >= self.cfg.min_new && self.recent.len() >= self.cfg.min_new
+    }
+
+    /// Rounds run so far.
+    pub fn rounds(&self) -> u64 {
+        self.rounds
+    }
+
+    /// Trains a candidate on the older reads and judges it against `active`
+    /// on the newest. Blocking (seconds); call it off the I/O path.
+    pub fn round(&mut self, active: &Model) -> Verdict {
+        self.rounds += 1;
+        self.new_reads = 0;
+        let all: Vec<TrainingRecord> = self.recent.iter().copied().collect();
+        let cut = ((all.len() as f64) * (1.0 - self.cfg.holdout.clamp(0.05, 0.95))) as usize;
+        let (older, held) = all.split_at(cut);
+        let mut cfg = self.cfg.train.clone();
+        cfg.inputs = Some(active.feature_set());
+        cfg.seed = cfg.seed.wrapping_add(self.rounds);
+        cfg.data_description = format!(
+            "online adaptation round {}, {} reads",
+            self.rounds,
+            older.len()
+        );
+        let mut m = RoundMetrics {
+            trained_reads: older.len(),
+            ..RoundMetrics::default()
+        };
+        let (cand, report) = match train(older, &cfg, &mut |_| {}) {
+            Ok(x) => x,
+            Err(e) => return Verdict::Reject(format!("training failed: {e}"), m),
+        };
+        m.train_seconds = report.train_seconds;
+        m.val_losses = report.history.iter().map(|e| e.val_loss).collect();
+        m.converged = converged(
+            &report.history,
+            self.cfg.converge_epochs,
+            self.cfg.converge_tol,
+            self.cfg.converge_abs,
+        );
+        let threshold = report.label.threshold_us;
+        let judged = judge(active, &cand, held, threshold, &self.cfg, &mut m);
+        if !m.converged {
+            return Verdict::Reject(
+                format!(
+                    "training did not converge (last {} validation losses spread more than {:.0}% and {})",
+                    self.cfg.converge_epochs,
+                    self.cfg.converge_tol * 100.0,
+                    self.cfg.converge_abs
+                ),
+                m,
+            );
+        }
+        match judged {
+            Ok(()) => Verdict::Install(Box::new(cand), m),
+            Err(why) => Verdict::Reject(why, m),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
