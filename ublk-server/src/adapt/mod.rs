@@ -7,16 +7,18 @@
 //! newest part, held back from training. It installs only when all three
 //! gates pass, each measured, none assumed:
 //!
-//! 1. **Converged**: the validation loss of the last
-//!    [`AdaptConfig::converge_epochs`] epochs spreads by at most
-//!    [`AdaptConfig::converge_tol`] of its mean, or by at most
-//!    [`AdaptConfig::converge_abs`] once it is that small (LiteFlow's check
-//!    is hard-coded to true).
+//! 1. **Converged**: the last [`AdaptConfig::converge_epochs`] epochs
+//!    lowered the best validation loss by at most
+//!    [`AdaptConfig::converge_tol`] of it, or by at most
+//!    [`AdaptConfig::converge_abs`] (the loss has stopped improving; the
+//!    weights kept are the best epoch's). LiteFlow's check is hard-coded to
+//!    true.
 //! 2. **Different enough**: its decisions differ from the active model's on
 //!    at least [`AdaptConfig::min_differ`] of the held-back reads
 //!    (LiteFlow's fidelity gate: an update that changes nothing is churn).
-//! 3. **No worse**: on the held-back reads, labelled with the candidate's
-//!    threshold, its accuracy is at least the active model's and its
+//! 3. **No worse**: on the held-back reads, labelled as the candidate was
+//!    trained to label them (its threshold, and the slow periods of the
+//!    recipe), its accuracy is at least the active model's and its
 //!    false-submit rate at most the active model's.
 //!
 //! The daemon runs rounds on a background thread at idle priority; the
@@ -26,7 +28,8 @@
 use std::collections::VecDeque;
 
 use augur_feature_store::{Op, TrainingRecord};
-use augur_predictor::eval::evaluate;
+use augur_predictor::eval::evaluate_labelled;
+use augur_predictor::label::{PeriodRule, is_slow};
 use augur_predictor::train::{EpochStats, TrainConfig, train};
 use augur_predictor::{Model, ReadInfo};
 use serde::Serialize;
@@ -40,11 +43,11 @@ pub struct AdaptConfig {
     pub min_new: usize,
     /// Share of the window (the newest reads) held back to judge on.
     pub holdout: f64,
-    /// Gate 1: epochs whose validation loss must agree...
+    /// Gate 1: the last this many epochs...
     pub converge_epochs: usize,
-    /// ...to within this share of their mean...
+    /// ...lowered the best validation loss by at most this share of it...
     pub converge_tol: f64,
-    /// ...or to within this much (a loss near zero moves little but by a
+    /// ...or by at most this much (a loss near zero moves little but by a
     /// large share).
     pub converge_abs: f64,
     /// Gate 2: least share of held-back reads on which the decisions differ.
@@ -81,7 +84,8 @@ pub struct RoundMetrics {
     pub trained_reads: usize,
     /// Reads judged on (held back).
     pub judged_reads: usize,
-    /// The candidate's slow threshold, the labels of the judgement.
+    /// The candidate's slow threshold (with its period rule, the labels of
+    /// the judgement).
     pub threshold_us: u32,
     /// Validation loss per epoch.
     pub val_losses: Vec<f64>,
@@ -138,23 +142,18 @@ pub enum Verdict {
     Reject(String, RoundMetrics),
 }
 
-/// Gate 1: the last `n` epochs' validation losses lie within `tol` of
-/// their mean (relative) or within `abs` of each other, and there were at
-/// least `n` epochs.
+/// Gate 1: the last `n` epochs lowered the best validation loss by at most
+/// `tol` of it or by at most `abs`; there must be more than `n` epochs.
 pub fn converged(history: &[EpochStats], n: usize, tol: f64, abs: f64) -> bool {
-    let n = n.max(2);
-    if history.len() < n {
+    let n = n.max(1);
+    if history.len() <= n {
         return false;
     }
-    let last: Vec<f64> = history[history.len() - n..]
-        .iter()
-        .map(|e| e.val_loss)
-        .collect();
-    let mean = last.iter().sum::<f64>() / n as f64;
-    let (lo, hi) = last
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
-    mean.is_finite() && ((hi - lo) <= tol * mean || (hi - lo) <= abs)
+    let best = |h: &[EpochStats]| h.iter().map(|e| e.val_loss).fold(f64::INFINITY, f64::min);
+    let before = best(&history[..history.len() - n]);
+    let now = best(history);
+    let gain = before - now;
+    now.is_finite() && before.is_finite() && (gain <= tol * now || gain <= abs)
 }
 
 /// Share of `reads` on which the two models decide differently (integer path).
@@ -173,18 +172,33 @@ pub fn differ_share(a: &Model, b: &Model, reads: &[TrainingRecord]) -> f64 {
     if n == 0 { 0.0 } else { d as f64 / n as f64 }
 }
 
-/// Gates 2 and 3 for a converged candidate: judges `candidate` against
-/// `active` on `held` labelled with `threshold_us`; fills `m`.
+/// The labels a candidate is judged by: slow above `threshold_us`, and,
+/// with `period`, in a slow period of its replica (as training labels them).
+pub fn labels(held: &[TrainingRecord], threshold_us: u32, period: Option<PeriodRule>) -> Vec<bool> {
+    let keyed: Vec<(u16, u64, bool)> = held
+        .iter()
+        .filter(|r| r.op == Op::Read)
+        .map(|r| (r.replica, r.time_ns, is_slow(r.latency_us, threshold_us)))
+        .collect();
+    match period {
+        Some(p) => p.apply(&keyed),
+        None => keyed.iter().map(|k| k.2).collect(),
+    }
+}
+
+/// Gates 2 and 3: judges `candidate` against `active` on `held` with the
+/// labels `truth` (one per read); fills `m`.
 pub fn judge(
     active: &Model,
     candidate: &Model,
     held: &[TrainingRecord],
+    truth: &[bool],
     threshold_us: u32,
     cfg: &AdaptConfig,
     m: &mut RoundMetrics,
 ) -> Result<(), String> {
-    let a = evaluate(active, held, threshold_us).int;
-    let c = evaluate(candidate, held, threshold_us).int;
+    let a = evaluate_labelled(active, held, truth, threshold_us).int;
+    let c = evaluate_labelled(candidate, held, truth, threshold_us).int;
     m.judged_reads = held.iter().filter(|r| r.op == Op::Read).count();
     m.threshold_us = threshold_us;
     m.active_accuracy = a.accuracy.unwrap_or(0.0);
@@ -263,17 +277,41 @@ impl Adapter {
     /// Trains a candidate on the older reads and judges it against `active`
     /// on the newest. Blocking (seconds); call it off the I/O path.
     pub fn round(&mut self, active: &Model) -> Verdict {
+        self.take_round().run(active)
+    }
+
+    /// What a round needs, taken now (the new-read count restarts), so the
+    /// training itself can run on another thread ([`Round::run`]).
+    pub fn take_round(&mut self) -> Round {
         self.rounds += 1;
         self.new_reads = 0;
-        let all: Vec<TrainingRecord> = self.recent.iter().copied().collect();
+        Round {
+            reads: self.recent.iter().copied().collect(),
+            cfg: self.cfg.clone(),
+            number: self.rounds,
+        }
+    }
+}
+
+/// One round's input: a copy of the window and the configuration.
+pub struct Round {
+    reads: Vec<TrainingRecord>,
+    cfg: AdaptConfig,
+    number: u64,
+}
+
+impl Round {
+    /// Trains and judges (see [`Adapter::round`]).
+    pub fn run(self, active: &Model) -> Verdict {
+        let all = &self.reads;
         let cut = ((all.len() as f64) * (1.0 - self.cfg.holdout.clamp(0.05, 0.95))) as usize;
         let (older, held) = all.split_at(cut);
         let mut cfg = self.cfg.train.clone();
         cfg.inputs = Some(active.feature_set());
-        cfg.seed = cfg.seed.wrapping_add(self.rounds);
+        cfg.seed = cfg.seed.wrapping_add(self.number);
         cfg.data_description = format!(
             "online adaptation round {}, {} reads",
-            self.rounds,
+            self.number,
             older.len()
         );
         let mut m = RoundMetrics {
@@ -293,11 +331,15 @@ impl Adapter {
             self.cfg.converge_abs,
         );
         let threshold = report.label.threshold_us;
-        let judged = judge(active, &cand, held, threshold, &self.cfg, &mut m);
+        let period = cfg
+            .period
+            .filter(|_| report.period_labels_dropped.is_none());
+        let truth = labels(held, threshold, period);
+        let judged = judge(active, &cand, held, &truth, threshold, &self.cfg, &mut m);
         if !m.converged {
             return Verdict::Reject(
                 format!(
-                    "training did not converge (last {} validation losses spread more than {:.0}% and {})",
+                    "training did not converge (the last {} epochs still lowered the validation loss by more than {:.0}% and {})",
                     self.cfg.converge_epochs,
                     self.cfg.converge_tol * 100.0,
                     self.cfg.converge_abs

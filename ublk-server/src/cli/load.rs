@@ -323,3 +323,94 @@ pub(crate) fn cmd_profile(args: ProfileArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Args)]
+pub(crate) struct AdaptArgs {
+    #[command(flatten)]
+    pub(crate) load: LoadArgs,
+    /// The profile the replicas become at --switch-at (a shipped name or a TOML file).
+    #[arg(long, default_value = "gc-heavy")]
+    pub(crate) to: String,
+    /// When they change, in device time.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) switch_at: std::time::Duration,
+    /// Run online adaptation (without it: the model stays as it was).
+    #[arg(long)]
+    pub(crate) adapt: bool,
+    /// Device time between two adaptation rounds.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub(crate) every: std::time::Duration,
+    /// Device time per timeline row.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub(crate) row: std::time::Duration,
+    /// Reads a round needs to have come in since the last one.
+    #[arg(long, default_value_t = 50_000)]
+    pub(crate) min_new: usize,
+    /// Newest reads a round trains and judges on.
+    #[arg(long, default_value_t = 200_000)]
+    pub(crate) window: usize,
+    /// Least share of recent reads on which a candidate must decide differently (LiteFlow's fidelity gate).
+    #[arg(long, default_value_t = 0.02)]
+    pub(crate) min_differ: f64,
+    /// Policy to run (a linnos one: the model is what adapts).
+    #[arg(long, default_value = "linnos")]
+    pub(crate) policy: String,
+    /// The model it starts with: a file, or `default` for the shipped one.
+    #[arg(long, default_value = "default")]
+    pub(crate) model: String,
+    /// Print JSON instead of the tables.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+pub(crate) fn cmd_adapt(args: AdaptArgs) -> anyhow::Result<()> {
+    if !args.policy.starts_with("linnos") {
+        return Err(CliError::BadFlag(format!(
+            "--policy {}: adaptation changes the model, so it needs a linnos policy",
+            args.policy
+        ))
+        .into());
+    }
+    if !(0.0..=1.0).contains(&args.min_differ) {
+        return Err(CliError::BadFlag("--min-differ is a share, 0 to 1".into()).into());
+    }
+    let mut setup = bench_setup(&args.load)?;
+    let model = super::model::load_model(&args.model)?;
+    let predictor = ModelPredictor::new(model.clone(), &args.model).into_dyn();
+    setup.clock = clock_choice(&args.load, Some(&predictor))?;
+    let to = if args.to.ends_with(".toml") || args.to.contains('/') {
+        Profile::from_file(std::path::Path::new(&args.to))?
+    } else {
+        Profile::builtin(&args.to)?
+    };
+    let opts = augur::load::AdaptRunOptions {
+        policy: args.policy.clone(),
+        switch_at_s: args.switch_at.as_secs_f64(),
+        to,
+        adapt: args.adapt,
+        config: augur::adapt::AdaptConfig {
+            window: args.window,
+            min_new: args.min_new,
+            min_differ: args.min_differ,
+            ..augur::adapt::AdaptConfig::default()
+        },
+        every_s: args.every.as_secs_f64(),
+        row_s: args.row.as_secs_f64().max(0.02),
+    };
+    let line = ProgressLine::new(setup.load.duration);
+    let run = augur::load::run_adapt(&setup, model, &opts, &mut |p| line.update(&args.policy, p))?;
+    line.bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&run)?);
+    } else {
+        println!(
+            "clock: {}; replicas switch to {} at {} s; adaptation {}",
+            run.clock,
+            opts.to.name,
+            opts.switch_at_s,
+            if opts.adapt { "on" } else { "off" }
+        );
+        print!("{}", augur::load::render_adapt(&run));
+    }
+    Ok(())
+}

@@ -2,7 +2,7 @@
 //!
 //! | file | subcommands |
 //! |---|---|
-//! | `load.rs` | `demo`, `bench`, `record`, `profile` |
+//! | `load.rs` | `demo`, `bench`, `record`, `adapt`, `profile` |
 //! | `device.rs` | `serve`, `list`, `stop`, `fuse` |
 //! | `ctl.rs` | `ctl`: a running daemon's control socket |
 //! | `model.rs` | `train`, `eval`, `model`, `trace` |
@@ -40,6 +40,8 @@ enum Cmd {
     Bench(load::BenchArgs),
     /// Run a workload with one policy and write every completed read's training record.
     Record(load::RecordArgs),
+    /// One policy while the device changes under it (emulated replicas switch profile), with or without online adaptation: a timeline.
+    Adapt(load::AdaptArgs),
     /// Emulator profiles: list the shipped ones, or show one's parameters and latency.
     Profile(load::ProfileArgs),
     /// Serve the array as a ublk block device, /dev/ublkbN, in the foreground (Linux 6.0+ with ublk_drv).
@@ -83,6 +85,7 @@ pub fn main() -> ExitCode {
         Cmd::Demo(a) => load::cmd_demo(a),
         Cmd::Bench(a) => load::cmd_bench(a),
         Cmd::Record(a) => load::cmd_record(a),
+        Cmd::Adapt(a) => load::cmd_adapt(a),
         Cmd::Profile(a) => load::cmd_profile(a),
         Cmd::Serve(a) => device::cmd_serve(a),
         Cmd::List(a) => device::cmd_list(a),

@@ -295,7 +295,7 @@ pub fn run_record(
 }
 
 /// Opens the array for one run; fresh replicas live in the returned temp dir.
-fn open_array(
+pub(super) fn open_array(
     setup: &BenchSetup,
     policy: Policy,
     log: Option<Arc<TrainingLog>>,

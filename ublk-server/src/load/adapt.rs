@@ -1,0 +1,319 @@
+//! `augur adapt`: one policy while the device changes under it, with or
+//! without online adaptation, as a timeline.
+//!
+//! At `switch_at` every emulated replica becomes `to` (a fast device turning
+//! into one that collects garbage, say); with adaptation on, an
+//! [`Adapter`] round runs every `every` of device time once enough reads
+//! came in, and a candidate that passes its gates replaces the model. On
+//! the simulated clock a round runs between two steps of simulated time
+//! (the device waits for it), so the run is exact and repeatable; on the
+//! real clock it runs on a background thread while I/O goes on, and is
+//! installed when it is done.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use augur_feature_store::TrainingLog;
+use augur_predictor::{Model, ModelPredictor, SlowPredictor};
+use serde::Serialize;
+
+use super::bench::{BenchSetup, open_array};
+use super::run::{LoadProgress, run_load};
+use crate::adapt::{AdaptConfig, Adapter, Round, RoundMetrics, Verdict};
+use crate::array::{Array, ArrayStats, LatencyHist};
+use crate::emu::Profile;
+use crate::route::Policy;
+
+/// What to change and what to do about it.
+#[derive(Clone, Debug)]
+pub struct AdaptRunOptions {
+    /// The policy (a `linnos` one, to have a model to adapt).
+    pub policy: String,
+    /// When the replicas change profile, seconds of device time.
+    pub switch_at_s: f64,
+    /// The profile they become.
+    pub to: Profile,
+    /// Run the slow path.
+    pub adapt: bool,
+    /// Its configuration.
+    pub config: AdaptConfig,
+    /// Seconds of device time between two rounds.
+    pub every_s: f64,
+    /// Seconds of device time per timeline row.
+    pub row_s: f64,
+}
+
+/// One row of the timeline.
+#[derive(Clone, Debug, Serialize)]
+pub struct TimelineRow {
+    /// End of the row's interval, seconds of device time.
+    pub t_s: f64,
+    /// The replicas' profile during it (at its end).
+    pub profile: String,
+    /// The model in use at its end.
+    pub model: String,
+    /// Reads completed.
+    pub reads: u64,
+    /// Read latency percentiles of its reads (replica time), µs.
+    pub p50_us: u64,
+    /// 99th.
+    pub p99_us: u64,
+    /// 99.9th.
+    pub p999_us: u64,
+    /// Prediction accuracy against observed latency (judged reads).
+    pub accuracy: Option<f64>,
+    /// Of the judged reads that were slow, the share predicted fast.
+    pub false_submit_rate: Option<f64>,
+    /// Reads sent away from their primary, percent.
+    pub reroute_pct: f64,
+}
+
+/// One adaptation round.
+#[derive(Clone, Debug, Serialize)]
+pub struct RoundRecord {
+    /// When it started, seconds of device time.
+    pub started_s: f64,
+    /// When its result was applied.
+    pub done_s: f64,
+    /// `installed` or `rejected`.
+    pub outcome: &'static str,
+    /// The new model's id, when installed.
+    pub model: Option<String>,
+    /// Why it was rejected.
+    pub reason: Option<String>,
+    /// What it measured.
+    pub metrics: RoundMetrics,
+}
+
+/// The run: the timeline and the rounds.
+#[derive(Clone, Debug, Serialize)]
+pub struct AdaptRun {
+    /// `sim` or `real`.
+    pub clock: &'static str,
+    /// A row per interval.
+    pub rows: Vec<TimelineRow>,
+    /// Every round.
+    pub rounds: Vec<RoundRecord>,
+}
+
+struct Mark {
+    stats: ArrayStats,
+    lat: LatencyHist,
+}
+
+fn mark(a: &Array) -> Mark {
+    let mut lat = LatencyHist::default();
+    for h in a.read_latency() {
+        lat.add(&h);
+    }
+    Mark {
+        stats: a.stats(),
+        lat,
+    }
+}
+
+fn ratio(a: u64, b: u64) -> Option<f64> {
+    (b > 0).then(|| a as f64 / b as f64)
+}
+
+/// Runs `opts.policy` with `model` on the setup's replicas, switching their
+/// profile at `switch_at_s`, adapting if asked.
+pub fn run_adapt(
+    setup: &BenchSetup,
+    model: Model,
+    opts: &AdaptRunOptions,
+    on_progress: &mut dyn FnMut(LoadProgress),
+) -> anyhow::Result<AdaptRun> {
+    let sim = setup.clock != super::ClockChoice::Real;
+    let log = Arc::new(TrainingLog::new(1 << 18));
+    let with = |m: Model| -> anyhow::Result<Policy> {
+        let id = m.id();
+        let p: Arc<dyn SlowPredictor> = Arc::new(ModelPredictor::new(m, id));
+        Ok(Policy::from_name(&opts.policy, Some(p))?)
+    };
+    let mut active = model;
+    let (array, _dir) = open_array(setup, with(active.clone())?, Some(log.clone()))?;
+    let mut adapter = Adapter::new(opts.config.clone());
+    let t0 = array.now_ns();
+    let at = |now: u64| (now - t0) as f64 / 1e9;
+    let mut switched = false;
+    let mut next_row = opts.row_s;
+    let mut next_round = opts.every_s;
+    let mut last = mark(&array);
+    let mut rows = Vec::new();
+    let mut rounds = Vec::new();
+    let mut profile = String::new();
+    if let super::ReplicaSource::Fresh { profile: p, .. } = &setup.replicas {
+        profile = p.name.clone();
+    }
+    let mut batch = Vec::with_capacity(4096);
+    // On the real clock: the round running on a thread, and when it began.
+    let mut pending: Option<(f64, mpsc::Receiver<Verdict>)> = None;
+    let mut failure: Option<anyhow::Error> = None;
+    let apply = |v: Verdict,
+                 started_s: f64,
+                 done_s: f64,
+                 active: &mut Model,
+                 rounds: &mut Vec<RoundRecord>|
+     -> anyhow::Result<()> {
+        match v {
+            Verdict::Install(m, metrics) => {
+                array.set_policy(with((*m).clone())?);
+                tracing::info!("adapt: installed {} ({})", m.id(), metrics.summary());
+                rounds.push(RoundRecord {
+                    started_s,
+                    done_s,
+                    outcome: "installed",
+                    model: Some(m.id()),
+                    reason: None,
+                    metrics,
+                });
+                *active = *m;
+            }
+            Verdict::Reject(why, metrics) => {
+                tracing::info!("adapt: rejected: {why} ({})", metrics.summary());
+                rounds.push(RoundRecord {
+                    started_s,
+                    done_s,
+                    outcome: "rejected",
+                    model: None,
+                    reason: Some(why),
+                    metrics,
+                });
+            }
+        }
+        Ok(())
+    };
+    let r = run_load(&array, &setup.load, &mut |p| {
+        on_progress(p);
+        if failure.is_some() {
+            return;
+        }
+        let now = array.now_ns();
+        let t = at(now);
+        loop {
+            batch.clear();
+            let n = log.get(4096, &mut batch);
+            if n == 0 {
+                break;
+            }
+            adapter.offer(&batch);
+            log.truncate(n);
+        }
+        if !switched && t >= opts.switch_at_s {
+            switched = true;
+            if let Err(e) = array.set_emu_profile(&opts.to) {
+                failure = Some(e.into());
+                return;
+            }
+            profile = opts.to.name.clone();
+        }
+        if let Some((started, rx)) = &pending
+            && let Ok(v) = rx.try_recv()
+        {
+            let started = *started;
+            pending = None;
+            if let Err(e) = apply(v, started, t, &mut active, &mut rounds) {
+                failure = Some(e);
+            }
+        }
+        if opts.adapt && t >= next_round && pending.is_none() && adapter.ready() {
+            next_round = t + opts.every_s;
+            let round: Round = adapter.take_round();
+            if sim {
+                // The device waits: simulated time does not move meanwhile.
+                let v = round.run(&active);
+                if let Err(e) = apply(v, t, t, &mut active, &mut rounds) {
+                    failure = Some(e);
+                }
+            } else {
+                let (tx, rx) = mpsc::channel();
+                let model = active.clone();
+                std::thread::spawn(move || {
+                    let _ = tx.send(round.run(&model));
+                });
+                pending = Some((t, rx));
+            }
+        }
+        if t >= next_row {
+            next_row += opts.row_s;
+            let now_mark = mark(&array);
+            let d = now_mark.stats.since(&last.stats);
+            let lat = now_mark.lat.since(&last.lat);
+            rows.push(TimelineRow {
+                t_s: (t * 1000.0).round() / 1000.0,
+                profile: profile.clone(),
+                model: active.id(),
+                reads: d.reads,
+                p50_us: lat.quantile_us(0.5),
+                p99_us: lat.quantile_us(0.99),
+                p999_us: lat.quantile_us(0.999),
+                accuracy: ratio(d.correct_predictions, d.judged_reads),
+                false_submit_rate: ratio(d.false_submits, d.observed_slow),
+                reroute_pct: ratio(d.rerouted * 100, d.reads).unwrap_or(0.0),
+            });
+            last = now_mark;
+        }
+    });
+    r?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(AdaptRun {
+        clock: setup.clock.name(),
+        rows,
+        rounds,
+    })
+}
+
+/// The timeline and rounds as tables.
+pub fn render_adapt(run: &AdaptRun) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:>7} {:<12} {:<9} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8}",
+        "t s",
+        "profile",
+        "model",
+        "reads",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "accuracy",
+        "f-submit",
+        "reroute%"
+    );
+    let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
+    for r in &run.rows {
+        let _ = writeln!(
+            s,
+            "{:>7.1} {:<12} {:<9} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8.2}",
+            r.t_s,
+            r.profile,
+            r.model,
+            r.reads,
+            r.p50_us,
+            r.p99_us,
+            r.p999_us,
+            f(r.accuracy),
+            f(r.false_submit_rate),
+            r.reroute_pct
+        );
+    }
+    if run.rounds.is_empty() {
+        let _ = writeln!(s, "no adaptation rounds");
+    }
+    for r in &run.rounds {
+        let _ = writeln!(
+            s,
+            "round at {:.1} s (applied {:.1} s): {} {}: {}",
+            r.started_s,
+            r.done_s,
+            r.outcome,
+            r.model.as_deref().or(r.reason.as_deref()).unwrap_or(""),
+            r.metrics.summary()
+        );
+    }
+    s
+}
