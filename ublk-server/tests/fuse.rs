@@ -108,6 +108,11 @@ impl Fixture {
 
     /// Starts `augur fuse` and waits until it prints its paths.
     fn start(&mut self, policy: &str, with_loop: bool) -> &Daemon {
+        self.start_with(policy, with_loop, &[])
+    }
+
+    /// [`start`](Self::start) with more flags.
+    fn start_with(&mut self, policy: &str, with_loop: bool, extra: &[&str]) -> &Daemon {
         assert!(self.daemon.is_none(), "a daemon is already running");
         let stderr = self.tmp.path().join("daemon.log");
         let mut cmd = Command::new(BIN);
@@ -121,6 +126,7 @@ impl Fixture {
         if with_loop {
             cmd.arg("--loop");
         }
+        cmd.args(extra);
         let mut child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -953,5 +959,67 @@ fn fio_verify_while_models_swap_every_100ms() {
         .len();
     assert_eq!(h, swaps + 1, "every swap is in the history");
     eprintln!("{swaps} model swaps during fio verify");
+    fx.stop();
+}
+
+/// `--adapt` on a live FUSE device: rounds run in the background on the
+/// device's reads and each one, installed or rejected, is in the model
+/// history with what it measured; recording is refused meanwhile.
+#[test]
+fn adapt_runs_rounds_in_the_background_and_writes_them_down() {
+    use augur::control::Command as C;
+    if !ready() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut fx = Fixture::new();
+    let file = fx
+        .start_with(
+            "linnos",
+            false,
+            &["--adapt", "--adapt-every", "1s", "--adapt-min-new", "5000"],
+        )
+        .file
+        .to_str()
+        .unwrap()
+        .to_string();
+    let sock = fx.socket();
+    let log = fx.tmp.path().join("x.log");
+    let r = ctl(&sock, C::RecordStart { file: log.clone() });
+    assert!(!r.ok && r.error.unwrap().contains("--adapt"));
+    assert!(!log.exists());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let round = loop {
+        fio_verify_sized(&file, "adapt", "64M");
+        let h = ctl(&sock, C::ModelHistory).result["events"].clone();
+        let found = h
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| {
+                e["source"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("adapt round"))
+            })
+            .cloned();
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no adaptation round within 120 s: {h}"
+        );
+    };
+    eprintln!("adaptation round: {round}");
+    // Installed or rejected, it says what it measured.
+    let detail = round["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("accuracy")
+            && detail.contains("false-submit")
+            && detail.contains("val loss"),
+        "{round}"
+    );
+    let st = ctl(&sock, C::Stats).result;
+    assert_eq!(st["counters"]["failed_requests"], 0, "{st}");
     fx.stop();
 }

@@ -51,6 +51,8 @@ pub(crate) struct FuseArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (a bare port: on loopback).
     #[arg(long, value_name = "ADDR", value_parser = augur::metrics::parse_addr)]
     pub(crate) metrics: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub(crate) adapt: AdaptFlags,
 }
 
 #[derive(Args)]
@@ -97,6 +99,48 @@ pub(crate) struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (a bare port: on loopback).
     #[arg(long, value_name = "ADDR", value_parser = augur::metrics::parse_addr)]
     pub(crate) metrics: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub(crate) adapt: AdaptFlags,
+}
+
+/// `--adapt` and its settings, shared by serve and fuse.
+#[derive(Args)]
+pub(crate) struct AdaptFlags {
+    /// Online adaptation: retrain on the device's recent reads in the
+    /// background and install a model only when it converged, decides
+    /// differently and is no worse (see augur ctl model history).
+    #[arg(long)]
+    pub(crate) adapt: bool,
+    /// Time between two adaptation rounds.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, requires = "adapt")]
+    pub(crate) adapt_every: Duration,
+    /// Reads a round needs to have come in since the last one.
+    #[arg(long, default_value_t = 50_000, requires = "adapt")]
+    pub(crate) adapt_min_new: usize,
+    /// Least share of recent reads on which a candidate must decide differently.
+    #[arg(long, default_value_t = 0.02, requires = "adapt")]
+    pub(crate) adapt_min_differ: f64,
+}
+
+impl AdaptFlags {
+    fn options(&self) -> Result<Option<augur::frontend::AdaptOptions>, CliError> {
+        if !self.adapt {
+            return Ok(None);
+        }
+        if !(0.0..=1.0).contains(&self.adapt_min_differ) {
+            return Err(CliError::BadFlag(
+                "--adapt-min-differ is a share, 0 to 1".into(),
+            ));
+        }
+        Ok(Some(augur::frontend::AdaptOptions {
+            config: augur::adapt::AdaptConfig {
+                min_new: self.adapt_min_new.max(1),
+                min_differ: self.adapt_min_differ,
+                ..augur::adapt::AdaptConfig::default()
+            },
+            every: self.adapt_every,
+        }))
+    }
 }
 
 #[derive(Args)]
@@ -151,6 +195,7 @@ pub(crate) fn cmd_fuse(args: FuseArgs) -> anyhow::Result<()> {
         attach_loop: args.attach_loop,
         control: Some(model),
         metrics: args.metrics,
+        adapt: args.adapt.options()?,
     };
     Ok(augur::frontend::fuse::serve(cfg, policy, &opts)?)
 }
@@ -194,6 +239,7 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
         model,
         control: Some(entry),
         metrics: a.metrics,
+        adapt: a.adapt.options()?,
     };
     let summary = augur::frontend::ublk::serve(cfg, policy, &opts)?;
     eprintln!("{}", summary.line());

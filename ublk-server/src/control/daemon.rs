@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::models::{ModelBook, ModelEntry};
 use super::protocol::{Command, Reply};
+use crate::adapt::{AdaptConfig, Adapter, Verdict};
 use crate::array::{Array, ArrayStats, LatencyHist, ReplicaCounts};
 use crate::emu::Profile;
 use crate::route::Policy;
@@ -61,8 +62,24 @@ pub struct Daemon {
     started: Instant,
     book: Mutex<ModelBook>,
     recorder: Mutex<Option<Recorder>>,
+    /// True while online adaptation owns the training log.
+    adapting: Mutex<bool>,
     /// The two latest samples (older, newer), refreshed every [`INTERVAL`].
     samples: Mutex<(Sample, Sample)>,
+}
+
+/// Puts the calling thread in SCHED_IDLE: it runs only when nothing else
+/// wants the CPU, so training never competes with the I/O threads.
+fn idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param
+    // that outlives the call.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        tracing::debug!(
+            "adapt: SCHED_IDLE refused: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -80,6 +97,7 @@ impl Daemon {
             started: Instant::now(),
             book: Mutex::new(ModelBook::new(model)),
             recorder: Mutex::new(None),
+            adapting: Mutex::new(false),
             samples: Mutex::new((s.clone(), s)),
         }
     }
@@ -281,6 +299,12 @@ impl Daemon {
 
     fn record_start(&self, file: &Path) -> Result<serde_json::Value, String> {
         let mut rec = lock(&self.recorder);
+        if *lock(&self.adapting) {
+            return Err(
+                "the live training log feeds --adapt; recording and adaptation do not run together yet"
+                    .into(),
+            );
+        }
         if let Some(r) = rec.as_ref() {
             return Err(format!("already recording to {}", r.file.display()));
         }
@@ -355,6 +379,91 @@ impl Daemon {
         let n = self.array.set_emu_profile(&p).map_err(|e| e.to_string())?;
         tracing::info!("{n} emulated replica(s) now run profile {}", p.name);
         Ok(json!({ "profile": p.name, "replicas": n }))
+    }
+
+    /// Runs online adaptation ([`crate::adapt`]) on a thread at idle
+    /// priority until `stop` is set: the live training log feeds an
+    /// [`Adapter`], a round runs every `every` once enough reads came in,
+    /// and each install or rejection goes into the model history.
+    pub fn start_adapter(
+        self: &Arc<Self>,
+        cfg: AdaptConfig,
+        every: Duration,
+        stop: Arc<AtomicBool>,
+    ) -> Result<JoinHandle<()>, String> {
+        let log = Arc::new(TrainingLog::new(1 << 18));
+        {
+            let rec = lock(&self.recorder);
+            if rec.is_some() {
+                return Err("a recording is running; adaptation needs the training log".into());
+            }
+            *lock(&self.adapting) = true;
+            self.array.set_log(Some(log.clone()));
+        }
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("augur-adapt".into())
+            .spawn(move || {
+                idle_priority();
+                let mut adapter = Adapter::new(cfg);
+                let mut batch = Vec::with_capacity(4096);
+                let mut last = Instant::now();
+                while !stop.load(Ordering::Acquire) {
+                    loop {
+                        batch.clear();
+                        let n = log.get(4096, &mut batch);
+                        if n == 0 {
+                            break;
+                        }
+                        adapter.offer(&batch);
+                        log.truncate(n);
+                    }
+                    if last.elapsed() >= every && adapter.ready() {
+                        last = Instant::now();
+                        me.adapt_round(&mut adapter);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                me.array.set_log(None);
+                *lock(&me.adapting) = false;
+            })
+            .map_err(|e| format!("starting the adaptation thread: {e}"))
+    }
+
+    /// One round: train, judge, install or reject, write it down.
+    fn adapt_round(&self, adapter: &mut Adapter) {
+        let active = lock(&self.book).active().clone();
+        let round = adapter.take_round();
+        let n = adapter.rounds();
+        let source = format!("adapt round {n}");
+        match round.run(active.predictor.model()) {
+            Verdict::Install(m, metrics) => {
+                let entry = ModelEntry::new(ModelPredictor::new(*m, source.clone()), source);
+                let mut book = lock(&self.book);
+                // The active model may have been swapped by hand meanwhile:
+                // then this candidate was judged against another one.
+                if book.active().id != active.id {
+                    let why = format!(
+                        "the active model changed to {} during the round; candidate dropped",
+                        book.active().id
+                    );
+                    book.reject(Some(entry.id.clone()), entry.source.clone(), why);
+                    return;
+                }
+                match self.policy_with(self.array.policy().name(), &entry) {
+                    Ok(p) => {
+                        self.array.set_policy(p);
+                        tracing::info!("adapt: installed {} ({})", entry.id, metrics.summary());
+                        book.install_noting(entry, "adapt", &metrics.summary());
+                    }
+                    Err(e) => book.reject(Some(entry.id.clone()), entry.source.clone(), e),
+                }
+            }
+            Verdict::Reject(why, metrics) => {
+                tracing::info!("adapt: round {n} rejected: {why} ({})", metrics.summary());
+                lock(&self.book).reject(None, source, format!("{why}: {}", metrics.summary()));
+            }
+        }
     }
 
     /// Stops a recording still running (daemon exit), keeping what it wrote.

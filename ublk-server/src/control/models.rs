@@ -61,7 +61,7 @@ impl ModelEntry {
 pub struct ModelEvent {
     /// Seconds since the Unix epoch.
     pub at: u64,
-    /// `start`, `load`, `rollback` or `rejected`.
+    /// `start`, `load`, `adapt`, `rollback` or `rejected`.
     pub event: &'static str,
     /// The model's id (none when a file could not be read at all).
     pub id: Option<String>,
@@ -123,8 +123,18 @@ impl ModelBook {
     /// Makes `m` active (the caller has swapped it into the array); returns
     /// the one it replaced.
     pub fn install(&mut self, m: ModelEntry, event: &'static str) -> ModelEntry {
+        self.install_noting(m, event, "")
+    }
+
+    /// [`install`](Self::install), with `note` (what a round measured) in
+    /// the history line.
+    pub fn install_noting(&mut self, m: ModelEntry, event: &'static str, note: &str) -> ModelEntry {
         let old = std::mem::replace(&mut self.active, m);
-        let detail = format!("replaced {}", old.id);
+        let detail = if note.is_empty() {
+            format!("replaced {}", old.id)
+        } else {
+            format!("replaced {}: {note}", old.id)
+        };
         let (id, source) = (self.active.id.clone(), self.active.source.clone());
         self.note(event, Some(id), source, detail);
         if self.replaced.len() == ROLLBACK_DEPTH {

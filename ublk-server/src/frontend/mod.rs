@@ -10,6 +10,9 @@ pub mod ublk;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::adapt::AdaptConfig;
 
 use crate::array::Array;
 use crate::control::{ControlServer, Daemon, DaemonInfo, ModelEntry, run_dir};
@@ -18,8 +21,27 @@ use crate::metrics::MetricsServer;
 /// What a daemon serves besides its device: the control socket and, when
 /// asked, the metrics endpoint. Dropping it stops both (metrics first).
 pub(crate) struct Services {
+    adapt: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
     _metrics: Option<MetricsServer>,
     _control: ControlServer,
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        if let Some((stop, t)) = self.adapt.take() {
+            stop.store(true, Ordering::Release);
+            let _ = t.join();
+        }
+    }
+}
+
+/// Online adaptation for a daemon: its configuration and how often a round runs.
+#[derive(Clone, Debug)]
+pub struct AdaptOptions {
+    /// The adapter's configuration.
+    pub config: AdaptConfig,
+    /// Time between two rounds.
+    pub every: std::time::Duration,
 }
 
 /// Starts the control socket (with `model` active) and, given an address,
@@ -29,13 +51,23 @@ pub(crate) fn start_services(
     array: &Array,
     model: &ModelEntry,
     metrics: Option<SocketAddr>,
+    adapt: Option<&AdaptOptions>,
 ) -> Result<Services, String> {
     let daemon = Arc::new(Daemon::new(info, array.clone(), model.clone()));
     let control = ControlServer::start(daemon.clone(), &run_dir()).map_err(|e| e.to_string())?;
     let metrics = metrics
-        .map(|addr| MetricsServer::start(daemon, addr))
+        .map(|addr| MetricsServer::start(daemon.clone(), addr))
         .transpose()?;
+    let adapt = match adapt {
+        Some(a) => {
+            let stop = Arc::new(AtomicBool::new(false));
+            let t = daemon.start_adapter(a.config.clone(), a.every, stop.clone())?;
+            Some((stop, t))
+        }
+        None => None,
+    };
     Ok(Services {
+        adapt,
         _metrics: metrics,
         _control: control,
     })

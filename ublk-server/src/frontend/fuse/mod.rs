@@ -126,6 +126,8 @@ pub struct FuseOptions {
     pub control: Option<ModelEntry>,
     /// Serve Prometheus metrics here (needs `control`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Run online adaptation (needs `control`).
+    pub adapt: Option<crate::frontend::AdaptOptions>,
 }
 
 /// Serves the array through FUSE until SIGINT or SIGTERM (or an external
@@ -262,7 +264,7 @@ fn serve_array(array: Array, mount: &Path, opts: &FuseOptions) -> Result<Served,
                 name: fuse_name(mount),
                 device: disk.display().to_string(),
             };
-            match super::start_services(info, &array, model, opts.metrics) {
+            match super::start_services(info, &array, model, opts.metrics, opts.adapt.as_ref()) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     unmount(mount, &mut unmounter);

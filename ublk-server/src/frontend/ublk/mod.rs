@@ -216,6 +216,8 @@ pub struct ServeOptions {
     pub control: Option<crate::control::ModelEntry>,
     /// Serve Prometheus metrics here (needs `control`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Run online adaptation (needs `control`).
+    pub adapt: Option<crate::frontend::AdaptOptions>,
 }
 
 /// What Augur records about a device in libublk's JSON (`target_data.augur`).

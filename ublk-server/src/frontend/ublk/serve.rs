@@ -501,7 +501,13 @@ pub(super) fn run_device(
                 name: format!("ublk{id}"),
                 device: format!("/dev/ublkb{id}"),
             };
-            match super::super::start_services(info, array, model, opts.metrics) {
+            match super::super::start_services(
+                info,
+                array,
+                model,
+                opts.metrics,
+                opts.adapt.as_ref(),
+            ) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     drop_ctrl(shared, ctrl, recovering);
