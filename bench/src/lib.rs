@@ -1,5 +1,6 @@
 //! Side-by-side measurements of Augur: the array against raw io_uring on one
-//! file (fio jobs, reports and plots are not built yet).
+//! file, and live model swaps and metrics on a FUSE device (the
+//! `augur-live` binary); fio job suites, reports and plots are not built yet.
 //!
 //! [`raw_randread`] is the reference peer for the array-overhead measurement:
 //! the same random-read load as `augur bench --workload randread`, issued with

@@ -612,3 +612,55 @@ fn serve_rejects_bad_input_before_any_device() {
     assert_bad_input(&o, "--queues 0 must be between 1 and");
     assert_eq!(files_in(d.path()), vec!["b.img"]);
 }
+
+/// `augur adapt` on the simulated clock: the timeline shows the replicas
+/// changing profile, a round runs and is reported with what it measured,
+/// and the same flags give the same output (it is exact).
+#[test]
+fn adapt_timeline_switches_profile_and_reports_rounds() {
+    let args = [
+        "adapt",
+        "--clock",
+        "sim",
+        "--predict-cost-ns",
+        "5,150",
+        "--profile",
+        "fast-nvme",
+        "--to",
+        "gc-heavy",
+        "--switch-at",
+        "1s",
+        "--duration",
+        "3s",
+        "--row",
+        "1s",
+        "--adapt",
+        "--every",
+        "1s",
+        "--min-new",
+        "20000",
+        "--window",
+        "40000",
+    ];
+    let o = augur(&args);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert!(rows.len() >= 2, "{out}");
+    assert!(rows[0].contains("fast-nvme"), "{out}");
+    assert!(rows.last().unwrap().contains("gc-heavy"), "{out}");
+    assert!(out.contains("round at "), "no round: {out}");
+    assert!(
+        out.contains("accuracy") && out.contains("val loss"),
+        "{out}"
+    );
+    assert_eq!(augur(&args).stdout, o.stdout, "not the same output twice");
+    // Bad flags: one line, exit 2.
+    let o = augur(&["adapt", "--clock", "sim", "--policy", "baseline"]);
+    assert_bad_input(&o, "needs a linnos policy");
+    let o = augur(&["adapt", "--clock", "sim", "--min-differ", "2"]);
+    assert_bad_input(&o, "--min-differ");
+}

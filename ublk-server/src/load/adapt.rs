@@ -200,6 +200,26 @@ pub fn run_adapt(
             adapter.offer(&batch);
             log.truncate(n);
         }
+        // The row of the interval that ends now, before anything changes.
+        if t >= next_row {
+            next_row += opts.row_s;
+            let now_mark = mark(&array);
+            let d = now_mark.stats.since(&last.stats);
+            let lat = now_mark.lat.since(&last.lat);
+            rows.push(TimelineRow {
+                t_s: (t * 1000.0).round() / 1000.0,
+                profile: profile.clone(),
+                model: active.id(),
+                reads: d.reads,
+                p50_us: lat.quantile_us(0.5),
+                p99_us: lat.quantile_us(0.99),
+                p999_us: lat.quantile_us(0.999),
+                accuracy: ratio(d.correct_predictions, d.judged_reads),
+                false_submit_rate: ratio(d.false_submits, d.observed_slow),
+                reroute_pct: ratio(d.rerouted * 100, d.reads).unwrap_or(0.0),
+            });
+            last = now_mark;
+        }
         if !switched && t >= opts.switch_at_s {
             switched = true;
             if let Err(e) = array.set_emu_profile(&opts.to) {
@@ -234,25 +254,6 @@ pub fn run_adapt(
                 });
                 pending = Some((t, rx));
             }
-        }
-        if t >= next_row {
-            next_row += opts.row_s;
-            let now_mark = mark(&array);
-            let d = now_mark.stats.since(&last.stats);
-            let lat = now_mark.lat.since(&last.lat);
-            rows.push(TimelineRow {
-                t_s: (t * 1000.0).round() / 1000.0,
-                profile: profile.clone(),
-                model: active.id(),
-                reads: d.reads,
-                p50_us: lat.quantile_us(0.5),
-                p99_us: lat.quantile_us(0.99),
-                p999_us: lat.quantile_us(0.999),
-                accuracy: ratio(d.correct_predictions, d.judged_reads),
-                false_submit_rate: ratio(d.false_submits, d.observed_slow),
-                reroute_pct: ratio(d.rerouted * 100, d.reads).unwrap_or(0.0),
-            });
-            last = now_mark;
         }
     });
     r?;
