@@ -77,6 +77,20 @@ impl Default for AdaptConfig {
     }
 }
 
+/// Puts the calling thread in SCHED_IDLE: it runs only when nothing else
+/// wants the CPU, so training never competes with the I/O threads.
+pub fn idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param
+    // that outlives the call.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        tracing::debug!(
+            "adapt: SCHED_IDLE refused: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// What a round measured, for the model history.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct RoundMetrics {

@@ -68,20 +68,6 @@ pub struct Daemon {
     samples: Mutex<(Sample, Sample)>,
 }
 
-/// Puts the calling thread in SCHED_IDLE: it runs only when nothing else
-/// wants the CPU, so training never competes with the I/O threads.
-fn idle_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param
-    // that outlives the call.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
-        tracing::debug!(
-            "adapt: SCHED_IDLE refused: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -404,7 +390,7 @@ impl Daemon {
         std::thread::Builder::new()
             .name("augur-adapt".into())
             .spawn(move || {
-                idle_priority();
+                crate::adapt::idle_priority();
                 let mut adapter = Adapter::new(cfg);
                 let mut batch = Vec::with_capacity(4096);
                 let mut last = Instant::now();

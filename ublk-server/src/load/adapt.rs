@@ -250,6 +250,7 @@ pub fn run_adapt(
                 let (tx, rx) = mpsc::channel();
                 let model = active.clone();
                 std::thread::spawn(move || {
+                    crate::adapt::idle_priority();
                     let _ = tx.send(round.run(&model));
                 });
                 pending = Some((t, rx));
