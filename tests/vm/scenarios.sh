@@ -381,8 +381,41 @@ scenario_5() {
   else
     fail flush-every-replica "dd to $DEV: $(tail -n1 /tmp/s5-dd.log)"
   fi
-  # `augur list` names the device; `augur stop --id N` ends its daemon (exit 0).
   id=${DEV#/dev/ublkb}
+  # The control socket: status answers, and models swapped every 100 ms
+  # while fio verifies lose nothing.
+  sock=/run/augur/ublk$id.sock
+  if [ ! -S "$sock" ]; then
+    fail ctl-swap-verify "no control socket at $sock"
+  elif ! augur ctl --id "$id" status >/tmp/s5-ctl.log 2>&1 || ! grep -q "policy hedge" /tmp/s5-ctl.log; then
+    fail ctl-swap-verify "augur ctl --id $id status: $(head -n3 /tmp/s5-ctl.log | tr '\n' ' ')"
+  else
+    augur ctl --id "$id" policy set linnos >/dev/null 2>&1
+    fio --name=swap --filename="$DEV" $FIO_VERIFY --rw=randrw --size="$VERIFY_SIZE" >/tmp/s5-fio.log 2>&1 &
+    fpid=$!
+    swaps=0 swap_err=
+    while alive "$fpid"; do
+      if augur ctl --id "$id" model load default >/tmp/s5-swap.log 2>&1; then
+        swaps=$((swaps + 1))
+      else
+        swap_err=$(tail -n1 /tmp/s5-swap.log)
+      fi
+      sleep 0.1
+    done
+    if ! wait "$fpid"; then
+      fail ctl-swap-verify "fio under model swaps: $(grep -m1 -iE 'verify|error|bad|fail' /tmp/s5-fio.log || tail -n1 /tmp/s5-fio.log)"
+    elif [ -n "$swap_err" ]; then
+      fail ctl-swap-verify "augur ctl model load: $swap_err"
+    elif [ "$swaps" -lt 3 ]; then
+      fail ctl-swap-verify "only $swaps model swaps during the fio run"
+    else
+      echo "    $swaps model swaps during fio verify on $DEV"
+      ok ctl-swap-verify
+    fi
+    augur ctl --id "$id" policy set hedge >/dev/null 2>&1
+  fi
+  # `augur list` names the device and its policy; `augur stop --id N` ends
+  # its daemon (exit 0), which removes its control socket.
   augur list >/tmp/s5-list.log 2>&1
   if ! grep -q "$DEV" /tmp/s5-list.log; then
     fail cli-list-stop "augur list does not name $DEV: $(head -n3 /tmp/s5-list.log | tr '\n' ' ')"
@@ -397,6 +430,10 @@ scenario_5() {
     fail cli-list-stop "the daemon exited $? after augur stop: $(tail -n1 /tmp/s5.err)"
   elif [ -e "$DEV" ]; then
     fail cli-list-stop "$DEV still present after augur stop"
+  elif ! grep -q "$DEV.*hedge" /tmp/s5-list.log; then
+    fail cli-list-stop "augur list does not show the live policy: $(grep "$DEV" /tmp/s5-list.log)"
+  elif [ -e "$sock" ]; then
+    fail cli-list-stop "$sock left after the daemon stopped"
   else
     ok cli-list-stop
   fi

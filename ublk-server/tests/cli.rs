@@ -528,13 +528,20 @@ fn serve_list_stop_without_ublk_say_so_in_one_line() {
     assert!(o.stdout.is_empty(), "nothing on stdout without a device");
     // The replica files serve created for the run are gone again.
     assert!(files_in(d.path()).is_empty(), "{:?}", files_in(d.path()));
+    // An empty control directory: FUSE daemons running on this machine
+    // would be listed (and make `list` succeed).
+    let run = tempfile::tempdir().unwrap();
     for args in [
         &["list"][..],
         &["list", "--json"],
         &["stop", "--id", "0"],
         &["serve", "--recover", "--id", "0"],
     ] {
-        let o = augur(args);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_augur"))
+            .args(args)
+            .env("AUGUR_RUN_DIR", run.path())
+            .output()
+            .unwrap();
         assert_bad_input(&o, "ublk is not available");
         assert!(
             stderr(&o).contains("augur fuse"),

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test file uses some of these
 
+pub mod fuse;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
