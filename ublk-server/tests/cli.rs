@@ -638,16 +638,16 @@ fn adapt_timeline_switches_profile_and_reports_rounds() {
         "--switch-at",
         "1s",
         "--duration",
-        "3s",
+        "2s",
         "--row",
-        "1s",
+        "500ms",
         "--adapt",
         "--every",
         "1s",
         "--min-new",
-        "20000",
+        "12000",
         "--window",
-        "40000",
+        "16000",
     ];
     let o = augur(&args);
     let out = String::from_utf8_lossy(&o.stdout).to_string();

@@ -120,10 +120,12 @@ pub struct RoundMetrics {
 }
 
 impl RoundMetrics {
-    /// One line for logs and `model history`.
+    /// One line for logs and `model history`: what was measured, without
+    /// the training time (wall clock, so that a simulated-clock run prints
+    /// the same line on any machine; it is in `train_seconds`).
     pub fn summary(&self) -> String {
         format!(
-            "accuracy {:.3} -> {:.3}, false-submit {:.3} -> {:.3}, decisions differ on {:.1}%, val loss {}{}, {} reads trained, {} judged, threshold {} us, {:.1} s",
+            "accuracy {:.3} -> {:.3}, false-submit {:.3} -> {:.3}, decisions differ on {:.1}%, val loss {}{}, {} reads trained, {} judged, threshold {} us",
             self.active_accuracy,
             self.candidate_accuracy,
             self.active_false_submit,
@@ -142,7 +144,6 @@ impl RoundMetrics {
             self.trained_reads,
             self.judged_reads,
             self.threshold_us,
-            self.train_seconds
         )
     }
 }

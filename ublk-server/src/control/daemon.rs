@@ -72,6 +72,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon").field("info", self.info()).finish()
+    }
+}
+
 impl Daemon {
     /// The state of a daemon serving `array`, whose model is `model`
     /// (loaded for every policy, so `policy set linnos` needs no file).
@@ -440,14 +446,24 @@ impl Daemon {
                     Ok(p) => {
                         self.array.set_policy(p);
                         tracing::info!("adapt: installed {} ({})", entry.id, metrics.summary());
-                        book.install_noting(entry, "adapt", &metrics.summary());
+                        let note = format!(
+                            "{}, trained in {:.1} s",
+                            metrics.summary(),
+                            metrics.train_seconds
+                        );
+                        book.install_noting(entry, "adapt", &note);
                     }
                     Err(e) => book.reject(Some(entry.id.clone()), entry.source.clone(), e),
                 }
             }
             Verdict::Reject(why, metrics) => {
                 tracing::info!("adapt: round {n} rejected: {why} ({})", metrics.summary());
-                lock(&self.book).reject(None, source, format!("{why}: {}", metrics.summary()));
+                let note = format!(
+                    "{why}: {}, trained in {:.1} s",
+                    metrics.summary(),
+                    metrics.train_seconds
+                );
+                lock(&self.book).reject(None, source, note);
             }
         }
     }

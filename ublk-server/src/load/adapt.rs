@@ -316,6 +316,9 @@ pub fn render_adapt(run: &AdaptRun) -> String {
             r.model.as_deref().or(r.reason.as_deref()).unwrap_or(""),
             r.metrics.summary()
         );
+        if run.clock == "real" {
+            let _ = writeln!(s, "    trained in {:.1} s", r.metrics.train_seconds);
+        }
     }
     s
 }

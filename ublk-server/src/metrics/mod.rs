@@ -59,12 +59,6 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 #[derive(Debug)]
 struct Scrape(Arc<Daemon>);
 
-impl std::fmt::Debug for Daemon {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Daemon").field("info", self.info()).finish()
-    }
-}
-
 fn counter(
     e: &mut DescriptorEncoder,
     name: &str,
