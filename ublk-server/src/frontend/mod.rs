@@ -30,7 +30,17 @@ impl Drop for Services {
     fn drop(&mut self) {
         if let Some((stop, t)) = self.adapt.take() {
             stop.store(true, Ordering::Release);
-            let _ = t.join();
+            // A round in the middle of training is not waited for: the
+            // device is already stopped, and nothing it holds needs saving.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                tracing::info!("adapt: a round is still training; exiting without it");
+            }
         }
     }
 }
