@@ -27,7 +27,7 @@
 
 use std::collections::VecDeque;
 
-use augur_feature_store::{Op, TrainingRecord};
+use augur_feature_store::{Op, TrainingLog, TrainingRecord};
 use augur_predictor::eval::evaluate_labelled;
 use augur_predictor::label::{PeriodRule, is_slow};
 use augur_predictor::train::{EpochStats, TrainConfig, train};
@@ -276,6 +276,20 @@ impl Adapter {
             }
             self.recent.push_back(*r);
             self.new_reads += 1;
+        }
+    }
+
+    /// Takes everything waiting in a live training log.
+    pub fn drain(&mut self, log: &TrainingLog) {
+        let mut batch = Vec::with_capacity(4096);
+        loop {
+            batch.clear();
+            let n = log.get(4096, &mut batch);
+            if n == 0 {
+                return;
+            }
+            self.offer(&batch);
+            log.truncate(n);
         }
     }
 

@@ -398,18 +398,9 @@ impl Daemon {
             .spawn(move || {
                 crate::adapt::idle_priority();
                 let mut adapter = Adapter::new(cfg);
-                let mut batch = Vec::with_capacity(4096);
                 let mut last = Instant::now();
                 while !stop.load(Ordering::Acquire) {
-                    loop {
-                        batch.clear();
-                        let n = log.get(4096, &mut batch);
-                        if n == 0 {
-                            break;
-                        }
-                        adapter.offer(&batch);
-                        log.truncate(n);
-                    }
+                    adapter.drain(&log);
                     if last.elapsed() >= every && adapter.ready() {
                         last = Instant::now();
                         me.adapt_round(&mut adapter);

@@ -146,7 +146,6 @@ pub fn run_adapt(
     if let super::ReplicaSource::Fresh { profile: p, .. } = &setup.replicas {
         profile = p.name.clone();
     }
-    let mut batch = Vec::with_capacity(4096);
     // On the real clock: the round running on a thread, and when it began.
     let mut pending: Option<(f64, mpsc::Receiver<Verdict>)> = None;
     let mut failure: Option<anyhow::Error> = None;
@@ -191,15 +190,7 @@ pub fn run_adapt(
         }
         let now = array.now_ns();
         let t = at(now);
-        loop {
-            batch.clear();
-            let n = log.get(4096, &mut batch);
-            if n == 0 {
-                break;
-            }
-            adapter.offer(&batch);
-            log.truncate(n);
-        }
+        adapter.drain(&log);
         // The row of the interval that ends now, before anything changes.
         if t >= next_row {
             next_row += opts.row_s;
