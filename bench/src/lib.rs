@@ -1,10 +1,13 @@
 //! Side-by-side measurements of Augur: the array against raw io_uring on one
-//! file, and live model swaps and metrics on a FUSE device (the
-//! `augur-live` binary); fio job suites, reports and plots are not built yet.
+//! file, and live model swaps, metrics and online adaptation on a FUSE
+//! device (the `augur-live` and `augur-adapt-live` binaries; [`live`]);
+//! fio job suites, reports and plots are not built yet.
 //!
 //! [`raw_randread`] is the reference peer for the array-overhead measurement:
 //! the same random-read load as `augur bench --workload randread`, issued with
 //! plain io_uring straight at the file, with nothing of Augur in between.
+
+pub mod live;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;

@@ -648,6 +648,8 @@ fn adapt_timeline_switches_profile_and_reports_rounds() {
         "12000",
         "--window",
         "16000",
+        "--reference",
+        "300ms",
     ];
     let o = augur(&args);
     let out = String::from_utf8_lossy(&o.stdout).to_string();
@@ -658,6 +660,12 @@ fn adapt_timeline_switches_profile_and_reports_rounds() {
         .collect();
     assert!(rows.len() >= 2, "{out}");
     assert!(rows[0].contains("fast-nvme"), "{out}");
+    // Every row's model is judged on its profile's reference (a number, not "-").
+    for r in &rows {
+        let acc = r.split_whitespace().nth(7).unwrap();
+        assert!(acc.parse::<f64>().is_ok(), "accuracy {acc:?} in {r}");
+    }
+    assert!(out.contains("reference recording"), "{out}");
     assert!(rows.last().unwrap().contains("gc-heavy"), "{out}");
     assert!(out.contains("round at "), "no round: {out}");
     assert!(
@@ -670,4 +678,15 @@ fn adapt_timeline_switches_profile_and_reports_rounds() {
     assert_bad_input(&o, "needs a linnos policy");
     let o = augur(&["adapt", "--clock", "sim", "--min-differ", "2"]);
     assert_bad_input(&o, "--min-differ");
+    let o = augur(&[
+        "fuse",
+        "--replica",
+        "/nonexistent/r",
+        "--mount",
+        "/nonexistent/m",
+        "--adapt",
+        "--adapt-duty",
+        "0",
+    ]);
+    assert_bad_input(&o, "--adapt-duty");
 }

@@ -10,14 +10,14 @@
 //! `cargo run --release -p augur-bench --bin augur-live -- [--seconds 60]`
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use augur_bench::live::{FioRun, FuseDaemon, fio, merge, quantile};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -39,103 +39,34 @@ struct Args {
     augur: Option<PathBuf>,
 }
 
-struct Daemon {
-    child: Child,
-    mount: PathBuf,
-    file: PathBuf,
-    socket: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child, not yet waited for.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir(&self.mount);
-    }
-}
-
-fn start(augur: &Path, dir: &Path, a: &Args, metrics: Option<&str>) -> anyhow::Result<Daemon> {
-    let mount = dir.join("mnt");
-    std::fs::create_dir_all(&mount)?;
-    let mut cmd = Command::new(augur);
-    cmd.arg("fuse");
-    for r in ["a", "b", "c"] {
-        cmd.arg("--replica")
-            .arg(format!("emu:{}:{}", a.profile, dir.join(r).display()));
-    }
-    cmd.args(["--size", &a.size, "--policy", "linnos", "--mount"])
-        .arg(&mount);
+fn start(augur: &Path, dir: &Path, a: &Args, metrics: Option<&str>) -> anyhow::Result<FuseDaemon> {
+    let mut extra = vec!["--policy", "linnos"];
     if let Some(m) = metrics {
-        cmd.args(["--metrics", m]);
+        extra.extend(["--metrics", m]);
     }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting augur fuse")?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
-    let Some(file) = line.trim().strip_prefix("file ") else {
-        bail!("augur fuse said {line:?}");
-    };
-    let name = augur::control::fuse_name(&mount.canonicalize()?);
-    Ok(Daemon {
-        child,
-        file: PathBuf::from(file),
-        socket: augur::control::run_dir().join(format!("{name}.sock")),
-        mount,
-    })
+    FuseDaemon::start(augur, dir, &a.profile, &a.size, &extra)
 }
 
-/// One fio verify pass; returns (read latency bins ns -> count, read IOPS, errors).
-fn fio_pass(file: &Path, size: &str) -> anyhow::Result<(BTreeMap<u64, u64>, f64, u64)> {
-    let out = Command::new("fio")
-        .args([
-            "--name=live",
-            "--ioengine=io_uring",
-            "--direct=1",
-            "--rw=randrw",
-            "--rwmixread=70",
-            "--bs=4k",
-            "--iodepth=16",
-            "--verify=crc32c",
-            "--verify_fatal=1",
-            "--do_verify=1",
-            "--verify_state_save=0",
-            "--randrepeat=0",
-            "--output-format=json+",
-        ])
-        .arg(format!("--filename={}", file.display()))
-        .arg(format!("--size={size}"))
-        .output()
-        .context("running fio (apt-get install fio)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let start = text.find('{').context("fio printed no JSON")?;
-    let v: serde_json::Value = serde_json::from_str(&text[start..])
-        .with_context(|| format!("fio JSON: {}", String::from_utf8_lossy(&out.stderr)))?;
-    let job = &v["jobs"][0];
-    let mut bins = BTreeMap::new();
-    if let Some(b) = job["read"]["clat_ns"]["bins"].as_object() {
-        for (k, c) in b {
-            *bins.entry(k.parse()?).or_insert(0) += c.as_u64().unwrap_or(0);
-        }
-    }
-    let errors = job["error"].as_u64().unwrap_or(1) + u64::from(!out.status.success());
-    Ok((bins, job["read"]["iops"].as_f64().unwrap_or(0.0), errors))
-}
-
-fn quantile(bins: &BTreeMap<u64, u64>, q: f64) -> f64 {
-    let n: u64 = bins.values().sum();
-    let rank = (q * n as f64).ceil() as u64;
-    let mut seen = 0;
-    for (ns, c) in bins {
-        seen += c;
-        if seen >= rank {
-            return *ns as f64 / 1000.0;
-        }
-    }
-    0.0
+/// One fio verify pass.
+fn fio_pass(file: &Path, size: &str) -> anyhow::Result<FioRun> {
+    let args = [
+        "--name=live",
+        "--ioengine=io_uring",
+        "--direct=1",
+        "--rw=randrw",
+        "--rwmixread=70",
+        "--bs=4k",
+        "--iodepth=16",
+        "--verify=crc32c",
+        "--verify_fatal=1",
+        "--do_verify=1",
+        "--verify_state_save=0",
+        "--randrepeat=0",
+    ];
+    let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    v.push(format!("--filename={}", file.display()));
+    v.push(format!("--size={size}"));
+    fio(&v)
 }
 
 #[derive(Default)]
@@ -147,12 +78,10 @@ struct Side {
 }
 
 impl Side {
-    fn add(&mut self, r: (BTreeMap<u64, u64>, f64, u64)) {
-        for (k, c) in r.0 {
-            *self.bins.entry(k).or_insert(0) += c;
-        }
-        self.iops.push(r.1);
-        self.errors += r.2;
+    fn add(&mut self, r: FioRun) {
+        merge(&mut self.bins, &r.read_bins);
+        self.iops.push(r.read_iops);
+        self.errors += r.errors;
         self.passes += 1;
     }
     fn mean_iops(&self) -> f64 {
@@ -307,7 +236,7 @@ fn main() -> anyhow::Result<()> {
 
 /// The port a daemon started with `--metrics 127.0.0.1:0` was given: its
 /// own listening TCP socket, found through /proc.
-fn metrics_addr(d: &Daemon) -> anyhow::Result<String> {
+fn metrics_addr(d: &FuseDaemon) -> anyhow::Result<String> {
     // The daemon's listening TCP sockets: /proc/PID/net/tcp lists all of the
     // namespace's, so match the inodes of the daemon's own fds.
     let pid = d.child.id();

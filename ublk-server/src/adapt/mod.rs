@@ -29,8 +29,8 @@ use std::collections::VecDeque;
 
 use augur_feature_store::{Op, TrainingLog, TrainingRecord};
 use augur_predictor::eval::evaluate_labelled;
-use augur_predictor::label::{PeriodRule, is_slow};
-use augur_predictor::train::{EpochStats, TrainConfig, train};
+use augur_predictor::label::{PeriodRule, compute_threshold, is_slow};
+use augur_predictor::train::{EpochStats, MAX_PERIOD_SLOW_SHARE, Progress, TrainConfig, train};
 use augur_predictor::{Model, ReadInfo};
 use serde::Serialize;
 
@@ -52,6 +52,10 @@ pub struct AdaptConfig {
     pub converge_abs: f64,
     /// Gate 2: least share of held-back reads on which the decisions differ.
     pub min_differ: f64,
+    /// Largest share of wall time a round trains for: after each batch it
+    /// sleeps so that training takes at most this share of one core (1:
+    /// no sleeping). Bounds what a round takes from the I/O threads.
+    pub duty: f64,
     /// The training recipe.
     pub train: TrainConfig,
 }
@@ -66,6 +70,7 @@ impl Default for AdaptConfig {
             converge_tol: 0.05,
             converge_abs: 0.01,
             min_differ: 0.02,
+            duty: 1.0,
             train: TrainConfig {
                 // Short rounds: the window is small and the device may move on.
                 max_epochs: 12,
@@ -201,6 +206,27 @@ pub fn labels(held: &[TrainingRecord], threshold_us: u32, period: Option<PeriodR
     }
 }
 
+/// The reads' labels as a model trained on them alone by the recipe
+/// ([`TrainConfig::recipe`]) would have had them: its threshold rule over
+/// their latencies, and its slow periods (unless they would mark most reads
+/// slow, as training drops them then). `None` without reads. This judges any
+/// model by the same rule, whatever threshold it carries.
+pub fn recipe_labels(reads: &[TrainingRecord]) -> Option<(Vec<bool>, u32)> {
+    let recipe = TrainConfig::recipe();
+    let lat: Vec<u32> = reads
+        .iter()
+        .filter(|r| r.op == Op::Read)
+        .map(|r| r.latency_us)
+        .collect();
+    let threshold = compute_threshold(&lat, recipe.label).ok()?.threshold_us;
+    let with_period = labels(reads, threshold, recipe.period);
+    let share = with_period.iter().filter(|&&s| s).count() as f64 / with_period.len() as f64;
+    if share > MAX_PERIOD_SLOW_SHARE {
+        return Some((labels(reads, threshold, None), threshold));
+    }
+    Some((with_period, threshold))
+}
+
 /// Gates 2 and 3: judges `candidate` against `active` on `held` with the
 /// labels `truth` (one per read); fills `m`.
 pub fn judge(
@@ -298,6 +324,11 @@ impl Adapter {
         self.new_reads >= self.cfg.min_new && self.recent.len() >= self.cfg.min_new
     }
 
+    /// Reads held now (at most the window).
+    pub fn held(&self) -> usize {
+        self.recent.len()
+    }
+
     /// Rounds run so far.
     pub fn rounds(&self) -> u64 {
         self.rounds
@@ -347,7 +378,16 @@ impl Round {
             trained_reads: older.len(),
             ..RoundMetrics::default()
         };
-        let (cand, report) = match train(older, &cfg, &mut |_| {}) {
+        let duty = self.cfg.duty.clamp(0.01, 1.0);
+        let mut batch_start = std::time::Instant::now();
+        let mut pace = |p: Progress| {
+            if duty < 1.0 && matches!(p, Progress::Batch { .. }) {
+                let busy = batch_start.elapsed();
+                std::thread::sleep(busy.mul_f64(1.0 / duty - 1.0));
+                batch_start = std::time::Instant::now();
+            }
+        };
+        let (cand, report) = match train(older, &cfg, &mut pace) {
             Ok(x) => x,
             Err(e) => return Verdict::Reject(format!("training failed: {e}"), m),
         };

@@ -65,6 +65,9 @@ enum ModelCtl {
     History,
     /// Put back the model the active one replaced.
     Rollback,
+    /// Write the active model to FILE (a new file on the daemon's machine),
+    /// to keep a model adaptation trained.
+    Save { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -138,6 +141,9 @@ pub(crate) fn cmd_ctl(a: CtlArgs) -> ExitCode {
         },
         CtlCmd::Model(ModelCtl::History) => Command::ModelHistory,
         CtlCmd::Model(ModelCtl::Rollback) => Command::ModelRollback,
+        CtlCmd::Model(ModelCtl::Save { file }) => Command::ModelSave {
+            file: absolute(file),
+        },
         CtlCmd::Policy(PolicyCtl::Set { name }) => Command::PolicySet { name: name.clone() },
         CtlCmd::Record(RecordCtl::Start { file }) => Command::RecordStart {
             file: absolute(file),
@@ -339,6 +345,9 @@ pub(crate) fn render(cmd: &Command, r: &Value) -> String {
                 s(&r["new"]),
                 s(&r["source"])
             );
+        }
+        Command::ModelSave { .. } => {
+            let _ = writeln!(o, "model {} saved to {}", s(&r["id"]), s(&r["file"]));
         }
         Command::PolicySet { .. } => {
             let _ = writeln!(o, "policy {} -> {}", s(&r["old"]), s(&r["new"]));

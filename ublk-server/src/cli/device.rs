@@ -120,6 +120,10 @@ pub(crate) struct AdaptFlags {
     /// Least share of recent reads on which a candidate must decide differently.
     #[arg(long, default_value_t = 0.02, requires = "adapt")]
     pub(crate) adapt_min_differ: f64,
+    /// Largest share of one core's time a round may train for (it sleeps
+    /// between batches for the rest), to bound what training takes from I/O.
+    #[arg(long, default_value_t = 0.25, requires = "adapt")]
+    pub(crate) adapt_duty: f64,
 }
 
 impl AdaptFlags {
@@ -132,10 +136,16 @@ impl AdaptFlags {
                 "--adapt-min-differ is a share, 0 to 1".into(),
             ));
         }
+        if !(self.adapt_duty > 0.0 && self.adapt_duty <= 1.0) {
+            return Err(CliError::BadFlag(
+                "--adapt-duty is a share of a core, above 0 and at most 1".into(),
+            ));
+        }
         Ok(Some(augur::frontend::AdaptOptions {
             config: augur::adapt::AdaptConfig {
                 min_new: self.adapt_min_new.max(1),
                 min_differ: self.adapt_min_differ,
+                duty: self.adapt_duty,
                 ..augur::adapt::AdaptConfig::default()
             },
             every: self.adapt_every,

@@ -346,6 +346,10 @@ pub(crate) struct AdaptArgs {
     /// Reads a round needs to have come in since the last one.
     #[arg(long, default_value_t = 50_000)]
     pub(crate) min_new: usize,
+    /// Simulated device time of each profile's reference recording, which
+    /// the accuracy columns judge the active model on (0s: none).
+    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+    pub(crate) reference: std::time::Duration,
     /// Newest reads a round trains and judges on.
     #[arg(long, default_value_t = 200_000)]
     pub(crate) window: usize,
@@ -396,6 +400,7 @@ pub(crate) fn cmd_adapt(args: AdaptArgs) -> anyhow::Result<()> {
         },
         every_s: args.every.as_secs_f64(),
         row_s: args.row.as_secs_f64().max(0.02),
+        reference_s: args.reference.as_secs_f64(),
     };
     let line = ProgressLine::new(setup.load.duration);
     let run = augur::load::run_adapt(&setup, model, &opts, &mut |p| line.update(&args.policy, p))?;

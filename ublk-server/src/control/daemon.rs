@@ -1,30 +1,25 @@
 //! What a running daemon answers with: its array, models and recorder, and
 //! the handling of each [`Command`].
 
-use std::fs::OpenOptions;
-use std::io::BufWriter;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use augur_feature_store::{LogWriter, TrainingLog};
 use augur_predictor::{ModelPredictor, SlowPredictor};
 use serde_json::json;
 
 use super::models::{ModelBook, ModelEntry};
 use super::protocol::{Command, Reply};
-use crate::adapt::{AdaptConfig, Adapter, Verdict};
+use super::tap::LogTap;
+use crate::adapt::{AdaptConfig, Adapter, Round, Verdict};
 use crate::array::{Array, ArrayStats, LatencyHist, ReplicaCounts};
 use crate::emu::Profile;
 use crate::route::Policy;
 
 /// How long one "interval" of `status` lasts.
 pub const INTERVAL: Duration = Duration::from_secs(1);
-/// Records the live training log holds before the recorder drains them.
-const RECORD_RING: usize = 1 << 16;
-
 /// A counters-and-histograms sample, for per-interval rates.
 #[derive(Clone)]
 struct Sample {
@@ -32,15 +27,6 @@ struct Sample {
     stats: ArrayStats,
     replicas: Vec<ReplicaCounts>,
     latency: Vec<LatencyHist>,
-}
-
-/// A live recording: the log the array writes into and the thread writing
-/// it to the file.
-struct Recorder {
-    file: PathBuf,
-    log: Arc<TrainingLog>,
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<Result<u64, String>>,
 }
 
 /// Who a daemon is, for `status` and `augur list`.
@@ -61,9 +47,8 @@ pub struct Daemon {
     array: Array,
     started: Instant,
     book: Mutex<ModelBook>,
-    recorder: Mutex<Option<Recorder>>,
-    /// True while online adaptation owns the training log.
-    adapting: Mutex<bool>,
+    /// The live training log's consumer (recording, adaptation).
+    tap: LogTap,
     /// The two latest samples (older, newer), refreshed every [`INTERVAL`].
     samples: Mutex<(Sample, Sample)>,
 }
@@ -85,11 +70,10 @@ impl Daemon {
         let s = Self::sample_of(&array);
         Daemon {
             info,
+            tap: LogTap::new(array.clone()),
             array,
             started: Instant::now(),
             book: Mutex::new(ModelBook::new(model)),
-            recorder: Mutex::new(None),
-            adapting: Mutex::new(false),
             samples: Mutex::new((s.clone(), s)),
         }
     }
@@ -150,6 +134,7 @@ impl Daemon {
             Command::ModelLoad { file } => self.model_load(&file),
             Command::ModelHistory => Ok(json!({ "events": lock(&self.book).history() })),
             Command::ModelRollback => self.model_rollback(),
+            Command::ModelSave { file } => self.model_save(&file),
             Command::PolicySet { name } => self.policy_set(&name),
             Command::RecordStart { file } => self.record_start(&file),
             Command::RecordStop => self.record_stop(),
@@ -197,7 +182,8 @@ impl Daemon {
             "policy": self.array.policy().name(),
             "model": book.active().id,
             "model_source": book.active().source,
-            "recording": lock(&self.recorder).as_ref().map(|r| r.file.display().to_string()),
+            "recording": self.tap.recording().map(|f| f.display().to_string()),
+            "adapting": self.tap.adapting(),
             "interval_s": (secs * 1000.0).round() / 1000.0,
             "iops": ((d.reads + d.writes + d.flushes + d.discards + d.write_zeroes) as f64 / secs)
                 .round() as u64,
@@ -280,6 +266,21 @@ impl Daemon {
         Ok(json!({ "old": old.id, "new": new.id, "source": new.source }))
     }
 
+    fn model_save(&self, file: &Path) -> Result<serde_json::Value, String> {
+        let active = lock(&self.book).active().clone();
+        // Never replace a file: it may be a model someone still needs.
+        if std::fs::symlink_metadata(file).is_ok() {
+            return Err(format!("{}: exists; not overwritten", file.display()));
+        }
+        active
+            .predictor
+            .model()
+            .save(file)
+            .map_err(|e| e.to_string())?;
+        tracing::info!("model {} saved to {}", active.id, file.display());
+        Ok(json!({ "id": active.id, "file": file.display().to_string(), "source": active.source }))
+    }
+
     fn policy_set(&self, name: &str) -> Result<serde_json::Value, String> {
         let book = lock(&self.book);
         let policy = self.policy_with(name, book.active())?;
@@ -290,74 +291,16 @@ impl Daemon {
     }
 
     fn record_start(&self, file: &Path) -> Result<serde_json::Value, String> {
-        let mut rec = lock(&self.recorder);
-        if *lock(&self.adapting) {
-            return Err(
-                "the live training log feeds --adapt; recording and adaptation do not run together yet"
-                    .into(),
-            );
-        }
-        if let Some(r) = rec.as_ref() {
-            return Err(format!("already recording to {}", r.file.display()));
-        }
-        // create_new: never overwrite a file (a log someone still needs).
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(file)
-            .map_err(|e| format!("{}: {e}", file.display()))?;
-        let mut writer =
-            LogWriter::new(BufWriter::new(f)).map_err(|e| format!("{}: {e}", file.display()))?;
-        let log = Arc::new(TrainingLog::new(RECORD_RING));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (log, stop) = (log.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("augur-record".into())
-                .spawn(move || -> Result<u64, String> {
-                    let mut batch = Vec::with_capacity(4096);
-                    loop {
-                        let done = stop.load(Ordering::Acquire);
-                        batch.clear();
-                        let n = log.get(4096, &mut batch);
-                        if n > 0 {
-                            writer.write(&batch).map_err(|e| e.to_string())?;
-                            log.truncate(n);
-                            continue;
-                        }
-                        if done {
-                            let written = writer.records_written();
-                            writer.finish().map_err(|e| e.to_string())?;
-                            return Ok(written);
-                        }
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                })
-                .map_err(|e| format!("starting the recorder thread: {e}"))?
-        };
-        self.array.set_log(Some(log.clone()));
-        *rec = Some(Recorder {
-            file: file.to_path_buf(),
-            log,
-            stop,
-            thread,
-        });
+        self.tap.start_recording(file)?;
         Ok(json!({ "file": file.display().to_string() }))
     }
 
     fn record_stop(&self) -> Result<serde_json::Value, String> {
-        let r = lock(&self.recorder).take().ok_or("not recording")?;
-        self.array.set_log(None);
-        r.stop.store(true, Ordering::Release);
-        let written = r
-            .thread
-            .join()
-            .map_err(|_| "the recorder thread panicked".to_string())?
-            .map_err(|e| format!("writing {}: {e}", r.file.display()))?;
+        let r = self.tap.stop_recording()?;
         Ok(json!({
             "file": r.file.display().to_string(),
-            "records": written,
-            "dropped": r.log.dropped(),
+            "records": r.records,
+            "dropped": r.dropped,
         }))
     }
 
@@ -383,41 +326,40 @@ impl Daemon {
         every: Duration,
         stop: Arc<AtomicBool>,
     ) -> Result<JoinHandle<()>, String> {
-        let log = Arc::new(TrainingLog::new(1 << 18));
-        {
-            let rec = lock(&self.recorder);
-            if rec.is_some() {
-                return Err("a recording is running; adaptation needs the training log".into());
-            }
-            *lock(&self.adapting) = true;
-            self.array.set_log(Some(log.clone()));
-        }
+        let adapter = Arc::new(Mutex::new(Adapter::new(cfg)));
+        self.tap.attach_adapter(adapter.clone())?;
         let me = self.clone();
         std::thread::Builder::new()
             .name("augur-adapt".into())
             .spawn(move || {
                 crate::adapt::idle_priority();
-                let mut adapter = Adapter::new(cfg);
                 let mut last = Instant::now();
                 while !stop.load(Ordering::Acquire) {
-                    adapter.drain(&log);
-                    if last.elapsed() >= every && adapter.ready() {
-                        last = Instant::now();
-                        me.adapt_round(&mut adapter);
-                    }
                     std::thread::sleep(Duration::from_millis(100));
+                    if last.elapsed() < every {
+                        continue;
+                    }
+                    // Only the copy of the window is taken under the lock.
+                    let round = {
+                        let mut a = lock(&adapter);
+                        a.ready().then(|| (a.take_round(), a.rounds()))
+                    };
+                    if let Some((round, n)) = round {
+                        last = Instant::now();
+                        me.adapt_round(round, n);
+                    }
                 }
-                me.array.set_log(None);
-                *lock(&me.adapting) = false;
+                me.tap.detach_adapter();
             })
-            .map_err(|e| format!("starting the adaptation thread: {e}"))
+            .map_err(|e| {
+                self.tap.detach_adapter();
+                format!("starting the adaptation thread: {e}")
+            })
     }
 
     /// One round: train, judge, install or reject, write it down.
-    fn adapt_round(&self, adapter: &mut Adapter) {
+    fn adapt_round(&self, round: Round, n: u64) {
         let active = lock(&self.book).active().clone();
-        let round = adapter.take_round();
-        let n = adapter.rounds();
         let source = format!("adapt round {n}");
         match round.run(active.predictor.model()) {
             Verdict::Install(m, metrics) => {
@@ -461,10 +403,6 @@ impl Daemon {
 
     /// Stops a recording still running (daemon exit), keeping what it wrote.
     pub fn finish(&self) {
-        if lock(&self.recorder).is_some()
-            && let Err(e) = self.record_stop()
-        {
-            tracing::warn!("stopping the recording: {e}");
-        }
+        self.tap.finish();
     }
 }

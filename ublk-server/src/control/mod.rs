@@ -29,6 +29,7 @@ pub mod daemon;
 pub mod models;
 pub mod protocol;
 pub mod server;
+pub mod tap;
 
 pub use client::{ClientError, request};
 pub use daemon::{Daemon, DaemonInfo};

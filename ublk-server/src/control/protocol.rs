@@ -44,6 +44,12 @@ pub enum Command {
     ModelHistory,
     /// Put the model before the active one back.
     ModelRollback,
+    /// Write the active model to a new file (so that an adapted model
+    /// outlives the daemon).
+    ModelSave {
+        /// The file to create (it must not exist).
+        file: PathBuf,
+    },
     /// Switch the routing policy (the active model stays).
     PolicySet {
         /// A policy name as `--policy` takes it.
@@ -72,6 +78,7 @@ impl Command {
         "model-load",
         "model-history",
         "model-rollback",
+        "model-save",
         "policy-set",
         "record-start",
         "record-stop",
@@ -218,6 +225,9 @@ mod tests {
             },
             Command::ModelHistory,
             Command::ModelRollback,
+            Command::ModelSave {
+                file: "/tmp/m.augm".into(),
+            },
             Command::PolicySet {
                 name: "linnos".into(),
             },

@@ -13,13 +13,14 @@
 use std::sync::Arc;
 use std::sync::mpsc;
 
-use augur_feature_store::TrainingLog;
+use augur_feature_store::{TrainingLog, TrainingRecord};
+use augur_predictor::eval::evaluate_labelled;
 use augur_predictor::{Model, ModelPredictor, SlowPredictor};
 use serde::Serialize;
 
 use super::bench::{BenchSetup, open_array};
 use super::run::{LoadProgress, run_load};
-use crate::adapt::{AdaptConfig, Adapter, Round, RoundMetrics, Verdict};
+use crate::adapt::{AdaptConfig, Adapter, Round, RoundMetrics, Verdict, recipe_labels};
 use crate::array::{Array, ArrayStats, LatencyHist};
 use crate::emu::Profile;
 use crate::route::Policy;
@@ -41,6 +42,8 @@ pub struct AdaptRunOptions {
     pub every_s: f64,
     /// Seconds of device time per timeline row.
     pub row_s: f64,
+    /// Seconds of simulated time of each reference recording (0: none).
+    pub reference_s: f64,
 }
 
 /// One row of the timeline.
@@ -60,10 +63,21 @@ pub struct TimelineRow {
     pub p99_us: u64,
     /// 99.9th.
     pub p999_us: u64,
-    /// Prediction accuracy against observed latency (judged reads).
+    /// The active model's accuracy on a reference recording of the
+    /// replicas' current profile ([`Reference`]): reads under baseline
+    /// routing, so that what the router avoided does not flatter it,
+    /// labelled by the training recipe's rule over them, the same for
+    /// every model. `None` when the replicas are not emulated.
     pub accuracy: Option<f64>,
-    /// Of the judged reads that were slow, the share predicted fast.
+    /// Of those reads labelled slow, the share the model predicted fast.
     pub false_submit_rate: Option<f64>,
+    /// Of those labelled fast, the share it predicted slow.
+    pub false_revoke_rate: Option<f64>,
+    /// The live per-read judgement (`augur ctl stats`): accuracy against
+    /// each model's own threshold, on the replica a read was sent to.
+    pub live_accuracy: Option<f64>,
+    /// Its false-submit rate.
+    pub live_false_submit_rate: Option<f64>,
     /// Reads sent away from their primary, percent.
     pub reroute_pct: f64,
 }
@@ -92,8 +106,123 @@ pub struct AdaptRun {
     pub clock: &'static str,
     /// A row per interval.
     pub rows: Vec<TimelineRow>,
+    /// The reference recordings the rows' accuracy is judged on.
+    pub references: Vec<ReferenceInfo>,
     /// Every round.
     pub rounds: Vec<RoundRecord>,
+}
+
+/// Reads of one profile for judging models on: emulated replicas of that
+/// profile under baseline routing (nothing avoided), the simulated clock,
+/// a seed of their own, labelled once by [`recipe_labels`].
+pub struct Reference {
+    profile: String,
+    reads: Vec<TrainingRecord>,
+    truth: Vec<bool>,
+    info: ReferenceInfo,
+    /// The last model judged on it and the result.
+    judged: Option<(String, Judged)>,
+}
+
+/// What a reference recording is, for the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReferenceInfo {
+    /// Its profile.
+    pub profile: String,
+    /// Reads in it.
+    pub reads: usize,
+    /// Device seconds recorded.
+    pub seconds: f64,
+    /// Its seed.
+    pub seed: u64,
+    /// The recipe's threshold over its reads, µs.
+    pub threshold_us: u32,
+    /// Share of its reads labelled slow.
+    pub slow_share: f64,
+}
+
+#[derive(Clone, Copy)]
+struct Judged {
+    accuracy: Option<f64>,
+    false_submit: Option<f64>,
+    false_revoke: Option<f64>,
+}
+
+impl Reference {
+    /// Records `profile` as `setup` would run it, for `seconds` of
+    /// simulated time with seed `seed`; `None` for replicas that are not
+    /// emulated.
+    pub fn record(
+        setup: &BenchSetup,
+        profile: &Profile,
+        seconds: f64,
+        seed: u64,
+    ) -> anyhow::Result<Option<Self>> {
+        let mut setup = setup.clone();
+        match &mut setup.replicas {
+            super::ReplicaSource::Fresh { profile: p, .. } => **p = profile.clone(),
+            super::ReplicaSource::Given(..) => return Ok(None),
+        }
+        setup.clock = super::ClockChoice::Sim(crate::route::PredictCost {
+            per_batch_ns: 0,
+            per_item_ns: 0,
+        });
+        setup.load.seed = seed;
+        setup.load.duration = std::time::Duration::from_secs_f64(seconds);
+        setup.faults.clear();
+        let log = Arc::new(TrainingLog::new(1 << 16));
+        let (array, _dir) = open_array(
+            &setup,
+            Policy::from_name("baseline", None)?,
+            Some(log.clone()),
+        )?;
+        let mut reads = Vec::new();
+        let drain = |reads: &mut Vec<TrainingRecord>| loop {
+            let n = log.get(4096, reads);
+            if n == 0 {
+                break;
+            }
+            log.truncate(n);
+        };
+        run_load(&array, &setup.load, &mut |_| drain(&mut reads))?;
+        drain(&mut reads);
+        reads.retain(|r| r.op == augur_feature_store::Op::Read);
+        let (truth, threshold_us) = recipe_labels(&reads)
+            .ok_or_else(|| anyhow::anyhow!("the {} reference recorded no reads", profile.name))?;
+        let slow_share = truth.iter().filter(|&&t| t).count() as f64 / truth.len().max(1) as f64;
+        Ok(Some(Reference {
+            profile: profile.name.clone(),
+            info: ReferenceInfo {
+                profile: profile.name.clone(),
+                reads: reads.len(),
+                seconds,
+                seed,
+                threshold_us,
+                slow_share,
+            },
+            reads,
+            truth,
+            judged: None,
+        }))
+    }
+
+    /// `model` judged on it (integer path), remembered per model.
+    fn judge(&mut self, model: &Model) -> Judged {
+        let id = model.id();
+        if let Some((m, j)) = &self.judged
+            && *m == id
+        {
+            return *j;
+        }
+        let r = evaluate_labelled(model, &self.reads, &self.truth, self.info.threshold_us).int;
+        let j = Judged {
+            accuracy: r.accuracy,
+            false_submit: r.false_submit_rate,
+            false_revoke: r.false_revoke_rate,
+        };
+        self.judged = Some((id, j));
+        j
+    }
 }
 
 struct Mark {
@@ -132,6 +261,17 @@ pub fn run_adapt(
         Ok(Policy::from_name(&opts.policy, Some(p))?)
     };
     let mut active = model;
+    // Reference recordings of both profiles, seeds of their own.
+    let mut refs: Vec<Reference> = Vec::new();
+    if let super::ReplicaSource::Fresh { profile: p, .. } = &setup.replicas
+        && opts.reference_s > 0.0
+    {
+        let (secs, seed) = (opts.reference_s, setup.load.seed.wrapping_add(1_000_003));
+        refs.extend(Reference::record(setup, p, secs, seed)?);
+        if opts.to.name != p.name {
+            refs.extend(Reference::record(setup, &opts.to, secs, seed + 1)?);
+        }
+    }
     let (array, _dir) = open_array(setup, with(active.clone())?, Some(log.clone()))?;
     let mut adapter = Adapter::new(opts.config.clone());
     let t0 = array.now_ns();
@@ -197,6 +337,10 @@ pub fn run_adapt(
             let now_mark = mark(&array);
             let d = now_mark.stats.since(&last.stats);
             let lat = now_mark.lat.since(&last.lat);
+            let j = refs
+                .iter_mut()
+                .find(|r| r.profile == profile)
+                .map(|r| r.judge(&active));
             rows.push(TimelineRow {
                 t_s: (t * 1000.0).round() / 1000.0,
                 profile: profile.clone(),
@@ -205,8 +349,11 @@ pub fn run_adapt(
                 p50_us: lat.quantile_us(0.5),
                 p99_us: lat.quantile_us(0.99),
                 p999_us: lat.quantile_us(0.999),
-                accuracy: ratio(d.correct_predictions, d.judged_reads),
-                false_submit_rate: ratio(d.false_submits, d.observed_slow),
+                accuracy: j.and_then(|j| j.accuracy),
+                false_submit_rate: j.and_then(|j| j.false_submit),
+                false_revoke_rate: j.and_then(|j| j.false_revoke),
+                live_accuracy: ratio(d.correct_predictions, d.judged_reads),
+                live_false_submit_rate: ratio(d.false_submits, d.observed_slow),
                 reroute_pct: ratio(d.rerouted * 100, d.reads).unwrap_or(0.0),
             });
             last = now_mark;
@@ -255,6 +402,7 @@ pub fn run_adapt(
     Ok(AdaptRun {
         clock: setup.clock.name(),
         rows,
+        references: refs.into_iter().map(|r| r.info).collect(),
         rounds,
     })
 }
@@ -265,7 +413,7 @@ pub fn render_adapt(run: &AdaptRun) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>7} {:<12} {:<9} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8}",
+        "{:>7} {:<12} {:<9} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "t s",
         "profile",
         "model",
@@ -275,13 +423,16 @@ pub fn render_adapt(run: &AdaptRun) -> String {
         "p99.9 us",
         "accuracy",
         "f-submit",
+        "f-revoke",
+        "live acc",
+        "live f-s",
         "reroute%"
     );
     let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
     for r in &run.rows {
         let _ = writeln!(
             s,
-            "{:>7.1} {:<12} {:<9} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8.2}",
+            "{:>7.1} {:<12} {:<9} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8.2}",
             r.t_s,
             r.profile,
             r.model,
@@ -291,9 +442,28 @@ pub fn render_adapt(run: &AdaptRun) -> String {
             r.p999_us,
             f(r.accuracy),
             f(r.false_submit_rate),
+            f(r.false_revoke_rate),
+            f(r.live_accuracy),
+            f(r.live_false_submit_rate),
             r.reroute_pct
         );
     }
+    for r in &run.references {
+        let _ = writeln!(
+            s,
+            "accuracy, f-submit, f-revoke on {}: the model on a reference recording ({} reads, {} s, seed {}, baseline routing), labelled by the training recipe (threshold {} us, {:.1}% slow)",
+            r.profile,
+            r.reads,
+            r.seconds,
+            r.seed,
+            r.threshold_us,
+            r.slow_share * 100.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        "live acc, live f-s: each read judged as it completes, against the model's own threshold"
+    );
     if run.rounds.is_empty() {
         let _ = writeln!(s, "no adaptation rounds");
     }
