@@ -1,0 +1,163 @@
+//! The wgpu device and the models on it (burn's wgpu backend, WGSL).
+
+use std::sync::OnceLock;
+
+use augur_predictor::Model;
+use augur_predictor::model::Activation;
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::{GpuError, MAX_BATCH, bucket_for};
+
+/// One wgpu adapter, shared by every model uploaded to it.
+#[derive(Clone, Debug)]
+pub struct Gpu {
+    device: Device,
+}
+
+/// The process's wgpu runtime: burn registers it once and cannot set it up
+/// again, so the first outcome (device or reason) is kept.
+static RUNTIME: OnceLock<Result<Device, String>> = OnceLock::new();
+
+impl Gpu {
+    /// Opens the default wgpu adapter (the best GPU there is; lavapipe on a
+    /// machine whose only Vulkan driver is Mesa's software one). Fails with
+    /// [`GpuError::NoAdapter`] when there is none, or when `AUGUR_GPU=off`.
+    pub fn open() -> Result<Gpu, GpuError> {
+        if std::env::var("AUGUR_GPU").is_ok_and(|v| v == "off") {
+            return Err(GpuError::NoAdapter("turned off by AUGUR_GPU=off".into()));
+        }
+        let r = RUNTIME.get_or_init(|| Device::wgpu_options().init().map_err(|e| e.to_string()));
+        match r {
+            Ok(device) => Ok(Gpu {
+                device: device.clone(),
+            }),
+            Err(e) => Err(GpuError::NoAdapter(e.clone())),
+        }
+    }
+}
+
+/// One layer on the device: weights `[inputs, outputs]` (transposed from
+/// the model's row-major `[outputs][inputs]`, so a batch is `x @ w`), bias
+/// `[1, outputs]`.
+struct GpuLayer {
+    w: Tensor<2>,
+    b: Tensor<2>,
+    relu: bool,
+}
+
+/// A model's f32 layers on a [`Gpu`], uploaded once.
+pub struct GpuModel {
+    gpu: Gpu,
+    id: String,
+    inputs: usize,
+    outputs: usize,
+    layers: Vec<GpuLayer>,
+}
+
+impl std::fmt::Debug for GpuModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuModel")
+            .field("id", &self.id)
+            .field("inputs", &self.inputs)
+            .field("layers", &self.layers.len())
+            .finish()
+    }
+}
+
+impl GpuModel {
+    /// Uploads `model`'s weights to `gpu`.
+    pub fn upload(gpu: &Gpu, model: &Model) -> GpuModel {
+        let layers = model
+            .layers()
+            .iter()
+            .map(|l| {
+                let mut wt = vec![0f32; l.inputs * l.outputs];
+                for o in 0..l.outputs {
+                    for i in 0..l.inputs {
+                        wt[i * l.outputs + o] = l.weights[o * l.inputs + i];
+                    }
+                }
+                GpuLayer {
+                    w: Tensor::<2>::from_data(
+                        TensorData::new(wt, [l.inputs, l.outputs]),
+                        &gpu.device,
+                    ),
+                    b: Tensor::<2>::from_data(
+                        TensorData::new(l.bias.clone(), [1, l.outputs]),
+                        &gpu.device,
+                    ),
+                    relu: l.activation == Activation::Relu,
+                }
+            })
+            .collect();
+        GpuModel {
+            gpu: gpu.clone(),
+            id: model.id(),
+            inputs: model.feature_set().n_inputs(),
+            outputs: model.n_outputs(),
+            layers,
+        }
+    }
+
+    /// The model's id (its file's CRC-32), to tell which model a batch used.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Inputs per read.
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    /// Slow scores (> 0 means slow) of `n` reads whose encoded inputs are
+    /// `xs` (`inputs()` values each, as `Model::encode_f32` writes them).
+    /// Blocks until the device has answered.
+    pub fn scores(&self, xs: &[f32], n: usize) -> Result<Vec<f32>, GpuError> {
+        if n > MAX_BATCH {
+            return Err(GpuError::BatchTooLarge { n });
+        }
+        if xs.len() != n * self.inputs {
+            return Err(GpuError::Shape {
+                got: xs.len(),
+                n,
+                width: self.inputs,
+            });
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let bucket = bucket_for(n).ok_or(GpuError::BatchTooLarge { n })?;
+        let mut padded = vec![0f32; bucket * self.inputs];
+        padded[..xs.len()].copy_from_slice(xs);
+        let mut x = Tensor::<2>::from_data(
+            TensorData::new(padded, [bucket, self.inputs]),
+            &self.gpu.device,
+        );
+        for l in &self.layers {
+            x = x.matmul(l.w.clone()) + l.b.clone();
+            if l.relu {
+                x = relu(x);
+            }
+        }
+        let out = x
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| GpuError::Device(format!("{e:?}")))?;
+        let k = self.outputs;
+        Ok(out
+            .chunks_exact(k)
+            .take(n)
+            .map(|o| if k == 2 { o[1] - o[0] } else { o[0] })
+            .collect())
+    }
+
+    /// Runs one batch of every bucket, so that each pipeline is compiled
+    /// now and not on the I/O path.
+    pub fn warm(&self) -> Result<(), GpuError> {
+        for &b in &crate::BUCKETS {
+            self.scores(&vec![0f32; b * self.inputs], b)?;
+        }
+        Ok(())
+    }
+}
