@@ -15,14 +15,21 @@
 //! [`DECISION_MARGIN`] of zero (summation order differs on the device).
 //! [`agreement`] measures that on a test set.
 //!
+//! [`calibrate()`] measures, per bucket, the CPU integer path against the GPU
+//! round trip (hot and after an idle gap) and derives the crossover.
+//!
 //! `AUGUR_GPU=off` makes [`Gpu::open`] report no adapter (to exercise the
 //! CPU fallback on a machine that has one).
 
 use augur_predictor::Model;
 
 #[cfg(feature = "wgpu")]
+pub mod calibrate;
+#[cfg(feature = "wgpu")]
 mod device;
 
+#[cfg(feature = "wgpu")]
+pub use calibrate::{CalibrateOptions, Calibration, calibrate};
 #[cfg(feature = "wgpu")]
 pub use device::{Gpu, GpuModel};
 

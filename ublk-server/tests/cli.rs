@@ -690,3 +690,61 @@ fn adapt_timeline_switches_profile_and_reports_rounds() {
     ]);
     assert_bad_input(&o, "--adapt-duty");
 }
+
+/// `augur gpu calibrate` prints both curves for every bucket measured and a
+/// crossover line (on lavapipe in CI: needs a Vulkan driver, see
+/// gpu-batcher/tests/lavapipe.rs); with no adapter it says so in one line
+/// and exits 2.
+#[test]
+fn gpu_calibrate_prints_both_curves_or_says_there_is_no_gpu() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_augur"))
+        .args(["gpu", "calibrate", "--arch", "base"])
+        .env("AUGUR_GPU", "off")
+        .output()
+        .unwrap();
+    assert_bad_input(&o, "no GPU adapter");
+    let o = augur(&["gpu", "calibrate", "--arch", "deep9"]);
+    assert_bad_input(&o, "--arch deep9");
+    let args = [
+        "gpu",
+        "calibrate",
+        "--arch",
+        "deep1",
+        "--reps",
+        "3",
+        "--idle-reps",
+        "1",
+        "--idle-gap",
+        "1ms",
+        "--max-batch",
+        "8",
+        "--json",
+    ];
+    let o = augur(&args);
+    if !o.status.success() && std::env::var_os("AUGUR_REQUIRE_GPU").is_none() {
+        eprintln!("skipped: {}", stderr(&o));
+        return;
+    }
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["shape"], "31-256-256-2");
+    let b: Vec<u64> = v["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["bucket"].as_u64().unwrap())
+        .collect();
+    assert_eq!(b, [1, 2, 4, 8]);
+    for x in v["buckets"].as_array().unwrap() {
+        for k in ["cpu", "gpu_hot", "gpu_after_idle"] {
+            assert!(x[k]["p50_ns"].as_u64().unwrap() > 0, "{x}");
+            assert!(x[k]["p99_ns"].as_u64() >= x[k]["p50_ns"].as_u64(), "{x}");
+        }
+    }
+    let o = augur(&args[..args.len() - 1]);
+    let t = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        t.contains("crossover") && t.contains("cpu p50") && t.contains("gpu p50"),
+        "{t}"
+    );
+}

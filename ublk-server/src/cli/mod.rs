@@ -6,6 +6,7 @@
 //! | `device.rs` | `serve`, `list`, `stop`, `fuse` |
 //! | `ctl.rs` | `ctl`: a running daemon's control socket |
 //! | `model.rs` | `train`, `eval`, `model`, `trace` |
+//! | `gpu.rs` | `gpu calibrate`: the GPU path on this machine |
 //! | `args.rs` | the workload and fault flags they share |
 //! | `error.rs` | [`CliError`]: a bad flag (exit status 2) |
 
@@ -18,6 +19,7 @@ mod args;
 mod ctl;
 mod device;
 mod error;
+mod gpu;
 mod load;
 mod model;
 
@@ -64,6 +66,9 @@ enum Cmd {
     /// Import I/O traces (MSR-Cambridge CSV, blkparse text).
     #[command(subcommand)]
     Trace(model::TraceCmd),
+    /// The GPU path (burn's wgpu backend): calibrate it against the CPU on this machine.
+    #[command(subcommand)]
+    Gpu(gpu::GpuCmd),
 }
 
 pub fn main() -> ExitCode {
@@ -95,6 +100,7 @@ pub fn main() -> ExitCode {
         Cmd::Eval(a) => model::cmd_eval(a),
         Cmd::Model(c) => model::cmd_model(c),
         Cmd::Trace(c) => model::cmd_trace(c),
+        Cmd::Gpu(c) => gpu::cmd_gpu(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
