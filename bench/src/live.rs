@@ -75,6 +75,28 @@ impl FuseDaemon {
     }
 }
 
+/// The augur binary: `given`, or the one next to the running executable.
+pub fn augur_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p.to_path_buf()),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .context("no exe dir")?
+            .join("augur")),
+    }
+}
+
+/// A directory for replica files: in /dev/shm where there is one (memory,
+/// so the emulator's latencies are the only ones), else the temp dir.
+pub fn replica_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+    let base = if Path::new("/dev/shm").is_dir() {
+        "/dev/shm"
+    } else {
+        "/tmp"
+    };
+    Ok(tempfile::Builder::new().prefix(prefix).tempdir_in(base)?)
+}
+
 /// What one fio run measured.
 #[derive(Clone, Debug, Default)]
 pub struct FioRun {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use augur::control::{Command as C, request};
-use augur_bench::live::{FuseDaemon, fio, quantile};
+use augur_bench::live::{FuseDaemon, augur_binary, fio, quantile, replica_dir};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -234,20 +234,8 @@ fn judge(model: &Path, reads: &[augur_feature_store::TrainingRecord]) -> anyhow:
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let augur = match &a.augur {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("no exe dir")?
-            .join("augur"),
-    };
-    let dir = tempfile::Builder::new()
-        .prefix("augur-adapt-live-")
-        .tempdir_in(if Path::new("/dev/shm").is_dir() {
-            "/dev/shm"
-        } else {
-            "/tmp"
-        })?;
+    let augur = augur_binary(a.augur.as_deref())?;
+    let dir = replica_dir("augur-adapt-live-")?;
     let work = tempfile::tempdir()?;
     let model = match &a.model {
         Some(m) => m.clone(),

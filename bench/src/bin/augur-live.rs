@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use augur_bench::live::{FioRun, FuseDaemon, fio, merge, quantile};
+use anyhow::bail;
+use augur_bench::live::{FioRun, FuseDaemon, augur_binary, fio, merge, quantile, replica_dir};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -119,20 +119,8 @@ fn header() -> String {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let augur = match &a.augur {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("no exe dir")?
-            .join("augur"),
-    };
-    let dir = tempfile::Builder::new().prefix("augur-live-").tempdir_in(
-        if Path::new("/dev/shm").is_dir() {
-            "/dev/shm"
-        } else {
-            "/tmp"
-        },
-    )?;
+    let augur = augur_binary(a.augur.as_deref())?;
+    let dir = replica_dir("augur-live-")?;
     let models = tempfile::tempdir()?;
     let other = models.path().join("other.augm");
     // The shipped model again, from a file: every swap reads, validates and
