@@ -346,8 +346,8 @@ pub(crate) struct AdaptArgs {
     /// Reads a round needs to have come in since the last one.
     #[arg(long, default_value_t = 50_000)]
     pub(crate) min_new: usize,
-    /// Simulated device time of each profile's reference recording, which
-    /// the accuracy columns judge the active model on (0s: none).
+    /// Device time of each profile's reference recording (on the run's
+    /// clock), which the accuracy columns judge the active model on (0s: none).
     #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
     pub(crate) reference: std::time::Duration,
     /// Newest reads a round trains and judges on.

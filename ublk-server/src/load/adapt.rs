@@ -113,8 +113,9 @@ pub struct AdaptRun {
 }
 
 /// Reads of one profile for judging models on: emulated replicas of that
-/// profile under baseline routing (nothing avoided), the simulated clock,
-/// a seed of their own, labelled once by [`recipe_labels`].
+/// profile under baseline routing (nothing avoided), on the run's clock
+/// (no prediction cost on the simulated one), a seed of their own,
+/// labelled once by [`recipe_labels`].
 pub struct Reference {
     profile: String,
     reads: Vec<TrainingRecord>,
@@ -149,9 +150,8 @@ struct Judged {
 }
 
 impl Reference {
-    /// Records `profile` as `setup` would run it, for `seconds` of
-    /// simulated time with seed `seed`; `None` for replicas that are not
-    /// emulated.
+    /// Records `profile` as `setup` would run it, for `seconds` of device
+    /// time with seed `seed`; `None` for replicas that are not emulated.
     pub fn record(
         setup: &BenchSetup,
         profile: &Profile,
@@ -163,14 +163,19 @@ impl Reference {
             super::ReplicaSource::Fresh { profile: p, .. } => **p = profile.clone(),
             super::ReplicaSource::Given(..) => return Ok(None),
         }
-        setup.clock = super::ClockChoice::Sim(crate::route::PredictCost {
-            per_batch_ns: 0,
-            per_item_ns: 0,
-        });
+        // The run's own clock: latencies on the real one include the host's
+        // share, so a simulated reference would label on another scale.
+        if let super::ClockChoice::Sim(_) = setup.clock {
+            setup.clock = super::ClockChoice::Sim(crate::route::PredictCost {
+                per_batch_ns: 0,
+                per_item_ns: 0,
+            });
+        }
         setup.load.seed = seed;
         setup.load.duration = std::time::Duration::from_secs_f64(seconds);
         setup.faults.clear();
-        let log = Arc::new(TrainingLog::new(1 << 16));
+        // Drained at each progress report (every 500 ms on the real clock).
+        let log = Arc::new(TrainingLog::new(1 << 18));
         let (array, _dir) = open_array(
             &setup,
             Policy::from_name("baseline", None)?,
