@@ -9,11 +9,16 @@
 //! clock down or page its buffers out: the first batch after a gap is what
 //! a lightly loaded array sees).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(feature = "wgpu")]
+use std::time::Instant;
 
+#[cfg(feature = "wgpu")]
 use augur_predictor::{Kernel, Model, Scratch};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::placement::{CostCurve, CurvePoint};
+#[cfg(feature = "wgpu")]
 use crate::{BUCKETS, Gpu, GpuError, GpuModel};
 
 /// How much to measure.
@@ -40,8 +45,21 @@ impl Default for CalibrateOptions {
     }
 }
 
+impl CalibrateOptions {
+    /// A short calibration for a daemon's start (a second or two on
+    /// lavapipe): fewer repetitions, one short idle gap per bucket.
+    pub fn quick() -> CalibrateOptions {
+        CalibrateOptions {
+            reps: 24,
+            idle_reps: 1,
+            idle_gap: Duration::from_millis(20),
+            max_bucket: crate::MAX_BATCH,
+        }
+    }
+}
+
 /// p50 and p99 of a set of timings, nanoseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Cost {
     /// Median.
     pub p50_ns: u64,
@@ -50,6 +68,7 @@ pub struct Cost {
 }
 
 impl Cost {
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
     fn of(mut ns: Vec<u64>) -> Cost {
         ns.sort_unstable();
         let at = |q: f64| ns[((q * ns.len() as f64).ceil() as usize).clamp(1, ns.len()) - 1];
@@ -61,7 +80,7 @@ impl Cost {
 }
 
 /// One bucket's costs.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BucketCost {
     /// Batch size.
     pub bucket: usize,
@@ -81,7 +100,7 @@ impl BucketCost {
 }
 
 /// The costs of one model on this machine.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
     /// The model's id.
     pub model: String,
@@ -99,6 +118,27 @@ pub struct Calibration {
     pub idle_gap_ms: u64,
 }
 
+impl Calibration {
+    /// The medians (and the GPU's p99) as the curve `--predict-on auto`
+    /// decides from.
+    pub fn curve(&self) -> CostCurve {
+        CostCurve {
+            shape: self.shape.clone(),
+            points: self
+                .buckets
+                .iter()
+                .map(|b| CurvePoint {
+                    bucket: b.bucket,
+                    cpu_ns: b.cpu.p50_ns,
+                    gpu_ns: b.gpu_hot.p50_ns,
+                    gpu_p99_ns: b.gpu_hot.p99_ns,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(feature = "wgpu")]
 fn time<F: FnMut()>(reps: usize, mut f: F) -> Vec<u64> {
     (0..reps.max(1))
         .map(|_| {
@@ -110,6 +150,7 @@ fn time<F: FnMut()>(reps: usize, mut f: F) -> Vec<u64> {
 }
 
 /// Measures `model` on the CPU and on `gpu`, bucket by bucket.
+#[cfg(feature = "wgpu")]
 pub fn calibrate(
     gpu: &Gpu,
     model: &Model,
@@ -156,11 +197,9 @@ pub fn calibrate(
         });
     }
     let crossover = crossover(&buckets);
-    let mut shape = vec![width.to_string()];
-    shape.extend(model.layers().iter().map(|l| l.outputs.to_string()));
     Ok(Calibration {
         model: model.id(),
-        shape: shape.join("-"),
+        shape: model.shape_string(),
         cpu_kernel: model.int_kernel_name().to_string(),
         buckets,
         crossover,
@@ -169,6 +208,7 @@ pub fn calibrate(
 }
 
 /// The smallest bucket from which the GPU wins at every larger one.
+#[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
 fn crossover(buckets: &[BucketCost]) -> Option<usize> {
     let from = match buckets.iter().rposition(|c| !c.gpu_faster()) {
         None => 0,

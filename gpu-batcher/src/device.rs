@@ -50,6 +50,7 @@ struct GpuLayer {
 pub struct GpuModel {
     gpu: Gpu,
     id: String,
+    shape: String,
     inputs: usize,
     outputs: usize,
     layers: Vec<GpuLayer>,
@@ -94,6 +95,7 @@ impl GpuModel {
         GpuModel {
             gpu: gpu.clone(),
             id: model.id(),
+            shape: model.shape_string(),
             inputs: model.feature_set().n_inputs(),
             outputs: model.n_outputs(),
             layers,
@@ -103,6 +105,11 @@ impl GpuModel {
     /// The model's id (its file's CRC-32), to tell which model a batch used.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The model's shape (`Model::shape_string`, e.g. `31-256-2`).
+    pub fn shape(&self) -> &str {
+        &self.shape
     }
 
     /// Inputs per read.

@@ -1,6 +1,6 @@
-//! Batched inference of the slow-I/O predictor on the GPU (burn + wgpu):
-//! models uploaded once, batches padded to power-of-two buckets, decisions
-//! checked against the CPU path.
+//! Batched inference of the slow-I/O predictor on the GPU (burn + wgpu), and
+//! the per-batch choice between it and the CPU from costs calibrated on the
+//! machine.
 //!
 //! A [`Gpu`] is one wgpu adapter, opened once ([`Gpu::open`] says plainly
 //! why there is none). A [`GpuModel`] is a [`Model`]'s f32 layers uploaded to
@@ -18,20 +18,35 @@
 //! [`calibrate()`] measures, per bucket, the CPU integer path against the GPU
 //! round trip (hot and after an idle gap) and derives the crossover.
 //!
+//! [`Offload`] is `--predict-on`: it wraps each model the router uses in a
+//! predictor that places every batch on the CPU or the GPU
+//! ([`placement`]: the modes, the [`CostCurve`] they decide from, the
+//! contention back-off). On the real clock the GPU side is one thread that
+//! owns the device and gathers the batches waiting together into one call;
+//! a batch waits for its own answer until a deadline and then falls back to
+//! the CPU. On the simulated clock the GPU side is a curve: batches are
+//! scored on the CPU and charged the curve's round trip.
+//!
 //! `AUGUR_GPU=off` makes [`Gpu::open`] report no adapter (to exercise the
 //! CPU fallback on a machine that has one).
 
 use augur_predictor::Model;
 
-#[cfg(feature = "wgpu")]
 pub mod calibrate;
 #[cfg(feature = "wgpu")]
 mod device;
+pub mod offload;
+pub mod placement;
+#[cfg(feature = "wgpu")]
+mod worker;
 
 #[cfg(feature = "wgpu")]
-pub use calibrate::{CalibrateOptions, Calibration, calibrate};
+pub use calibrate::calibrate;
+pub use calibrate::{CalibrateOptions, Calibration};
 #[cfg(feature = "wgpu")]
 pub use device::{Gpu, GpuModel};
+pub use offload::{Offload, OffloadOptions, OffloadStatus};
+pub use placement::{CostCurve, PredictOn};
 
 /// Batch sizes a batch is padded up to (one compiled pipeline each).
 pub const BUCKETS: [usize; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];

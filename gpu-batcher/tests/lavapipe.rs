@@ -3,6 +3,7 @@
 //! installs). Needs a Vulkan driver: with `AUGUR_REQUIRE_GPU=1` (as
 //! `scripts/test-all` sets it) a missing adapter fails the tests; without
 //! it they are skipped with one line each.
+#![cfg(feature = "wgpu")]
 
 use augur_gpu_batcher::{BUCKETS, Gpu, GpuError, GpuModel, agreement, bucket_for};
 use augur_predictor::{FeatureSet, Model};

@@ -29,4 +29,4 @@ pub use features::{
 };
 pub use infer::{Kernel, ScoreInput, Scratch};
 pub use model::{Activation, Layer, Model, ModelError, QuantLayer, TrainingMeta};
-pub use slow::{ModelPredictor, PredictInput, SlowPredictor};
+pub use slow::{ModelPredictor, PredictInput, ScoredOn, SlowPredictor};

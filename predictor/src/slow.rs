@@ -35,6 +35,27 @@ impl ScoreInput for PredictInput {
     }
 }
 
+/// Where a batch of predictions was computed, for the per-device counters
+/// and for the simulated clock, which charges a GPU batch its round trip.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ScoredOn {
+    /// On the CPU (the integer path).
+    #[default]
+    Cpu,
+    /// On the GPU; the round trip it took (real clock) or is modelled to
+    /// take (simulated clock), in ns.
+    Gpu {
+        /// Upload, dispatch and readback, ns.
+        round_trip_ns: u64,
+    },
+    /// Sent to the GPU, which did not answer within its deadline (or
+    /// failed): scored on the CPU after waiting `waited_ns`.
+    GpuMissed {
+        /// How long the batch waited for the GPU before giving up, ns.
+        waited_ns: u64,
+    },
+}
+
 /// Anything that can say, for a batch of (replica state, read) pairs, how
 /// likely each read is to be slow. Scores above zero mean "slow".
 pub trait SlowPredictor: Send + Sync {
@@ -42,6 +63,12 @@ pub trait SlowPredictor: Send + Sync {
     fn name(&self) -> &str;
     /// Scores each input into `out` (same length); > 0 predicts slow.
     fn score_batch(&self, inputs: &[PredictInput], out: &mut [i64]);
+    /// [`score_batch`](Self::score_batch), saying where the batch ran (a
+    /// predictor that can offload batches to a GPU overrides this).
+    fn score_batch_placed(&self, inputs: &[PredictInput], out: &mut [i64]) -> ScoredOn {
+        self.score_batch(inputs, out);
+        ScoredOn::Cpu
+    }
     /// The latency (µs) at and above which a read counts as slow for this
     /// predictor (a model's label threshold), to judge its decisions
     /// against what the device then did; `None` if it has none.

@@ -748,3 +748,178 @@ fn gpu_calibrate_prints_both_curves_or_says_there_is_no_gpu() {
         "{t}"
     );
 }
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// `--predict-on` on the simulated clock with a GPU cost curve (an
+/// illustrative one: a 50 us round trip at every batch size, LAKE's CUDA
+/// floor; not a measurement): `auto` sends the batches past the crossover to
+/// the GPU and the rest to the CPU, the same way on every run, and at a
+/// per-read CPU cost like the +2 model's it beats `cpu`.
+#[test]
+fn predict_on_auto_on_the_simulated_clock_follows_the_gpu_curve() {
+    let curve = fixture("gpu-curve-50us.json");
+    let run = |mode: &str| {
+        let o = augur(&[
+            "bench",
+            "--clock",
+            "sim",
+            "--predict-cost-ns",
+            "200,3800",
+            "--policy",
+            "linnos",
+            "--depth",
+            "256",
+            "--duration",
+            "500ms",
+            "--gpu-curve",
+            &curve,
+            "--predict-on",
+            mode,
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (
+            v[0].clone(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    let (auto, text) = run("auto");
+    let p = &auto["placement"];
+    let (gb, gr) = (
+        p["gpu_batches"].as_u64().unwrap(),
+        p["gpu_reads"].as_u64().unwrap(),
+    );
+    let (cb, cr) = (
+        p["cpu_batches"].as_u64().unwrap(),
+        p["cpu_reads"].as_u64().unwrap(),
+    );
+    assert!(gb > 0 && cb > 0, "{p}");
+    // The curve's crossover is at 16 (50 us against 200 + 3800 n ns): every
+    // GPU batch is at least 14 reads, every CPU batch at most 13.
+    assert!(gr >= 14 * gb && cr <= 13 * cb, "{p}");
+    assert_eq!(p["gpu_missed_batches"], 0);
+    assert_eq!(
+        run("auto").1,
+        text,
+        "the simulated clock gives the same run twice"
+    );
+    let (cpu, _) = run("cpu");
+    assert_eq!(cpu["placement"]["gpu_batches"], 0);
+    let iops = |v: &serde_json::Value| v["iops"].as_f64().unwrap();
+    assert!(
+        iops(&auto) > iops(&cpu),
+        "auto {} cpu {}",
+        iops(&auto),
+        iops(&cpu)
+    );
+}
+
+#[test]
+fn predict_on_flags_are_checked() {
+    let curve = fixture("gpu-curve-50us.json");
+    let o = augur(&["bench", "--policy", "linnos", "--predict-on", "fpga"]);
+    assert_bad_input(&o, "--predict-on 'fpga'");
+    let o = augur(&[
+        "bench",
+        "--clock",
+        "sim",
+        "--policy",
+        "linnos",
+        "--predict-on",
+        "gpu",
+    ]);
+    assert_bad_input(&o, "needs --gpu-curve");
+    let o = augur(&["bench", "--policy", "linnos", "--gpu-curve", &curve]);
+    assert_bad_input(&o, "--gpu-curve applies to --clock sim only");
+    let d = tempfile::tempdir().unwrap();
+    let bad = d.path().join("curve.json");
+    std::fs::write(&bad, "{\"shape\": 3}").unwrap();
+    let o = augur(&[
+        "bench",
+        "--clock",
+        "sim",
+        "--policy",
+        "linnos",
+        "--predict-cost-ns",
+        "5,150",
+        "--gpu-curve",
+        bad.to_str().unwrap(),
+    ]);
+    assert_bad_input(&o, "not the JSON of augur gpu calibrate");
+    let o = augur(&["record", "--out", "x.log", "--gpu-curve", &curve]);
+    assert_bad_input(&o, "applies to augur bench");
+}
+
+/// No adapter (forced): `auto` runs on the CPU and says so in one line;
+/// `gpu` fails in one line with exit 2.
+#[test]
+fn predict_on_without_an_adapter() {
+    let dir = shm_dir();
+    let run = |mode: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_augur"))
+            .args([
+                "bench",
+                "--policy",
+                "linnos",
+                "--duration",
+                "200ms",
+                "--size",
+                "8M",
+            ])
+            .args(["--predict-on", mode, "--json", "--dir"])
+            .arg(dir.path())
+            .env("AUGUR_GPU", "off")
+            .output()
+            .unwrap()
+    };
+    let o = run("gpu");
+    assert_bad_input(&o, "no GPU adapter");
+    let o = run("auto");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("no GPU adapter") && err.contains("every batch runs on the CPU"),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["placement"]["gpu_batches"], 0);
+    assert!(v[0]["placement"]["cpu_batches"].as_u64().unwrap() > 0);
+}
+
+/// `--predict-on gpu` on the real clock with an adapter (lavapipe in CI):
+/// the batches run on the GPU and the report counts them.
+#[test]
+fn predict_on_gpu_runs_batches_on_the_gpu() {
+    let dir = shm_dir();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_augur"))
+        .args([
+            "bench",
+            "--policy",
+            "linnos",
+            "--duration",
+            "500ms",
+            "--size",
+            "8M",
+        ])
+        .args(["--predict-on", "gpu", "--json", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    if !o.status.success() && std::env::var_os("AUGUR_REQUIRE_GPU").is_none() {
+        eprintln!("skipped: {}", stderr(&o));
+        return;
+    }
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let p = &v[0]["placement"];
+    assert!(p["gpu_batches"].as_u64().unwrap() > 0, "{p}");
+    assert!(v[0]["reads"].as_u64().unwrap() > 0);
+}

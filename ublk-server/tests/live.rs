@@ -392,3 +392,81 @@ fn adapt_runs_rounds_in_the_background_and_writes_them_down() {
     assert_eq!(st["counters"]["failed_requests"], 0, "{st}");
     fx.stop();
 }
+
+/// `--predict-on gpu` on a live FUSE device (needs a wgpu adapter: lavapipe
+/// in CI; without one it prints why and passes unless `AUGUR_REQUIRE_GPU`
+/// is set): reads are routed with GPU batches, `status` and `stats`
+/// count them per device, and a model of another shape loaded through the
+/// socket reaches the GPU (calibrated there) while reads keep going to it.
+#[test]
+fn predict_on_gpu_counts_gpu_batches_and_a_swapped_model_reaches_the_gpu() {
+    use augur::control::Command as C;
+    if !ready() {
+        return;
+    }
+    if let Err(e) = augur_gpu_batcher::Gpu::open() {
+        assert!(
+            std::env::var_os("AUGUR_REQUIRE_GPU").is_none(),
+            "AUGUR_REQUIRE_GPU is set and there is no adapter: {e}"
+        );
+        eprintln!("skipped: {e}");
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut fx = Fixture::new();
+    let file = fx
+        .start_with("linnos", false, &["--predict-on", "gpu"])
+        .file
+        .clone();
+    let sock = fx.socket();
+    let read_for = |d: Duration| {
+        let f = File::open(&file).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let end = Instant::now() + d;
+        let mut k = 0u64;
+        while Instant::now() < end {
+            f.read_at(&mut buf, (k * 7919 % 16_000) * 4096).unwrap();
+            k += 1;
+        }
+    };
+    let gpu_batches = || {
+        ctl(&sock, C::Stats).result["counters"]["gpu_batches"]
+            .as_u64()
+            .unwrap()
+    };
+    read_for(Duration::from_secs(1));
+    let before = gpu_batches();
+    assert!(before > 0, "no GPU batches");
+    let st = ctl(&sock, C::Status).result;
+    assert_eq!(st["predict_on"]["mode"], "gpu", "{st}");
+    assert_eq!(st["predict_on"]["device"], "gpu", "{st}");
+    let other = other_model(fx.tmp.path(), 9);
+    let r = ctl(
+        &sock,
+        C::ModelLoad {
+            file: other.display().to_string(),
+        },
+    );
+    assert!(r.ok, "{r:?}");
+    // Upload, pipelines and a calibration for the new shape happen on the
+    // GPU thread; meanwhile its batches run on the CPU.
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        read_for(Duration::from_millis(200));
+        let st = ctl(&sock, C::Status).result;
+        let shapes = st["predict_on"]["crossovers"].to_string();
+        if shapes.contains("47-64-2") {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the new model never reached the GPU: {st}"
+        );
+    }
+    let mid = gpu_batches();
+    read_for(Duration::from_secs(1));
+    assert!(gpu_batches() > mid, "no GPU batches with the swapped model");
+    let st = ctl(&sock, C::Status).result;
+    assert_eq!(st["predict_on"]["failures"], 0, "{st}");
+    fx.stop();
+}

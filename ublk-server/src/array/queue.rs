@@ -19,7 +19,7 @@ use super::slots::{Slot, Sub, SubKind};
 use super::stats::{Counters, LatencyTable, bump};
 use super::{AlignedBuf, ArrayError, Inner, SECTOR};
 use crate::emu::{Clock, Outcome};
-use crate::route::{PendingRead, PolicyKind, Route, RouteScratch, next_after};
+use crate::route::{PendingRead, PolicyKind, Route, RouteScratch, ScoredOn, next_after};
 
 /// One block request handed to a [`Queue`].
 #[derive(Debug)]
@@ -361,8 +361,25 @@ impl Queue {
             // On the simulated clock the predictor's work takes time: the
             // batch's reads are issued once it is done.
             if let Io::Sim(sim) = &self.io {
-                let (calls, items) = self.scratch.predictor_work();
-                sim.charge(inner.predict_cost.of(calls, items));
+                sim.charge(inner.predict_cost.of_placed(self.scratch.placed()));
+            }
+            for &(n, on) in self.scratch.placed() {
+                let n = u64::from(n);
+                match on {
+                    ScoredOn::Cpu => {
+                        bump(&self.counters.cpu_batches, 1);
+                        bump(&self.counters.cpu_items, n);
+                    }
+                    ScoredOn::Gpu { .. } => {
+                        bump(&self.counters.gpu_batches, 1);
+                        bump(&self.counters.gpu_items, n);
+                    }
+                    ScoredOn::GpuMissed { .. } => {
+                        bump(&self.counters.gpu_missed_batches, 1);
+                        bump(&self.counters.cpu_batches, 1);
+                        bump(&self.counters.cpu_items, n);
+                    }
+                }
             }
             for k in 0..self.read_slots.len() {
                 let idx = self.read_slots[k];

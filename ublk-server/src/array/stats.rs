@@ -110,6 +110,17 @@ counter_table! {
         false_submits,
         /// Judged reads whose prediction matched what was observed.
         correct_predictions,
+        /// Predictor batches scored on the CPU (including GPU misses).
+        cpu_batches,
+        /// Reads scored in those.
+        cpu_items,
+        /// Predictor batches scored on the GPU.
+        gpu_batches,
+        /// Reads scored in those.
+        gpu_items,
+        /// Batches sent to the GPU that missed their deadline (or failed)
+        /// and were scored on the CPU.
+        gpu_missed_batches,
     }
 }
 
@@ -339,7 +350,7 @@ mod tests {
         assert_eq!((d.reads, d.rerouted), (5, 2));
         let names: Vec<&str> = d.fields().iter().map(|f| f.0).collect();
         assert_eq!(names, ArrayStats::NAMES);
-        assert_eq!(names.len(), 18);
+        assert_eq!(names.len(), 23);
         let mut sum = a.clone();
         sum.add(&d);
         assert_eq!(sum, b);

@@ -83,6 +83,63 @@ pub(crate) struct LoadArgs {
     /// N,PER_READ [default: measured on this machine at start].
     #[arg(long, value_name = "N[,PER_READ]")]
     pub(crate) predict_cost_ns: Option<String>,
+    /// With --clock sim, the GPU's costs per batch size (the JSON of `augur
+    /// gpu calibrate --json`, from this machine or another): `--predict-on`
+    /// then places batches by it and charges GPU batches its round trip.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) gpu_curve: Option<PathBuf>,
+}
+
+/// `--predict-on` and its settings (bench, serve and fuse).
+#[derive(Args, Clone)]
+pub(crate) struct PredictOnArgs {
+    /// Where predictor batches run: cpu; gpu; auto (each batch on the device
+    /// whose cost for its size, calibrated at start, is lower);
+    /// auto+contention (auto, and back to the CPU while the GPU's round
+    /// trips run well above calibration, probing again later).
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "cpu|gpu|auto|auto+contention"
+    )]
+    pub(crate) predict_on: String,
+    /// How long a batch waits for the GPU before the CPU scores it
+    /// [default: twice the calibrated p99 of its size, at least 200us].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) gpu_deadline: Option<Duration>,
+    /// Send each queue's batches to the GPU alone instead of gathering
+    /// the batches that wait together into one device call.
+    #[arg(long)]
+    pub(crate) no_gpu_merge: bool,
+}
+
+impl PredictOnArgs {
+    /// The mode and options the flags ask for.
+    pub(crate) fn options(&self) -> Result<augur_gpu_batcher::OffloadOptions, CliError> {
+        Ok(augur_gpu_batcher::OffloadOptions {
+            mode: augur_gpu_batcher::PredictOn::parse(&self.predict_on)
+                .map_err(CliError::BadFlag)?,
+            deadline: self.gpu_deadline,
+            merge: !self.no_gpu_merge,
+            ..Default::default()
+        })
+    }
+
+    /// Opens the GPU for `model` as asked (calibrating it at start) and
+    /// says on stderr what the placement will do. `gpu` without an
+    /// adapter is the user's to fix: one line, exit 2.
+    pub(crate) fn start(
+        &self,
+        model: &augur_predictor::Model,
+    ) -> Result<Arc<augur_gpu_batcher::Offload>, CliError> {
+        let opts = self.options()?;
+        let off = augur_gpu_batcher::Offload::start(opts, model)
+            .map_err(|e| CliError::BadFlag(format!("--predict-on gpu: {e}")))?;
+        if opts.mode != augur_gpu_batcher::PredictOn::Cpu {
+            eprintln!("{}", off.note());
+        }
+        Ok(off)
+    }
 }
 
 /// Parses sizes like 4096, 4k, 64K, 256M, 1G, 2T.

@@ -7,7 +7,7 @@ use augur::array::ReplicaSpec;
 use augur::route::Policy;
 use clap::Args;
 
-use super::args::{FaultArgs, fault_plan, parse_size};
+use super::args::{FaultArgs, PredictOnArgs, fault_plan, parse_size};
 use super::error::CliError;
 use augur::ModelPredictor;
 use augur::control::ModelEntry;
@@ -53,6 +53,8 @@ pub(crate) struct FuseArgs {
     pub(crate) metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub(crate) adapt: AdaptFlags,
+    #[command(flatten)]
+    pub(crate) predict: PredictOnArgs,
 }
 
 #[derive(Args)]
@@ -101,6 +103,8 @@ pub(crate) struct ServeArgs {
     pub(crate) metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub(crate) adapt: AdaptFlags,
+    #[command(flatten)]
+    pub(crate) predict: PredictOnArgs,
 }
 
 /// `--adapt` and its settings, shared by serve and fuse.
@@ -198,8 +202,13 @@ pub(crate) fn cmd_fuse(args: FuseArgs) -> anyhow::Result<()> {
     cfg.seed = args.seed;
     cfg.hedge_percentile = args.hedge_pct;
     let model = model_entry(&args.model)?;
-    let policy = Policy::from_name(&args.policy, Some(model.predictor.clone()))?;
+    let offload = args.predict.start(model.predictor.model())?;
+    let policy = Policy::from_name(
+        &args.policy,
+        Some(offload.predictor(model.predictor.clone())),
+    )?;
     let opts = augur::frontend::fuse::FuseOptions {
+        offload,
         mount,
         threads: args.threads,
         attach_loop: args.attach_loop,
@@ -239,8 +248,13 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.hedge_percentile = a.hedge_pct;
     cfg.faults = fault_plan(&a.fault)?;
     let entry = model_entry(&model)?;
-    let policy = Policy::from_name(&policy_name, Some(entry.predictor.clone()))?;
+    let offload = a.predict.start(entry.predictor.model())?;
+    let policy = Policy::from_name(
+        &policy_name,
+        Some(offload.predictor(entry.predictor.clone())),
+    )?;
     let opts = augur::frontend::ublk::ServeOptions {
+        offload,
         queues: a.queues,
         depth: a.depth,
         block_size: a.block_size,

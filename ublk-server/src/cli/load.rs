@@ -15,8 +15,9 @@ use augur::route::PredictCost;
 use augur_predictor::ModelPredictor;
 use clap::Args;
 
-use super::args::{FaultArgs, LoadArgs, bench_setup, clock_choice};
+use super::args::{FaultArgs, LoadArgs, PredictOnArgs, bench_setup, clock_choice};
 use super::error::CliError;
+use augur_gpu_batcher::{Offload, PredictOn};
 
 #[derive(Args)]
 pub(crate) struct DemoArgs {
@@ -44,6 +45,8 @@ pub(crate) struct BenchArgs {
     /// Model for the linnos policies: a file, or `default` for the shipped one.
     #[arg(long, default_value = "default")]
     pub(crate) model: String,
+    #[command(flatten)]
+    pub(crate) predict: PredictOnArgs,
 }
 
 #[derive(Args)]
@@ -120,11 +123,75 @@ pub(crate) fn predictor_for(
     pols: &[String],
     model: &str,
 ) -> anyhow::Result<Option<Arc<dyn augur::SlowPredictor>>> {
+    Ok(model_for(pols, model)?.map(|p| p as Arc<dyn augur::SlowPredictor>))
+}
+
+/// The model, loaded only when a policy needs one.
+fn model_for(pols: &[String], model: &str) -> anyhow::Result<Option<Arc<ModelPredictor>>> {
     if !pols.iter().any(|p| p.starts_with("linnos")) {
         return Ok(None);
     }
     let m = super::model::load_model(model)?;
-    Ok(Some(ModelPredictor::new(m, model).into_dyn()))
+    Ok(Some(Arc::new(ModelPredictor::new(m, model))))
+}
+
+/// The placement of a bench's predictor batches: on the simulated clock
+/// from `--gpu-curve` (none: every batch is a CPU batch), on the real clock
+/// from the GPU calibrated now.
+fn bench_offload(
+    load: &LoadArgs,
+    predict: &PredictOnArgs,
+    clock: ClockChoice,
+    model: &augur_predictor::Model,
+) -> anyhow::Result<Arc<Offload>> {
+    let opts = predict.options()?;
+    match clock {
+        ClockChoice::Sim(cost) => {
+            let Some(file) = &load.gpu_curve else {
+                if opts.mode == PredictOn::Gpu {
+                    return Err(CliError::BadFlag(
+                        "--predict-on gpu with --clock sim needs --gpu-curve FILE (the JSON of augur gpu calibrate --json)".into(),
+                    )
+                    .into());
+                }
+                return Ok(Offload::cpu());
+            };
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| CliError::BadFlag(format!("--gpu-curve {}: {e}", file.display())))?;
+            let cal: augur_gpu_batcher::Calibration = serde_json::from_str(&text).map_err(|e| {
+                CliError::BadFlag(format!(
+                    "--gpu-curve {}: not the JSON of augur gpu calibrate --json: {e}",
+                    file.display()
+                ))
+            })?;
+            let curve = cal.curve();
+            curve
+                .validate()
+                .map_err(|e| CliError::BadFlag(format!("--gpu-curve {}: {e}", file.display())))?;
+            if curve.shape != model.shape_string() {
+                eprintln!(
+                    "warning: --gpu-curve {} was measured for a {} model; the model is {}",
+                    file.display(),
+                    curve.shape,
+                    model.shape_string()
+                );
+            }
+            let off = Offload::simulated(
+                opts.mode,
+                curve.with_linear_cpu(cost.per_batch_ns, cost.per_item_ns),
+            );
+            eprintln!("{}", off.note());
+            Ok(off)
+        }
+        ClockChoice::Real => {
+            if load.gpu_curve.is_some() {
+                return Err(
+                    CliError::BadFlag("--gpu-curve applies to --clock sim only".into()).into(),
+                );
+            }
+            Ok(predict.start(model)?)
+        }
+    }
 }
 
 pub(crate) fn cmd_bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -133,15 +200,48 @@ pub(crate) fn cmd_bench(args: BenchArgs) -> anyhow::Result<()> {
     if pols.is_empty() {
         return Err(CliError::BadFlag("--policy is empty".into()).into());
     }
-    let predictor = predictor_for(&pols, &args.model)?;
-    setup.clock = clock_choice(&args.load, predictor.as_ref())?;
+    // Flag mistakes first, before anything is measured.
+    let mode = args.predict.options()?.mode;
+    if args.load.clock == "sim" && mode == PredictOn::Gpu && args.load.gpu_curve.is_none() {
+        return Err(CliError::BadFlag(
+            "--predict-on gpu with --clock sim needs --gpu-curve FILE (the JSON of augur gpu calibrate --json)".into(),
+        )
+        .into());
+    }
+    if args.load.clock != "sim" && args.load.gpu_curve.is_some() {
+        return Err(CliError::BadFlag("--gpu-curve applies to --clock sim only".into()).into());
+    }
+    let cpu = model_for(&pols, &args.model)?;
+    let cpu_dyn = cpu.clone().map(|p| p as Arc<dyn augur::SlowPredictor>);
+    setup.clock = clock_choice(&args.load, cpu_dyn.as_ref())?;
+    if cpu.is_none() && args.load.gpu_curve.is_some() {
+        return Err(CliError::BadFlag("--gpu-curve needs a linnos policy".into()).into());
+    }
+    let predictor = match cpu {
+        Some(m) => {
+            let off = bench_offload(&args.load, &args.predict, setup.clock, m.model())?;
+            Some(off.predictor(m))
+        }
+        None => None,
+    };
     let line = ProgressLine::new(setup.load.duration);
     let reports = run_bench(&setup, &pols, predictor, &mut |p, pr| line.update(p, pr))?;
     line.bar.finish_and_clear();
     print_reports(&reports, args.json)
 }
 
+/// `--gpu-curve` is `augur bench`'s; elsewhere it would be ignored.
+fn refuse_gpu_curve(load: &LoadArgs, cmd: &str) -> Result<(), CliError> {
+    match &load.gpu_curve {
+        Some(_) => Err(CliError::BadFlag(format!(
+            "--gpu-curve applies to augur bench, not augur {cmd}"
+        ))),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn cmd_record(args: RecordArgs) -> anyhow::Result<()> {
+    refuse_gpu_curve(&args.load, "record")?;
     let mut setup = bench_setup(&args.load)?;
     let predictor = predictor_for(std::slice::from_ref(&args.policy), &args.model)?;
     setup.clock = clock_choice(&args.load, predictor.as_ref())?;
@@ -195,6 +295,7 @@ fn demo_load(duration: Duration) -> LoadArgs {
         skip_bad: false,
         clock: "sim".into(),
         predict_cost_ns: None,
+        gpu_curve: None,
     }
 }
 
@@ -368,6 +469,7 @@ pub(crate) struct AdaptArgs {
 }
 
 pub(crate) fn cmd_adapt(args: AdaptArgs) -> anyhow::Result<()> {
+    refuse_gpu_curve(&args.load, "adapt")?;
     if !args.policy.starts_with("linnos") {
         return Err(CliError::BadFlag(format!(
             "--policy {}: adaptation changes the model, so it needs a linnos policy",

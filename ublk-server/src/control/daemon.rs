@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use augur_gpu_batcher::Offload;
 use augur_predictor::{ModelPredictor, SlowPredictor};
 use serde_json::json;
 
@@ -51,6 +52,8 @@ pub struct Daemon {
     tap: LogTap,
     /// The two latest samples (older, newer), refreshed every [`INTERVAL`].
     samples: Mutex<(Sample, Sample)>,
+    /// Where prediction batches run; every model installed goes through it.
+    offload: Arc<Offload>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -66,9 +69,10 @@ impl std::fmt::Debug for Daemon {
 impl Daemon {
     /// The state of a daemon serving `array`, whose model is `model`
     /// (loaded for every policy, so `policy set linnos` needs no file).
-    pub fn new(info: DaemonInfo, array: Array, model: ModelEntry) -> Self {
+    pub fn new(info: DaemonInfo, array: Array, model: ModelEntry, offload: Arc<Offload>) -> Self {
         let s = Self::sample_of(&array);
         Daemon {
+            offload,
             info,
             tap: LogTap::new(array.clone()),
             array,
@@ -91,6 +95,11 @@ impl Daemon {
     /// The active model.
     pub fn model(&self) -> ModelEntry {
         lock(&self.book).active().clone()
+    }
+
+    /// Where its prediction batches run.
+    pub fn offload(&self) -> &Arc<Offload> {
+        &self.offload
     }
 
     /// How long it has been up.
@@ -184,6 +193,7 @@ impl Daemon {
             "model_source": book.active().source,
             "recording": self.tap.recording().map(|f| f.display().to_string()),
             "adapting": self.tap.adapting(),
+            "predict_on": self.offload.status(),
             "interval_s": (secs * 1000.0).round() / 1000.0,
             "iops": ((d.reads + d.writes + d.flushes + d.discards + d.write_zeroes) as f64 / secs)
                 .round() as u64,
@@ -229,7 +239,7 @@ impl Daemon {
 
     /// The active policy rebuilt around `model`.
     fn policy_with(&self, name: &str, model: &ModelEntry) -> Result<Policy, String> {
-        let p: Arc<dyn SlowPredictor> = model.predictor.clone();
+        let p: Arc<dyn SlowPredictor> = self.offload.predictor(model.predictor.clone());
         Policy::from_name(name, Some(p)).map_err(|e| e.to_string())
     }
 

@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use augur_gpu_batcher::Offload;
+
 use crate::adapt::AdaptConfig;
 
 use crate::array::Array;
@@ -60,10 +62,16 @@ pub(crate) fn start_services(
     info: DaemonInfo,
     array: &Array,
     model: &ModelEntry,
+    offload: &Arc<Offload>,
     metrics: Option<SocketAddr>,
     adapt: Option<&AdaptOptions>,
 ) -> Result<Services, String> {
-    let daemon = Arc::new(Daemon::new(info, array.clone(), model.clone()));
+    let daemon = Arc::new(Daemon::new(
+        info,
+        array.clone(),
+        model.clone(),
+        offload.clone(),
+    ));
     let control = ControlServer::start(daemon.clone(), &run_dir()).map_err(|e| e.to_string())?;
     let metrics = metrics
         .map(|addr| MetricsServer::start(daemon.clone(), addr))

@@ -123,6 +123,8 @@ pub struct PolicyReport {
     pub all_slow_pct: f64,
     /// Replicas marked failed during the run.
     pub replica_failures: u64,
+    /// Where the predictor batches ran (`--predict-on`).
+    pub placement: Placement,
     /// Seconds measured.
     pub duration_s: f64,
     /// Replica states at the end.
@@ -161,10 +163,32 @@ impl PolicyReport {
             predictions_per_read: round2(r.stats.predictions as f64 / reads),
             all_slow_pct: round2(r.stats.all_slow as f64 * 100.0 / reads),
             replica_failures: r.stats.replica_failures,
+            placement: Placement {
+                cpu_batches: r.stats.cpu_batches,
+                cpu_reads: r.stats.cpu_items,
+                gpu_batches: r.stats.gpu_batches,
+                gpu_reads: r.stats.gpu_items,
+                gpu_missed_batches: r.stats.gpu_missed_batches,
+            },
             duration_s: round2(r.elapsed_s),
             replicas,
         }
     }
+}
+
+/// Predictor batches (and the reads in them) by the device that scored them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Placement {
+    /// Batches on the CPU (including GPU misses).
+    pub cpu_batches: u64,
+    /// Reads scored in those.
+    pub cpu_reads: u64,
+    /// Batches on the GPU.
+    pub gpu_batches: u64,
+    /// Reads scored in those.
+    pub gpu_reads: u64,
+    /// Batches that missed their GPU deadline and went to the CPU.
+    pub gpu_missed_batches: u64,
 }
 
 fn round2(x: f64) -> f64 {
@@ -420,6 +444,22 @@ pub fn render_table(reports: &[PolicyReport]) -> String {
         .collect();
     for f in failures {
         let _ = writeln!(s, "{f}");
+    }
+    for r in reports {
+        let p = &r.placement;
+        if p.gpu_batches + p.gpu_missed_batches > 0 {
+            let _ = writeln!(
+                s,
+                "{}: predictions on the GPU {} batches ({} reads, {:.1} per batch), on the CPU {} batches ({} reads), {} GPU deadline misses",
+                r.policy,
+                p.gpu_batches,
+                p.gpu_reads,
+                p.gpu_reads as f64 / p.gpu_batches.max(1) as f64,
+                p.cpu_batches,
+                p.cpu_reads,
+                p.gpu_missed_batches
+            );
+        }
     }
     s
 }

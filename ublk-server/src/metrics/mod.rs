@@ -18,7 +18,9 @@
 //! | `augur_replica_up` | `replica` | 1 live, 0 failed |
 //! | `augur_replica_pending_ios` | `replica` | I/Os in flight now |
 //! | `augur_reroutes_total`, `augur_hedges_total`, `augur_hedge_wins_total` | | routing |
-//! | `augur_predictions_total` | `device` | predictor calls (`cpu`) |
+//! | `augur_predictions_total` | `device` | reads scored by the predictor, on `cpu` or `gpu` |
+//! | `augur_prediction_batches_total` | `device` | predictor batches, on `cpu` or `gpu` (`--predict-on`) |
+//! | `augur_gpu_missed_batches_total`, `augur_gpu_backoffs_total` | | GPU batches past their deadline (scored on the CPU); `auto+contention` back-offs |
 //! | `augur_predicted_slow_total`, `augur_prediction_judged_reads_total`, `augur_prediction_observed_slow_total`, `augur_prediction_false_submits_total`, `augur_prediction_correct_total` | | the predictor judged against observed latency |
 //! | `augur_model_info` | `id`, `source`, `features` | the active model |
 //! | `augur_policy_info` | `policy` | the active policy |
@@ -121,6 +123,25 @@ impl Collector for Scrape {
                 ("discard".into(), s.discards),
                 ("write_zeroes".into(), s.write_zeroes),
             ],
+        )?;
+        counters_by(
+            &mut e,
+            "augur_prediction_batches",
+            "Predictor batches, by the device that scored them.",
+            "device",
+            &[("cpu".into(), s.cpu_batches), ("gpu".into(), s.gpu_batches)],
+        )?;
+        counter(
+            &mut e,
+            "augur_gpu_missed_batches",
+            "Batches sent to the GPU that missed their deadline and were scored on the CPU.",
+            s.gpu_missed_batches,
+        )?;
+        counter(
+            &mut e,
+            "augur_gpu_backoffs",
+            "Times auto+contention backed off from a busy GPU to the CPU.",
+            d.offload().status().backoffs,
         )?;
         counter(
             &mut e,
@@ -239,9 +260,9 @@ impl Collector for Scrape {
         counters_by(
             &mut e,
             "augur_predictions",
-            "Predictor calls, by where they ran.",
+            "Reads scored by the predictor, by the device that scored them.",
             "device",
-            &[("cpu".into(), s.predictions)],
+            &[("cpu".into(), s.cpu_items), ("gpu".into(), s.gpu_items)],
         )?;
         counter(
             &mut e,
@@ -431,7 +452,15 @@ mod tests {
             name: "t".into(),
             device: "t".into(),
         };
-        (d, Arc::new(Daemon::new(info, array, model)))
+        (
+            d,
+            Arc::new(Daemon::new(
+                info,
+                array,
+                model,
+                augur_gpu_batcher::Offload::cpu(),
+            )),
+        )
     }
 
     fn value(text: &str, series: &str) -> f64 {
@@ -479,6 +508,12 @@ mod tests {
             }
         }
         assert_eq!(value(&t, "augur_predictions_total{device=\"cpu\"}"), 100.0);
+        assert_eq!(value(&t, "augur_predictions_total{device=\"gpu\"}"), 0.0);
+        assert_eq!(
+            value(&t, "augur_prediction_batches_total{device=\"cpu\"}"),
+            100.0
+        );
+        assert_eq!(value(&t, "augur_gpu_missed_batches_total"), 0.0);
         assert_eq!(value(&t, "augur_replica_up{replica=\"1\"}"), 1.0);
         let id = daemon.model().id;
         assert!(

@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use augur_feature_store::HistorySnapshot;
-use augur_predictor::{PredictInput, ReadInfo, SlowPredictor};
+use augur_predictor::{PredictInput, ReadInfo, ScoredOn, SlowPredictor};
 
 /// A linear cost model: a fixed cost per predictor call plus one per read
 /// scored in it.
@@ -24,6 +24,20 @@ impl PredictCost {
     /// Nanoseconds that `calls` predictor calls scoring `items` reads take.
     pub fn of(&self, calls: u32, items: u32) -> u64 {
         self.per_batch_ns * calls as u64 + self.per_item_ns * items as u64
+    }
+
+    /// Nanoseconds that the predictor calls `placed` (size, device) take:
+    /// CPU calls at this linear cost, GPU calls at their round trip, calls
+    /// that gave up on the GPU at their wait plus the CPU cost.
+    pub fn of_placed(&self, placed: &[(u32, ScoredOn)]) -> u64 {
+        placed
+            .iter()
+            .map(|&(n, on)| match on {
+                ScoredOn::Cpu => self.of(1, n),
+                ScoredOn::Gpu { round_trip_ns } => round_trip_ns,
+                ScoredOn::GpuMissed { waited_ns } => waited_ns + self.of(1, n),
+            })
+            .sum()
     }
 
     /// Parses `N` (per call) or `N,PER_ITEM` (per call, per read), in ns.
@@ -105,6 +119,20 @@ mod tests {
     fn parse_and_apply() {
         let c = PredictCost::parse("2000,450").unwrap();
         assert_eq!(c.of(2, 10), 2 * 2000 + 10 * 450);
+        let placed = [
+            (10, ScoredOn::Cpu),
+            (
+                64,
+                ScoredOn::Gpu {
+                    round_trip_ns: 7000,
+                },
+            ),
+            (2, ScoredOn::GpuMissed { waited_ns: 100 }),
+        ];
+        assert_eq!(
+            c.of_placed(&placed),
+            (2000 + 4500) + 7000 + (100 + 2000 + 900)
+        );
         assert_eq!(PredictCost::parse(" 300 ").unwrap().per_item_ns, 0);
         for bad in ["", "x", "1,2,3", "1,-2", "-1"] {
             assert!(PredictCost::parse(bad).is_err(), "{bad}");

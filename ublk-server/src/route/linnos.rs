@@ -60,7 +60,8 @@ impl Policy {
             }
             s.scores.clear();
             s.scores.resize(s.inputs.len(), 0);
-            predictor.score_batch(&s.inputs, &mut s.scores);
+            let on = predictor.score_batch_placed(&s.inputs, &mut s.scores);
+            s.placed.push((s.inputs.len() as u32, on));
             s.calls += 1;
             s.items += s.inputs.len() as u32;
             let mut still = 0;

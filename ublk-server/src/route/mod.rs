@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use augur_feature_store::HistorySnapshot;
-pub use augur_predictor::{PredictInput, SlowPredictor};
+pub use augur_predictor::{PredictInput, ScoredOn, SlowPredictor};
 use augur_rng::Rng;
 
 use crate::array::ArrayError;
@@ -129,6 +129,8 @@ pub struct RouteScratch {
     calls: u32,
     /// Reads those calls scored.
     items: u32,
+    /// Each call's size and where it ran.
+    placed: Vec<(u32, ScoredOn)>,
     inputs: Vec<PredictInput>,
     which: Vec<usize>,
     scores: Vec<i64>,
@@ -141,6 +143,13 @@ impl RouteScratch {
     /// scored). The simulated clock charges it with a [`PredictCost`].
     pub fn predictor_work(&self) -> (u32, u32) {
         (self.calls, self.items)
+    }
+
+    /// Each predictor call of the last [`Policy::route_batch`]: its size and
+    /// the device that scored it (the per-device counters and the simulated
+    /// clock's charge for GPU batches come from here).
+    pub fn placed(&self) -> &[(u32, ScoredOn)] {
+        &self.placed
     }
 }
 
@@ -255,6 +264,7 @@ impl Policy {
         out.clear();
         scratch.calls = 0;
         scratch.items = 0;
+        scratch.placed.clear();
         let n = view.replica_count();
         if (0..n).all(|i| !view.is_live(i)) {
             return false;

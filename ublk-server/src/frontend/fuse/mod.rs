@@ -40,10 +40,12 @@
 //! device backed by `DIR/disk.img` and lazily unmounts `DIR`.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use fuser::{Config, MountOption};
+
+use augur_gpu_batcher::Offload;
 
 use crate::array::ArrayError;
 use crate::array::{Array, ArrayConfig};
@@ -124,6 +126,9 @@ pub struct FuseOptions {
     /// Listen on a control socket ([`crate::control`]), with this as the
     /// active model; `None`: no socket.
     pub control: Option<ModelEntry>,
+    /// Where prediction batches run (`--predict-on`); every model the
+    /// control socket installs goes through it too.
+    pub offload: Arc<Offload>,
     /// Serve Prometheus metrics here (needs `control`).
     pub metrics: Option<std::net::SocketAddr>,
     /// Run online adaptation (needs `control`).
@@ -264,7 +269,14 @@ fn serve_array(array: Array, mount: &Path, opts: &FuseOptions) -> Result<Served,
                 name: fuse_name(mount),
                 device: disk.display().to_string(),
             };
-            match super::start_services(info, &array, model, opts.metrics, opts.adapt.as_ref()) {
+            match super::start_services(
+                info,
+                &array,
+                model,
+                &opts.offload,
+                opts.metrics,
+                opts.adapt.as_ref(),
+            ) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     unmount(mount, &mut unmounter);

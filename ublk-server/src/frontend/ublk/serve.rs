@@ -505,6 +505,7 @@ pub(super) fn run_device(
                 info,
                 array,
                 model,
+                &opts.offload,
                 opts.metrics,
                 opts.adapt.as_ref(),
             ) {

@@ -1,0 +1,315 @@
+//! The GPU thread: the one thread that touches the device. I/O threads hand
+//! it batches over a channel and wait (at most until their deadline) for
+//! their own answer; it uploads models, compiles and calibrates them before
+//! they are used, and gathers the batches waiting for the same model into
+//! one device call (batches from several queues share one round trip).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use augur_predictor::Model;
+
+use crate::calibrate::{CalibrateOptions, calibrate};
+use crate::placement::{Contention, CostCurve};
+use crate::{Gpu, GpuError, GpuModel, MAX_BATCH, bucket_for};
+
+/// Models kept on the device (the active one and the ones a rollback may
+/// bring back soon).
+const RESIDENT: usize = 4;
+
+/// One batch for the device.
+pub(crate) struct Job {
+    model: String,
+    xs: Vec<f32>,
+    n: usize,
+    reply: SyncSender<Result<Vec<f32>, GpuError>>,
+    cancelled: Arc<AtomicBool>,
+}
+
+enum Msg {
+    Load(Arc<Model>),
+    Batch(Job),
+}
+
+/// What the I/O threads and the status read of the worker.
+pub(crate) struct Shared {
+    /// Ids of the models uploaded and warmed, newest last.
+    ready: Mutex<Vec<String>>,
+    ready_cv: Condvar,
+    /// Per model shape, the calibrated costs.
+    curves: Mutex<HashMap<String, Arc<CostCurve>>>,
+    /// True while a model is being uploaded or calibrated (the device is
+    /// busy: batches stay on the CPU meanwhile instead of missing their
+    /// deadline).
+    pub(crate) loading: AtomicBool,
+    pub(crate) contention: Contention,
+    /// Drills and tests: added to every round trip, ns (a GPU made slow).
+    pub(crate) extra_delay_ns: AtomicU64,
+    merge: bool,
+    epoch: Instant,
+    pub(crate) calls: AtomicU64,
+    pub(crate) merged_calls: AtomicU64,
+    pub(crate) jobs: AtomicU64,
+    pub(crate) skipped: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    pub(crate) last_error: Mutex<Option<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Nanoseconds since the worker started (the contention tracker's clock).
+    pub(crate) fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    pub(crate) fn is_ready(&self, id: &str) -> bool {
+        lock(&self.ready).iter().any(|r| r == id)
+    }
+
+    pub(crate) fn curve(&self, shape: &str) -> Option<Arc<CostCurve>> {
+        lock(&self.curves).get(shape).cloned()
+    }
+
+    pub(crate) fn set_curve(&self, c: CostCurve) {
+        lock(&self.curves).insert(c.shape.clone(), Arc::new(c));
+    }
+
+    /// Per calibrated shape, its crossover.
+    pub(crate) fn crossovers(&self) -> Vec<(String, Option<usize>)> {
+        let mut v: Vec<_> = lock(&self.curves)
+            .iter()
+            .map(|(k, c)| (k.clone(), c.crossover()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub(crate) fn last_error(&self) -> Option<String> {
+        lock(&self.last_error).clone()
+    }
+}
+
+/// The handle the dispatchers hold.
+pub(crate) struct Worker {
+    tx: Mutex<Sender<Msg>>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Worker {
+    /// Starts the GPU thread on `gpu`.
+    pub(crate) fn start(gpu: Gpu, merge: bool, contention: Contention) -> Worker {
+        let shared = Arc::new(Shared {
+            ready: Mutex::new(Vec::new()),
+            ready_cv: Condvar::new(),
+            curves: Mutex::new(HashMap::new()),
+            loading: AtomicBool::new(false),
+            contention,
+            extra_delay_ns: AtomicU64::new(0),
+            merge,
+            epoch: Instant::now(),
+            calls: AtomicU64::new(0),
+            merged_calls: AtomicU64::new(0),
+            jobs: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        });
+        let (tx, rx) = mpsc::channel();
+        let s = shared.clone();
+        // The thread ends when the last sender goes (the worker is dropped).
+        std::thread::Builder::new()
+            .name("augur-gpu".into())
+            .spawn(move || run(gpu, rx, s))
+            .expect("spawning the GPU thread");
+        Worker {
+            tx: Mutex::new(tx),
+            shared,
+        }
+    }
+
+    /// Asks the thread to upload, warm and (for a new shape) calibrate
+    /// `model`; returns at once. [`Worker::wait_ready`] waits for it.
+    pub(crate) fn load(&self, model: Arc<Model>) {
+        if self.shared.is_ready(&model.id()) {
+            return;
+        }
+        self.shared.loading.store(true, Relaxed);
+        let _ = lock(&self.tx).send(Msg::Load(model));
+    }
+
+    /// Waits until `id` is ready (true) or `timeout` passes (false).
+    pub(crate) fn wait_ready(&self, id: &str, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        let mut r = lock(&self.shared.ready);
+        while !r.iter().any(|x| x == id) {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            r = self
+                .shared
+                .ready_cv
+                .wait_timeout(r, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Hands a batch of `n` encoded reads to the thread. The answer comes
+    /// on the receiver; setting the flag tells the thread not to bother
+    /// (the caller gave up waiting).
+    pub(crate) fn submit(
+        &self,
+        model: &str,
+        xs: Vec<f32>,
+        n: usize,
+    ) -> (Receiver<Result<Vec<f32>, GpuError>>, Arc<AtomicBool>) {
+        let (reply, rx) = mpsc::sync_channel(1);
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let job = Job {
+            model: model.to_string(),
+            xs,
+            n,
+            reply,
+            cancelled: cancelled.clone(),
+        };
+        if lock(&self.tx).send(Msg::Batch(job)).is_err() {
+            // The thread is gone; the receiver reports a closed channel.
+        }
+        (rx, cancelled)
+    }
+}
+
+fn run(gpu: Gpu, rx: Receiver<Msg>, s: Arc<Shared>) {
+    let mut models: Vec<GpuModel> = Vec::new();
+    let mut stash: Option<Msg> = None;
+    loop {
+        let msg = match stash.take() {
+            Some(m) => m,
+            None => match rx.recv() {
+                Ok(m) => m,
+                Err(_) => return,
+            },
+        };
+        match msg {
+            Msg::Load(m) => {
+                load(&gpu, &m, &mut models, &s);
+                s.loading.store(false, Relaxed);
+            }
+            Msg::Batch(first) => {
+                let mut jobs = vec![first];
+                let mut total = jobs[0].n;
+                if s.merge {
+                    loop {
+                        match rx.try_recv() {
+                            Ok(Msg::Batch(j))
+                                if j.model == jobs[0].model && total + j.n <= MAX_BATCH =>
+                            {
+                                total += j.n;
+                                jobs.push(j);
+                            }
+                            Ok(other) => {
+                                stash = Some(other);
+                                break;
+                            }
+                            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                        }
+                    }
+                }
+                run_jobs(jobs, &models, &s);
+            }
+        }
+    }
+}
+
+fn load(gpu: &Gpu, m: &Model, models: &mut Vec<GpuModel>, s: &Shared) {
+    let id = m.id();
+    if models.iter().any(|g| g.id() == id) {
+        return;
+    }
+    let gm = GpuModel::upload(gpu, m);
+    let shape = m.shape_string();
+    let result = gm.warm().and_then(|()| {
+        if s.curve(&shape).is_none() {
+            let c = calibrate(gpu, m, &CalibrateOptions::quick())?;
+            lock(&s.curves).insert(shape, Arc::new(c.curve()));
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        s.failures.fetch_add(1, Relaxed);
+        *lock(&s.last_error) = Some(format!("loading model {id} on the GPU: {e}"));
+        return;
+    }
+    if models.len() == RESIDENT {
+        let old = models.remove(0);
+        lock(&s.ready).retain(|r| r != old.id());
+    }
+    models.push(gm);
+    lock(&s.ready).push(id);
+    s.ready_cv.notify_all();
+}
+
+fn run_jobs(mut jobs: Vec<Job>, models: &[GpuModel], s: &Shared) {
+    // Batches whose caller already gave up are not worth the device.
+    let before = jobs.len();
+    jobs.retain(|j| !j.cancelled.load(Relaxed));
+    s.skipped.fetch_add((before - jobs.len()) as u64, Relaxed);
+    if jobs.is_empty() {
+        return;
+    }
+    let Some(gm) = models.iter().find(|g| g.id() == jobs[0].model) else {
+        for j in jobs {
+            let _ = j.reply.send(Err(GpuError::Device(format!(
+                "model {} is not on the GPU",
+                j.model
+            ))));
+        }
+        return;
+    };
+    let total: usize = jobs.iter().map(|j| j.n).sum();
+    let xs: Vec<f32> = if jobs.len() == 1 {
+        std::mem::take(&mut jobs[0].xs)
+    } else {
+        jobs.iter().flat_map(|j| j.xs.iter().copied()).collect()
+    };
+    let t = Instant::now();
+    let delay = s.extra_delay_ns.load(Relaxed);
+    if delay > 0 {
+        std::thread::sleep(Duration::from_nanos(delay));
+    }
+    let r = gm.scores(&xs, total);
+    let rt = t.elapsed().as_nanos() as u64;
+    s.calls.fetch_add(1, Relaxed);
+    s.jobs.fetch_add(jobs.len() as u64, Relaxed);
+    if jobs.len() > 1 {
+        s.merged_calls.fetch_add(1, Relaxed);
+    }
+    if let Some(curve) = s.curve(gm.shape()) {
+        let b = bucket_for(total).unwrap_or(MAX_BATCH);
+        s.contention.observe(rt, curve.gpu_p99_ns(b), s.now_ns());
+    }
+    match r {
+        Ok(scores) => {
+            let mut at = 0;
+            for j in jobs {
+                let _ = j.reply.send(Ok(scores[at..at + j.n].to_vec()));
+                at += j.n;
+            }
+        }
+        Err(e) => {
+            s.failures.fetch_add(1, Relaxed);
+            *lock(&s.last_error) = Some(e.to_string());
+            for j in jobs {
+                let _ = j.reply.send(Err(GpuError::Device(e.to_string())));
+            }
+        }
+    }
+}
