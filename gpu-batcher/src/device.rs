@@ -27,7 +27,14 @@ impl Gpu {
         if std::env::var("AUGUR_GPU").is_ok_and(|v| v == "off") {
             return Err(GpuError::NoAdapter("turned off by AUGUR_GPU=off".into()));
         }
-        let r = RUNTIME.get_or_init(|| Device::wgpu_options().init().map_err(|e| e.to_string()));
+        // Vulkan only: Augur runs on Linux, and probing OpenGL (EGL) finds
+        // nothing better and prints errors on machines without a display.
+        let r = RUNTIME.get_or_init(|| {
+            Device::wgpu_options()
+                .graphics_api(burn::tensor::wgpu::WgpuBackend::Vulkan)
+                .init()
+                .map_err(|e| e.to_string())
+        });
         match r {
             Ok(device) => Ok(Gpu {
                 device: device.clone(),

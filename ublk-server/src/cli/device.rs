@@ -202,13 +202,9 @@ pub(crate) fn cmd_fuse(args: FuseArgs) -> anyhow::Result<()> {
     cfg.seed = args.seed;
     cfg.hedge_percentile = args.hedge_pct;
     let model = model_entry(&args.model)?;
-    let offload = args.predict.start(model.predictor.model())?;
-    let policy = Policy::from_name(
-        &args.policy,
-        Some(offload.predictor(model.predictor.clone())),
-    )?;
+    let policy = Policy::from_name(&args.policy, Some(model.predictor.clone()))?;
     let opts = augur::frontend::fuse::FuseOptions {
-        offload,
+        predict: args.predict.options()?,
         mount,
         threads: args.threads,
         attach_loop: args.attach_loop,
@@ -248,13 +244,9 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.hedge_percentile = a.hedge_pct;
     cfg.faults = fault_plan(&a.fault)?;
     let entry = model_entry(&model)?;
-    let offload = a.predict.start(entry.predictor.model())?;
-    let policy = Policy::from_name(
-        &policy_name,
-        Some(offload.predictor(entry.predictor.clone())),
-    )?;
+    let policy = Policy::from_name(&policy_name, Some(entry.predictor.clone()))?;
     let opts = augur::frontend::ublk::ServeOptions {
-        offload,
+        predict: a.predict.options()?,
         queues: a.queues,
         depth: a.depth,
         block_size: a.block_size,

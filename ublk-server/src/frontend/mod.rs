@@ -12,13 +12,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use augur_gpu_batcher::Offload;
+use augur_gpu_batcher::{Offload, OffloadOptions, PredictOn};
 
 use crate::adapt::AdaptConfig;
 
 use crate::array::Array;
 use crate::control::{ControlServer, Daemon, DaemonInfo, ModelEntry, run_dir};
 use crate::metrics::MetricsServer;
+use crate::route::Policy;
 
 /// What a daemon serves besides its device: the control socket and, when
 /// asked, the metrics endpoint. Dropping it stops both (metrics first).
@@ -62,16 +63,25 @@ pub(crate) fn start_services(
     info: DaemonInfo,
     array: &Array,
     model: &ModelEntry,
-    offload: &Arc<Offload>,
+    predict: OffloadOptions,
     metrics: Option<SocketAddr>,
     adapt: Option<&AdaptOptions>,
 ) -> Result<Services, String> {
-    let daemon = Arc::new(Daemon::new(
-        info,
-        array.clone(),
-        model.clone(),
-        offload.clone(),
-    ));
+    // The GPU opens here, once the device is up and every flag checked: it
+    // takes seconds (pipelines, calibration), and until then the policy
+    // scores on the CPU.
+    let offload = Offload::start(predict, model.predictor.model())
+        .map_err(|e| format!("--predict-on {}: {e}", predict.mode.name()))?;
+    if predict.mode != PredictOn::Cpu {
+        eprintln!("{}", offload.note());
+    }
+    let policy = Policy::from_name(
+        array.policy().name(),
+        Some(offload.predictor(model.predictor.clone())),
+    )
+    .map_err(|e| e.to_string())?;
+    array.set_policy(policy);
+    let daemon = Arc::new(Daemon::new(info, array.clone(), model.clone(), offload));
     let control = ControlServer::start(daemon.clone(), &run_dir()).map_err(|e| e.to_string())?;
     let metrics = metrics
         .map(|addr| MetricsServer::start(daemon.clone(), addr))

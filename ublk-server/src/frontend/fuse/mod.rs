@@ -40,12 +40,12 @@
 //! device backed by `DIR/disk.img` and lazily unmounts `DIR`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, mpsc};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use fuser::{Config, MountOption};
 
-use augur_gpu_batcher::Offload;
+use augur_gpu_batcher::OffloadOptions;
 
 use crate::array::ArrayError;
 use crate::array::{Array, ArrayConfig};
@@ -126,9 +126,10 @@ pub struct FuseOptions {
     /// Listen on a control socket ([`crate::control`]), with this as the
     /// active model; `None`: no socket.
     pub control: Option<ModelEntry>,
-    /// Where prediction batches run (`--predict-on`); every model the
-    /// control socket installs goes through it too.
-    pub offload: Arc<Offload>,
+    /// Where prediction batches run (`--predict-on`): started once the
+    /// device is up; every model the control socket installs goes through
+    /// it too.
+    pub predict: OffloadOptions,
     /// Serve Prometheus metrics here (needs `control`).
     pub metrics: Option<std::net::SocketAddr>,
     /// Run online adaptation (needs `control`).
@@ -273,7 +274,7 @@ fn serve_array(array: Array, mount: &Path, opts: &FuseOptions) -> Result<Served,
                 info,
                 &array,
                 model,
-                &opts.offload,
+                opts.predict,
                 opts.metrics,
                 opts.adapt.as_ref(),
             ) {

@@ -214,9 +214,10 @@ pub struct ServeOptions {
     /// Listen on a control socket ([`crate::control`]), with this as the
     /// active model; `None`: no socket.
     pub control: Option<crate::control::ModelEntry>,
-    /// Where prediction batches run (`--predict-on`); every model the
-    /// control socket installs goes through it too.
-    pub offload: std::sync::Arc<augur_gpu_batcher::Offload>,
+    /// Where prediction batches run (`--predict-on`): started once the
+    /// device is up; every model the control socket installs goes through
+    /// it too.
+    pub predict: augur_gpu_batcher::OffloadOptions,
     /// Serve Prometheus metrics here (needs `control`).
     pub metrics: Option<std::net::SocketAddr>,
     /// Run online adaptation (needs `control`).

@@ -505,7 +505,7 @@ pub(super) fn run_device(
                 info,
                 array,
                 model,
-                &opts.offload,
+                opts.predict,
                 opts.metrics,
                 opts.adapt.as_ref(),
             ) {
