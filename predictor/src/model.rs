@@ -71,7 +71,10 @@
 //! half away from zero. [`Model::from_layers`] picks the largest `e_k` with
 //! `max |Wq| <= 32767` and the bias within its bound, and for hidden layers
 //! `r_k = max(0, a_{k-1} + e_k - 16)` so hidden activations carry 16
-//! fractional bits. See [`crate::infer`] for the integer forward pass.
+//! fractional bits. (Hidden layers after the first multiply a copy of their inputs
+//! rescaled per input to 16 bits and scale the dot product back, step 2b in
+//! [`crate::infer`]; the scale of their accumulators is still
+//! `2^(a_{k-1} + e_k)`.) See [`crate::infer`] for the integer forward pass.
 
 use std::fmt;
 use std::path::Path;
