@@ -341,3 +341,28 @@ fn bad_mount_dirs_exit_2_and_leave_nothing() {
         assert!(!replica.exists(), "a replica file was left behind");
     }
 }
+
+/// `--predict-on gpu` with no adapter (forced with `AUGUR_GPU=off`): one
+/// line, exit 2, and the mount it had made is gone again.
+#[test]
+fn predict_on_gpu_without_an_adapter_exits_2_and_unmounts() {
+    if !ready() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let fx = Fixture::new();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("fuse");
+    for r in &fx.replicas {
+        cmd.arg("--replica").arg(r);
+    }
+    cmd.args(["--size", "16M", "--predict-on", "gpu", "--mount"])
+        .arg(&fx.mount)
+        .env("AUGUR_GPU", "off");
+    let o = run_timeout(&mut cmd, 30);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--predict-on gpu: no GPU adapter"), "{err}");
+    assert!(!is_mounted(&fx.mount), "left mounted");
+}

@@ -232,6 +232,20 @@ pub(crate) fn render(cmd: &Command, r: &Value) -> String {
                 s(&r["iops"]),
                 s(&r["interval_s"]),
             );
+            let p = &r["predict_on"];
+            if p.is_object() {
+                let _ = writeln!(
+                    o,
+                    "predict-on {} ({}): {} GPU calls ({} merged), {} skipped, {} back-offs, {} failures",
+                    s(&p["mode"]),
+                    s(&p["device"]),
+                    s(&p["gpu_calls"]),
+                    s(&p["merged_calls"]),
+                    s(&p["skipped"]),
+                    s(&p["backoffs"]),
+                    s(&p["failures"]),
+                );
+            }
             let _ = writeln!(
                 o,
                 "{:<3} {:<6} {:>7} {:>9} {:>8} {:>8} {:>9}  spec",
