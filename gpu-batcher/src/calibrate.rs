@@ -17,6 +17,7 @@ use std::time::Instant;
 use augur_predictor::{Kernel, Model, Scratch};
 use serde::{Deserialize, Serialize};
 
+use crate::GpuKernel;
 use crate::placement::{CostCurve, CurvePoint};
 #[cfg(feature = "wgpu")]
 use crate::{BUCKETS, Gpu, GpuError, GpuModel};
@@ -32,6 +33,9 @@ pub struct CalibrateOptions {
     pub idle_gap: Duration,
     /// Largest bucket measured.
     pub max_bucket: usize,
+    /// The GPU kernel to time; `None`: the one [`GpuModel::scores`] runs
+    /// for each bucket.
+    pub kernel: Option<GpuKernel>,
 }
 
 impl Default for CalibrateOptions {
@@ -41,6 +45,7 @@ impl Default for CalibrateOptions {
             idle_reps: 5,
             idle_gap: Duration::from_millis(200),
             max_bucket: crate::MAX_BATCH,
+            kernel: None,
         }
     }
 }
@@ -54,6 +59,7 @@ impl CalibrateOptions {
             idle_reps: 1,
             idle_gap: Duration::from_millis(20),
             max_bucket: crate::MAX_BATCH,
+            kernel: None,
         }
     }
 }
@@ -90,6 +96,14 @@ pub struct BucketCost {
     pub gpu_hot: Cost,
     /// GPU round trip, the first batch after an idle gap.
     pub gpu_after_idle: Cost,
+    /// The GPU kernel timed (calibrations from before there were two ran
+    /// the burn ops: that is what one without the field reads as).
+    #[serde(default = "ops_kernel")]
+    pub kernel: GpuKernel,
+}
+
+fn ops_kernel() -> GpuKernel {
+    GpuKernel::Ops
 }
 
 impl BucketCost {
@@ -157,7 +171,10 @@ pub fn calibrate(
     opts: &CalibrateOptions,
 ) -> Result<Calibration, GpuError> {
     let gm = GpuModel::upload(gpu, model);
-    gm.warm()?;
+    match opts.kernel {
+        Some(k) => gm.warm_with(k)?,
+        None => gm.warm()?,
+    }
     let width = model.feature_set().n_inputs();
     let mut scratch = Scratch::for_model(model);
     let mut buckets = Vec::new();
@@ -166,6 +183,7 @@ pub fn calibrate(
         // in range for every feature set.
         let xi: Vec<i32> = (0..b * width).map(|k| (k * 7 % 10) as i32).collect();
         let xf: Vec<f32> = xi.iter().map(|&v| v as f32).collect();
+        let kernel = opts.kernel.unwrap_or_else(|| gm.kernel_for(b));
         let mut out = vec![0i64; b];
         let cpu = time(opts.reps, || {
             model.score_int_batch_encoded(&xi, &mut out, &mut scratch, Kernel::Auto);
@@ -173,7 +191,7 @@ pub fn calibrate(
         });
         let mut failed = None;
         let hot = time(opts.reps, || {
-            if let Err(e) = gm.scores(&xf, b) {
+            if let Err(e) = gm.scores_with(kernel, &xf, b) {
                 failed.get_or_insert(e);
             }
         });
@@ -181,7 +199,7 @@ pub fn calibrate(
         for _ in 0..opts.idle_reps.max(1) {
             std::thread::sleep(opts.idle_gap);
             idle.extend(time(1, || {
-                if let Err(e) = gm.scores(&xf, b) {
+                if let Err(e) = gm.scores_with(kernel, &xf, b) {
                     failed.get_or_insert(e);
                 }
             }));
@@ -194,6 +212,7 @@ pub fn calibrate(
             cpu: Cost::of(cpu),
             gpu_hot: Cost::of(hot),
             gpu_after_idle: Cost::of(idle),
+            kernel,
         });
     }
     let crossover = crossover(&buckets);
@@ -229,13 +248,21 @@ pub fn render(c: &Calibration) -> String {
     );
     let _ = writeln!(
         s,
-        "{:>6} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>8}",
-        "batch", "cpu p50", "cpu p99", "gpu p50", "gpu p99", "idle p50", "idle p99", "faster"
+        "{:>6} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>8} {:>7}",
+        "batch",
+        "cpu p50",
+        "cpu p99",
+        "gpu p50",
+        "gpu p99",
+        "idle p50",
+        "idle p99",
+        "faster",
+        "kernel"
     );
     for b in &c.buckets {
         let _ = writeln!(
             s,
-            "{:>6} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>8}",
+            "{:>6} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>8} {:>7}",
             b.bucket,
             us(b.cpu.p50_ns),
             us(b.cpu.p99_ns),
@@ -243,7 +270,8 @@ pub fn render(c: &Calibration) -> String {
             us(b.gpu_hot.p99_ns),
             us(b.gpu_after_idle.p50_ns),
             us(b.gpu_after_idle.p99_ns),
-            if b.gpu_faster() { "gpu" } else { "cpu" }
+            if b.gpu_faster() { "gpu" } else { "cpu" },
+            b.kernel.name()
         );
     }
     let _ = match c.crossover {
@@ -275,6 +303,7 @@ mod tests {
             cpu: c(cpu),
             gpu_hot: c(gpu),
             gpu_after_idle: c(gpu),
+            kernel: GpuKernel::Fused,
         }
     }
 

@@ -7,8 +7,42 @@
 //! it; [`GpuModel::scores`] runs a batch (dense + ReLU per hidden layer, then
 //! the output layer and the slow score, `out[1] - out[0]`) and reads the
 //! scores back. Each batch is padded to the next of [`BUCKETS`], so the
-//! device compiles one pipeline per bucket, all of them at
+//! device compiles a bounded set of pipelines, all of them at
 //! [`GpuModel::warm`] rather than on the I/O path.
+//!
+//! Two implementations of that forward pass exist ([`GpuKernel`]):
+//!
+//! * `fused` (the default, at every bucket): one cubecl kernel for the
+//!   whole network, one dispatch per batch (one upload, one readback).
+//!   A workgroup scores 16 reads (4 vectors of 4; fewer in buckets under
+//!   16); each of its 32 units computes 8 neurons of each hidden layer for
+//!   all 16 reads, layer after layer through shared memory, and the output
+//!   layer, folded into one score vector, is a shared-memory reduction. No
+//!   subgroup operations, so lavapipe runs it.
+//! * `ops`: burn's tensor ops, `x.matmul(w) + b` and ReLU per layer (one
+//!   dispatch each), then one readback.
+//!
+//! Both pass the same agreement checks against the CPU f32 path
+//! (`tests/lavapipe.rs`). On lavapipe (Mesa's software Vulkan, 2 cores),
+//! round trip per batch, p50 / p99 in microseconds, both alternating in one
+//! run (`cargo run --release -p augur-gpu-batcher --example kernels`, 200
+//! batches per cell, fewer where they would take over 3 s):
+//!
+//! | shape | batch 1 fused | batch 1 ops | batch 64 fused | batch 64 ops | batch 1024 fused | batch 1024 ops |
+//! |-------|---------------|-------------|----------------|--------------|------------------|----------------|
+//! | base 31-256-2 | 216 / 376 | 578 / 912 | 499 / 605 | 1372 / 1775 | 1460 / 2390 | 6273 / 11045 |
+//! | +1 31-256-256-2 | 413 / 479 | 957 / 1396 | 748 / 1804 | 1991 / 3500 | 6128 / 11317 | 15345 / 24841 |
+//! | +2 31-256-256-256-2 | 481 / 531 | 1319 / 1560 | 1157 / 1972 | 2930 / 4741 | 12326 / 27156 | 24553 / 45843 |
+//!
+//! The fused kernel was faster at every bucket of every shape (2.1x to 4.9x
+//! at the median), so it is what [`GpuModel::scores`] runs.
+//! `AUGUR_GPU_KERNEL=ops` (or `fused`), read when a model is uploaded,
+//! makes every batch run that one instead, and `augur gpu calibrate
+//! --kernel ops|fused` times either, so the comparison can be repeated on
+//! another device. `AUGUR_FUSED_TILE` (neurons per unit, default 8) and
+//! `AUGUR_FUSED_ROWS` (vectors of 4 reads per workgroup, default 4) are the
+//! fused kernel's two tuning knobs, for experiments; the defaults were the
+//! fastest on lavapipe of tile 1-16 and rows 1-8.
 //!
 //! The GPU runs the predictor's f32 path, not its integer path: its
 //! decisions match the f32 path's except where a score lies within
@@ -35,6 +69,8 @@ use augur_predictor::Model;
 pub mod calibrate;
 #[cfg(feature = "wgpu")]
 mod device;
+#[cfg(feature = "wgpu")]
+mod fused;
 pub mod offload;
 pub mod placement;
 #[cfg(feature = "wgpu")]
@@ -62,6 +98,62 @@ pub const DECISION_MARGIN: f32 = 1e-3;
 /// The bucket a batch of `n` is padded to, `None` above [`MAX_BATCH`].
 pub fn bucket_for(n: usize) -> Option<usize> {
     BUCKETS.iter().copied().find(|&b| b >= n.max(1))
+}
+
+/// The two implementations of the forward pass on the device. Both run
+/// the f32 path and pass the same agreement checks; they differ in cost.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuKernel {
+    /// One cubecl kernel for the whole network: one dispatch per batch.
+    #[default]
+    Fused,
+    /// burn's tensor ops, `x.matmul(w) + b` and ReLU per layer: several
+    /// dispatches per batch.
+    Ops,
+}
+
+impl GpuKernel {
+    /// Both, fused first.
+    pub const ALL: [GpuKernel; 2] = [GpuKernel::Fused, GpuKernel::Ops];
+
+    /// `fused` or `ops`.
+    pub fn name(self) -> &'static str {
+        match self {
+            GpuKernel::Fused => "fused",
+            GpuKernel::Ops => "ops",
+        }
+    }
+
+    /// The kernel named `s` (`fused` or `ops`).
+    pub fn parse(s: &str) -> Option<GpuKernel> {
+        GpuKernel::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// The kernel `AUGUR_GPU_KERNEL` names, if it is set to `fused` or
+    /// `ops` (anything else is ignored).
+    pub fn from_env() -> Option<GpuKernel> {
+        std::env::var("AUGUR_GPU_KERNEL")
+            .ok()
+            .and_then(|v| GpuKernel::parse(&v))
+    }
+
+    /// The kernel that runs a batch padded to `bucket` unless
+    /// `AUGUR_GPU_KERNEL` says otherwise: the fused one at every bucket
+    /// (measured faster at each on lavapipe; see the crate docs). Per
+    /// bucket so that a device where the winner depends on the batch size
+    /// can say so here.
+    pub fn default_for(_bucket: usize) -> GpuKernel {
+        GpuKernel::Fused
+    }
+}
+
+impl std::fmt::Display for GpuKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Why the GPU path is not there or refused a batch.

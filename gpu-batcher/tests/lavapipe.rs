@@ -5,7 +5,7 @@
 //! it they are skipped with one line each.
 #![cfg(feature = "wgpu")]
 
-use augur_gpu_batcher::{BUCKETS, Gpu, GpuError, GpuModel, agreement, bucket_for};
+use augur_gpu_batcher::{BUCKETS, Gpu, GpuError, GpuKernel, GpuModel, agreement, bucket_for};
 use augur_predictor::{FeatureSet, Model};
 
 fn gpu() -> Option<Gpu> {
@@ -55,31 +55,126 @@ fn inputs(fs: FeatureSet, n: usize, seed: u64) -> Vec<f32> {
 }
 
 #[test]
-fn every_shape_and_bucket_decides_as_the_cpu_f32_path() {
+fn every_shape_and_bucket_decides_as_the_cpu_f32_path_on_both_kernels() {
     let Some(g) = gpu() else { return };
     for (i, (name, fs, hidden, outputs)) in SHAPES.iter().enumerate() {
         let m = Model::random(*fs, hidden, *outputs, 40 + i as u64).unwrap();
         let gm = GpuModel::upload(&g, &m);
-        gm.warm().unwrap();
-        let mut total = augur_gpu_batcher::Agreement::default();
-        for &n in BUCKETS.iter().chain(&[3, 100, 1000]) {
-            let xs = inputs(*fs, n, n as u64);
-            let scores = gm.scores(&xs, n).unwrap();
-            assert_eq!(scores.len(), n);
-            let a = agreement(&m, &xs, &scores);
-            assert!(
-                a.within_margin(),
-                "{name} n={n} (bucket {:?}): {a:?}",
-                bucket_for(n)
-            );
-            total.reads += a.reads;
-            total.disagreements += a.disagreements;
-            total.worst_margin = total.worst_margin.max(a.worst_margin);
-            total.max_score_diff = total.max_score_diff.max(a.max_score_diff);
+        for kernel in GpuKernel::ALL {
+            gm.warm_with(kernel).unwrap();
+            let mut total = augur_gpu_batcher::Agreement::default();
+            for &n in BUCKETS.iter().chain(&[3, 100, 1000]) {
+                let xs = inputs(*fs, n, n as u64);
+                let scores = gm.scores_with(kernel, &xs, n).unwrap();
+                assert_eq!(scores.len(), n);
+                let a = agreement(&m, &xs, &scores);
+                assert!(
+                    a.within_margin(),
+                    "{name} {kernel} n={n} (bucket {:?}): {a:?}",
+                    bucket_for(n)
+                );
+                total.reads += a.reads;
+                total.disagreements += a.disagreements;
+                total.worst_margin = total.worst_margin.max(a.worst_margin);
+                total.max_score_diff = total.max_score_diff.max(a.max_score_diff);
+            }
+            eprintln!("{name} {kernel}: {total:?}");
+            // The scores themselves are close, not only their signs.
+            assert!(total.max_score_diff < 1e-3, "{name} {kernel}: {total:?}");
         }
-        eprintln!("{name}: {total:?}");
-        // The scores themselves are close, not only their signs.
-        assert!(total.max_score_diff < 1e-3, "{name}: {total:?}");
+    }
+}
+
+#[test]
+fn the_default_path_is_the_documented_one() {
+    let Some(g) = gpu() else { return };
+    let m = Model::random(FeatureSet::LinnOs, &[256], 2, 5).unwrap();
+    let gm = GpuModel::upload(&g, &m);
+    let forced = GpuKernel::from_env();
+    for &b in &BUCKETS {
+        let k = gm.kernel_for(b);
+        assert_eq!(k, forced.unwrap_or(GpuKernel::default_for(b)), "bucket {b}");
+        let xs = inputs(FeatureSet::LinnOs, b, 3);
+        let via_default = gm.scores(&xs, b).unwrap();
+        assert_eq!(
+            via_default,
+            gm.scores_with(k, &xs, b).unwrap(),
+            "bucket {b}"
+        );
+    }
+}
+
+/// A read scores the same alone, at any position of any bucket, and next
+/// to any padding: the fused kernel puts several reads in one cube (the
+/// lanes of a vector), so a slip in that layout would show here.
+#[test]
+fn a_read_scores_the_same_wherever_it_sits_in_a_batch() {
+    let Some(g) = gpu() else { return };
+    for (i, (name, fs, hidden, outputs)) in SHAPES.iter().enumerate() {
+        let m = Model::random(*fs, hidden, *outputs, 70 + i as u64).unwrap();
+        let gm = GpuModel::upload(&g, &m);
+        let w = fs.n_inputs();
+        let n = 37; // bucket 64: 27 padding reads
+        let xs = inputs(*fs, n, 11);
+        for kernel in GpuKernel::ALL {
+            let batch = gm.scores_with(kernel, &xs, n).unwrap();
+            for (r, &s) in batch.iter().enumerate() {
+                let alone = gm.scores_with(kernel, &xs[r * w..(r + 1) * w], 1).unwrap()[0];
+                assert!(
+                    (alone - s).abs() < 1e-5,
+                    "{name} {kernel}: read {r} scores {s} in the batch, {alone} alone"
+                );
+            }
+            // The same read at every position of a full bucket of copies.
+            for &b in &[2usize, 4, 8, 1024] {
+                let r = 1 + b % 7 % n; // not always the same read
+                let copies: Vec<f32> = (0..b)
+                    .flat_map(|_| xs[r * w..(r + 1) * w].iter().copied())
+                    .collect();
+                let s = gm.scores_with(kernel, &copies, b).unwrap();
+                assert!(
+                    s.iter().all(|&v| (v - batch[r]).abs() < 1e-5),
+                    "{name} {kernel} bucket {b}: {:?} vs {}",
+                    &s[..s.len().min(8)],
+                    batch[r]
+                );
+            }
+        }
+    }
+}
+
+/// The two kernels give the same scores (not only the same decisions) on
+/// all-zero and all-max inputs and on random ones, at every bucket.
+#[test]
+fn the_kernels_agree_with_each_other() {
+    let Some(g) = gpu() else { return };
+    for (i, (name, fs, hidden, outputs)) in SHAPES.iter().enumerate() {
+        let m = Model::random(*fs, hidden, *outputs, 90 + i as u64).unwrap();
+        let gm = GpuModel::upload(&g, &m);
+        for &n in BUCKETS.iter().chain(&[5, 513]) {
+            let xs = inputs(*fs, n, 7 * n as u64);
+            let f = gm.scores_with(GpuKernel::Fused, &xs, n).unwrap();
+            let o = gm.scores_with(GpuKernel::Ops, &xs, n).unwrap();
+            let worst = f
+                .iter()
+                .zip(&o)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 1e-3,
+                "{name} n={n}: fused and ops differ by {worst}"
+            );
+            // Reads 0 and 1 are all zeros and all maxima: the CPU f32 path
+            // scores them too.
+            for (r, x) in xs.chunks_exact(fs.n_inputs()).take(2).enumerate() {
+                let c = m.score_f32_encoded(x);
+                assert!(
+                    (f[r] - c).abs() < 1e-3,
+                    "{name} n={n} read {r}: {} vs {c}",
+                    f[r]
+                );
+            }
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use augur_gpu_batcher::{CalibrateOptions, Gpu, calibrate};
+use augur_gpu_batcher::{CalibrateOptions, Gpu, GpuKernel, calibrate};
 use augur_predictor::Model;
 use augur_predictor::train::Arch;
 use clap::{Args, Subcommand};
@@ -37,6 +37,11 @@ pub(crate) struct CalibrateArgs {
     /// Largest bucket measured (a power of two up to 1024).
     #[arg(long, default_value_t = augur_gpu_batcher::MAX_BATCH)]
     max_batch: usize,
+    /// The GPU kernel to time: fused (one cubecl kernel per batch) or ops
+    /// (burn's matmul/add/ReLU chain); default: the one the daemon runs
+    /// for each batch size.
+    #[arg(long)]
+    kernel: Option<String>,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -69,6 +74,13 @@ fn cmd_calibrate(a: CalibrateArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
+    let kernel = match a.kernel.as_deref() {
+        None => None,
+        Some(k) => Some(
+            GpuKernel::parse(k)
+                .ok_or_else(|| CliError::BadFlag(format!("--kernel {k}: fused or ops")))?,
+        ),
+    };
     // No adapter is the user's machine, not a bug: one line, exit 2.
     let gpu = Gpu::open().map_err(|e| CliError::BadFlag(format!("{e}; nothing to calibrate")))?;
     let opts = CalibrateOptions {
@@ -76,6 +88,7 @@ fn cmd_calibrate(a: CalibrateArgs) -> anyhow::Result<()> {
         idle_reps: a.idle_reps.max(1),
         idle_gap: a.idle_gap,
         max_bucket: a.max_batch,
+        kernel,
     };
     let c = calibrate(&gpu, &model, &opts)?;
     if a.json {
