@@ -180,9 +180,8 @@ impl Worker {
             reply,
             cancelled: cancelled.clone(),
         };
-        if lock(&self.tx).send(Msg::Batch(job)).is_err() {
-            // The thread is gone; the receiver reports a closed channel.
-        }
+        // If the thread is gone, the receiver reports a closed channel.
+        let _ = lock(&self.tx).send(Msg::Batch(job));
         (rx, cancelled)
     }
 }
@@ -253,6 +252,9 @@ fn load(gpu: &Gpu, m: &Model, models: &mut Vec<GpuModel>, s: &Shared) {
         lock(&s.ready).retain(|r| r != old.id());
     }
     models.push(gm);
+    // Not loading any more before anyone is told it is ready: a caller
+    // woken by `wait_ready` must find the device free for its batches.
+    s.loading.store(false, Relaxed);
     lock(&s.ready).push(id);
     s.ready_cv.notify_all();
 }
