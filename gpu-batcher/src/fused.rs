@@ -192,24 +192,26 @@ pub(crate) struct Fused {
     max_rows: usize,
 }
 
+/// An experiment knob from the environment: `name` if it holds a number
+/// in `range`, else `default`.
+fn env_setting(name: &str, range: std::ops::RangeInclusive<usize>, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|v| range.contains(v))
+        .unwrap_or(default)
+}
+
 /// Neurons per unit and layer (`AUGUR_FUSED_TILE`, for experiments;
 /// default 8, the fastest of 1, 2, 4, 8, 16 on lavapipe).
 fn tile_setting() -> usize {
-    std::env::var("AUGUR_FUSED_TILE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&t: &usize| (1..=16).contains(&t))
-        .unwrap_or(8)
+    env_setting("AUGUR_FUSED_TILE", 1..=16, 8)
 }
 
 /// Vectors of reads per cube at most (`AUGUR_FUSED_ROWS`, for
 /// experiments; default 4, of 1, 2, 4, 8 on lavapipe: 8 was no faster).
 fn rows_setting() -> usize {
-    std::env::var("AUGUR_FUSED_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&r: &usize| (1..=8).contains(&r))
-        .unwrap_or(4)
+    env_setting("AUGUR_FUSED_ROWS", 1..=8, 4)
 }
 
 impl Fused {

@@ -56,6 +56,24 @@ fn opts(mode: PredictOn) -> OffloadOptions {
     }
 }
 
+/// Scores `ins` up to `tries` times, `pause` apart, until a batch runs on
+/// the GPU; false if none did.
+fn until_on_gpu(
+    p: &dyn SlowPredictor,
+    ins: &[PredictInput],
+    out: &mut [i64],
+    tries: usize,
+    pause: Duration,
+) -> bool {
+    for _ in 0..tries {
+        if matches!(p.score_batch_placed(ins, out), ScoredOn::Gpu { .. }) {
+            return true;
+        }
+        std::thread::sleep(pause);
+    }
+    false
+}
+
 /// GPU decisions agree with the model's f32 path outside the margin.
 fn check_decisions(m: &Model, ins: &[PredictInput], got: &[i64]) {
     for (i, &g) in ins.iter().zip(got) {
@@ -92,14 +110,7 @@ fn gpu_mode_scores_on_the_gpu_and_a_swapped_model_reaches_it() {
     let pb = off.predictor(Arc::new(ModelPredictor::new(b.clone(), "b")));
     let ins = inputs(32, 5);
     let mut out = vec![0i64; 32];
-    let mut on_gpu = false;
-    for _ in 0..600 {
-        if matches!(pb.score_batch_placed(&ins, &mut out), ScoredOn::Gpu { .. }) {
-            on_gpu = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let on_gpu = until_on_gpu(pb.as_ref(), &ins, &mut out, 600, Duration::from_millis(50));
     assert!(
         on_gpu,
         "the swapped model never reached the GPU: {:?}",
@@ -146,13 +157,7 @@ fn a_gpu_past_its_deadline_leaves_the_batch_to_the_cpu() {
     // Quick again: back on the GPU (the late answer above was dropped).
     off.set_extra_delay(Duration::ZERO);
     std::thread::sleep(Duration::from_millis(2000));
-    let mut back = false;
-    for _ in 0..50 {
-        if matches!(p.score_batch_placed(&ins, &mut got), ScoredOn::Gpu { .. }) {
-            back = true;
-            break;
-        }
-    }
+    let back = until_on_gpu(p.as_ref(), &ins, &mut got, 50, Duration::ZERO);
     assert!(back, "{:?}", off.status());
 }
 
@@ -237,13 +242,6 @@ fn auto_with_contention_backs_off_from_a_slow_gpu_and_comes_back() {
     // The tenant leaves; after the back-off a probe finds the GPU quick.
     off.set_extra_delay(Duration::ZERO);
     std::thread::sleep(Duration::from_millis(400));
-    let mut gpu_again = false;
-    for _ in 0..20 {
-        if matches!(p.score_batch_placed(&ins, &mut out), ScoredOn::Gpu { .. }) {
-            gpu_again = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let gpu_again = until_on_gpu(p.as_ref(), &ins, &mut out, 20, Duration::from_millis(50));
     assert!(gpu_again, "{:?}", off.status());
 }

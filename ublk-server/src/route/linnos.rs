@@ -62,8 +62,6 @@ impl Policy {
             s.scores.resize(s.inputs.len(), 0);
             let on = predictor.score_batch_placed(&s.inputs, &mut s.scores);
             s.placed.push((s.inputs.len() as u32, on));
-            s.calls += 1;
-            s.items += s.inputs.len() as u32;
             let mut still = 0;
             for j in 0..s.which.len() {
                 let k = s.which[j];

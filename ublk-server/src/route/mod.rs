@@ -125,11 +125,7 @@ pub struct Policy {
 /// once warmed up.
 #[derive(Default)]
 pub struct RouteScratch {
-    /// Predictor calls the last [`Policy::route_batch`] made.
-    calls: u32,
-    /// Reads those calls scored.
-    items: u32,
-    /// Each call's size and where it ran.
+    /// Each predictor call's size and where it ran.
     placed: Vec<(u32, ScoredOn)>,
     inputs: Vec<PredictInput>,
     which: Vec<usize>,
@@ -139,15 +135,9 @@ pub struct RouteScratch {
 }
 
 impl RouteScratch {
-    /// The predictor work of the last [`Policy::route_batch`]: (calls, reads
-    /// scored). The simulated clock charges it with a [`PredictCost`].
-    pub fn predictor_work(&self) -> (u32, u32) {
-        (self.calls, self.items)
-    }
-
     /// Each predictor call of the last [`Policy::route_batch`]: its size and
     /// the device that scored it (the per-device counters and the simulated
-    /// clock's charge for GPU batches come from here).
+    /// clock's charge, a [`PredictCost`], come from here).
     pub fn placed(&self) -> &[(u32, ScoredOn)] {
         &self.placed
     }
@@ -262,8 +252,6 @@ impl Policy {
         out: &mut Vec<Route>,
     ) -> bool {
         out.clear();
-        scratch.calls = 0;
-        scratch.items = 0;
         scratch.placed.clear();
         let n = view.replica_count();
         if (0..n).all(|i| !view.is_live(i)) {
