@@ -57,9 +57,11 @@
 //! ([`placement`]: the modes, the [`CostCurve`] they decide from, the
 //! contention back-off). On the real clock the GPU side is one thread that
 //! owns the device and gathers the batches waiting together into one call;
-//! a batch waits for its own answer until a deadline and then falls back to
-//! the CPU. On the simulated clock the GPU side is a curve: batches are
-//! scored on the CPU and charged the curve's round trip.
+//! the I/O thread that sent a batch goes on with other work, is woken when
+//! the answer is there, and scores the batch on the CPU itself if it is not
+//! there by a deadline. On the simulated clock the GPU side is a curve:
+//! batches are scored on the CPU and collected the curve's round trip later
+//! in simulated time.
 //!
 //! `AUGUR_GPU=off` makes [`Gpu::open`] report no adapter (to exercise the
 //! CPU fallback on a machine that has one).

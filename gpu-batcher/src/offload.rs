@@ -2,23 +2,25 @@
 //! batch, whether the CPU integer path or the GPU scores it, and wraps each
 //! model the router uses in a predictor that does so.
 //!
-//! On the real clock the GPU side is the GPU thread (`worker`): a batch sent
-//! there waits for its own answer until a deadline (by default twice the
-//! calibrated p99 round trip of its bucket, at least 200 µs) and is scored
-//! on the CPU if the GPU has not answered by then. The I/O thread does wait
-//! for that long at most: its reads need their decisions before they can be
-//! issued. On the simulated clock the GPU side is a cost curve: the batch is
-//! scored on the CPU (exactly, the same on any machine) and charged the
-//! curve's GPU round trip, so a simulated run shows what `auto` would do.
+//! A batch goes to the GPU only through [`SlowPredictor::submit_batch`],
+//! which returns at once: the router parks the batch's reads, the GPU
+//! thread (`worker`) answers and calls the caller's [`Wake`], and the reads
+//! are routed then. A batch not answered by its deadline (by default twice
+//! the calibrated p99 round trip of its bucket, at least 200 µs) is scored
+//! on the CPU by the caller ([`PendingScores::give_up`]), and the GPU
+//! thread skips it if it has not started it. No I/O thread waits for the
+//! GPU. On the simulated clock the GPU side is a cost curve: the batch is
+//! scored on the CPU at submission (exactly, the same on any machine) and
+//! collected the curve's round trip later in simulated time, so a simulated
+//! run shows what `auto` would do.
 
-use std::sync::Arc;
-#[cfg(feature = "wgpu")]
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 #[cfg(feature = "wgpu")]
 use std::time::Instant;
 
-use augur_predictor::{ModelPredictor, PredictInput, ScoredOn, SlowPredictor};
+use augur_predictor::{ModelPredictor, PendingScores, PredictInput, ScoredOn, SlowPredictor, Wake};
 use serde::Serialize;
 
 #[cfg(feature = "wgpu")]
@@ -56,14 +58,28 @@ impl Default for OffloadOptions {
     }
 }
 
+/// The simulated GPU: one device, one call at a time (batches are not
+/// gathered), on the array's clock.
+struct SimGpu {
+    curve: CostCurve,
+    /// When the last call handed to it ends, simulated ns.
+    busy_until_ns: Mutex<u64>,
+    calls: AtomicU64,
+}
+
 enum Engine {
     /// No GPU: every batch on the CPU.
     None,
-    /// The simulated clock: GPU batches charged this curve.
-    Sim(Arc<CostCurve>),
+    /// The simulated clock: GPU batches take this curve's round trips, one
+    /// after another.
+    Sim(SimGpu),
     /// A real device behind the GPU thread.
     #[cfg(feature = "wgpu")]
     Real(Worker),
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The per-run placement of prediction batches (see the module docs).
@@ -71,6 +87,7 @@ pub struct Offload {
     opts: OffloadOptions,
     engine: Engine,
     note: String,
+    kept_busy: AtomicU64,
 }
 
 impl std::fmt::Debug for Offload {
@@ -105,6 +122,9 @@ pub struct OffloadStatus {
     pub failures: u64,
     /// Times `auto+contention` backed off to the CPU.
     pub backoffs: u64,
+    /// Batches kept on the CPU because the GPU's backlog (the call running
+    /// and the batches queued ahead) would have made their answer late.
+    pub kept_busy: u64,
     /// Added to each GPU round trip (drills), µs.
     pub extra_delay_us: u64,
     /// The latest device failure.
@@ -115,6 +135,7 @@ impl Offload {
     /// Every batch on the CPU.
     pub fn cpu() -> Arc<Offload> {
         Arc::new(Offload {
+            kept_busy: AtomicU64::new(0),
             opts: OffloadOptions {
                 mode: PredictOn::Cpu,
                 ..OffloadOptions::default()
@@ -141,11 +162,16 @@ impl Offload {
             }
         );
         Arc::new(Offload {
+            kept_busy: AtomicU64::new(0),
             opts: OffloadOptions {
                 mode,
                 ..OffloadOptions::default()
             },
-            engine: Engine::Sim(Arc::new(curve)),
+            engine: Engine::Sim(SimGpu {
+                curve,
+                busy_until_ns: Mutex::new(0),
+                calls: AtomicU64::new(0),
+            }),
             note,
         })
     }
@@ -167,6 +193,7 @@ impl Offload {
             Err(e) if opts.mode == PredictOn::Gpu => return Err(e),
             Err(e) => {
                 return Ok(Arc::new(Offload {
+                    kept_busy: AtomicU64::new(0),
                     opts,
                     engine: Engine::None,
                     note: format!(
@@ -192,6 +219,7 @@ impl Offload {
                 return Err(GpuError::Device(why));
             }
             return Ok(Arc::new(Offload {
+                kept_busy: AtomicU64::new(0),
                 opts,
                 engine: Engine::None,
                 note: format!(
@@ -213,6 +241,7 @@ impl Offload {
             ),
         };
         Ok(Arc::new(Offload {
+            kept_busy: AtomicU64::new(0),
             opts,
             engine: Engine::Real(w),
             note,
@@ -229,6 +258,7 @@ impl Offload {
             PredictOn::Gpu => Err(crate::GpuError::NotBuilt),
             PredictOn::Cpu => Ok(Offload::cpu()),
             m => Ok(Arc::new(Offload {
+                kept_busy: AtomicU64::new(0),
                 opts,
                 engine: Engine::None,
                 note: format!(
@@ -313,9 +343,11 @@ impl Offload {
         };
         match &self.engine {
             Engine::None => s.device = "cpu".into(),
-            Engine::Sim(c) => {
+            Engine::Sim(g) => {
                 s.device = "simulated".into();
-                s.crossovers = vec![(c.shape.clone(), c.crossover())];
+                s.crossovers = vec![(g.curve.shape.clone(), g.curve.crossover())];
+                s.gpu_calls = g.calls.load(Relaxed);
+                s.gpu_jobs = s.gpu_calls;
             }
             #[cfg(feature = "wgpu")]
             Engine::Real(w) => {
@@ -332,57 +364,99 @@ impl Offload {
                 s.last_error = sh.last_error();
             }
         }
+        s.kept_busy = self.kept_busy.load(Relaxed);
         s
     }
 
-    /// Whether a batch of `n` should go to the GPU, by the mode and curve.
-    fn wants_gpu(&self, curve: &CostCurve, n: usize, backed_off: impl FnOnce() -> bool) -> bool {
-        match self.opts.mode {
-            PredictOn::Cpu => false,
-            PredictOn::Gpu => n <= crate::MAX_BATCH,
-            PredictOn::Auto => curve.gpu_pays(n),
-            PredictOn::AutoContention => curve.gpu_pays(n) && !backed_off(),
+    /// How long a batch of `n` may wait for the GPU before the CPU takes
+    /// it back.
+    fn deadline(&self, curve: &CostCurve, n: usize) -> Duration {
+        self.opts
+            .deadline
+            .unwrap_or_else(|| Duration::from_nanos(2 * curve.gpu_p99_ns(n)).max(MIN_DEADLINE))
+    }
+
+    /// Whether a routing batch whose first round scores `n_first` and whose
+    /// candidates number `n_all` should go to the GPU, whose backlog would
+    /// hold it `backlog_ns` before its own call: by the mode, the curve,
+    /// and whether its answer would come in time. `busy` counts the
+    /// batches the backlog alone kept on the CPU.
+    fn wants_gpu(
+        &self,
+        curve: &CostCurve,
+        n_first: usize,
+        n_all: usize,
+        backlog_ns: u64,
+        busy: &AtomicU64,
+        backed_off: impl FnOnce() -> bool,
+    ) -> bool {
+        if n_all > crate::MAX_BATCH {
+            return false;
         }
+        let alone = curve.gpu_ns(n_all);
+        let answer = backlog_ns.saturating_add(alone);
+        // What the GPU's answer must beat: the CPU's first round under the
+        // auto modes; under `gpu`, the batch's own deadline.
+        let limit = match self.opts.mode {
+            PredictOn::Cpu => return false,
+            PredictOn::Gpu => self.deadline(curve, n_all).as_nanos() as u64,
+            PredictOn::Auto | PredictOn::AutoContention => curve.cpu_ns(n_first),
+        };
+        if alone >= limit && self.opts.mode != PredictOn::Gpu {
+            return false;
+        }
+        if answer >= limit {
+            busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return false;
+        }
+        self.opts.mode != PredictOn::AutoContention || !backed_off()
     }
 }
 
 /// A model behind an [`Offload`]: each batch scored where the offload says.
-#[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
 struct Dispatch {
     cpu: Arc<ModelPredictor>,
     offload: Arc<Offload>,
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
     id: String,
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
     shape: String,
     /// `2^a` of the last layer: a GPU score times this is on the integer
     /// path's scale, so scores from both devices compare.
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
     scale: f64,
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
     width: usize,
 }
 
+/// A GPU (f32) score on the integer scale `scale`, with the same sign.
 #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+fn to_int(s: f32, scale: f64) -> i64 {
+    let v = (s as f64 * scale)
+        .round()
+        .clamp(-(2f64.powi(62)), 2f64.powi(62)) as i64;
+    if s > 0.0 { v.max(1) } else { v.min(0) }
+}
+
 impl Dispatch {
-    /// A GPU (f32) score on the integer scale, with the same sign.
-    fn to_int(&self, s: f32) -> i64 {
-        let v = (s as f64 * self.scale)
-            .round()
-            .clamp(-(2f64.powi(62)), 2f64.powi(62)) as i64;
-        if s > 0.0 { v.max(1) } else { v.min(0) }
+    /// The calibrated curve of this model's shape, once the model is on the
+    /// device and the device is free for batches.
+    #[cfg(feature = "wgpu")]
+    fn ready_curve(&self, w: &Worker) -> Option<Arc<CostCurve>> {
+        let sh = &w.shared;
+        sh.curve(&self.shape)
+            .filter(|_| !sh.loading.load(Relaxed) && sh.is_ready(&self.id))
     }
 
     #[cfg(feature = "wgpu")]
-    fn on_gpu(&self, w: &Worker, inputs: &[PredictInput], out: &mut [i64]) -> ScoredOn {
-        let sh = &w.shared;
+    fn submit_gpu(
+        &self,
+        w: &Worker,
+        inputs: &[PredictInput],
+        wake: &Arc<dyn Wake>,
+    ) -> Option<Box<dyn PendingScores>> {
         let n = inputs.len();
-        let curve = match sh.curve(&self.shape) {
-            Some(c) if !sh.loading.load(Relaxed) && sh.is_ready(&self.id) => c,
-            _ => return self.cpu.score_batch_placed(inputs, out),
-        };
-        if !self
-            .offload
-            .wants_gpu(&curve, n, || sh.contention.backed_off(sh.now_ns()))
-        {
-            return self.cpu.score_batch_placed(inputs, out);
-        }
+        let curve = self.ready_curve(w)?;
         let m = self.cpu.model();
         let mut xs = Vec::with_capacity(n * self.width);
         let mut buf = [0f32; augur_predictor::features::MAX_INPUTS];
@@ -390,29 +464,87 @@ impl Dispatch {
             let k = m.encode_f32(&i.snapshot, i.read, &mut buf);
             xs.extend_from_slice(&buf[..k]);
         }
-        let deadline = self
-            .offload
-            .opts
-            .deadline
-            .unwrap_or_else(|| Duration::from_nanos(2 * curve.gpu_p99_ns(n)).max(MIN_DEADLINE));
-        let t = Instant::now();
-        let (rx, cancelled) = w.submit(&self.id, xs, n);
-        match rx.recv_timeout(deadline) {
-            Ok(Ok(scores)) if scores.len() == n => {
+        let deadline = self.offload.deadline(&curve, n);
+        let (rx, cancelled) = w.submit(&self.id, xs, n, Some(wake.clone()));
+        Some(Box::new(GpuPending {
+            rx,
+            cancelled,
+            start: Instant::now(),
+            deadline,
+            scale: self.scale,
+            cpu: self.cpu.clone(),
+        }))
+    }
+}
+
+/// A batch on the GPU thread.
+#[cfg(feature = "wgpu")]
+struct GpuPending {
+    rx: std::sync::mpsc::Receiver<Result<Vec<f32>, GpuError>>,
+    cancelled: Arc<std::sync::atomic::AtomicBool>,
+    start: Instant,
+    deadline: Duration,
+    scale: f64,
+    cpu: Arc<ModelPredictor>,
+}
+
+#[cfg(feature = "wgpu")]
+impl PendingScores for GpuPending {
+    fn try_take(&mut self, inputs: &[PredictInput], out: &mut [i64]) -> Option<ScoredOn> {
+        use std::sync::mpsc::TryRecvError;
+        match self.rx.try_recv() {
+            Err(TryRecvError::Empty) => None,
+            Ok(Ok(scores)) if scores.len() == out.len() => {
                 for (o, s) in out.iter_mut().zip(scores) {
-                    *o = self.to_int(s);
+                    *o = to_int(s, self.scale);
                 }
-                ScoredOn::Gpu {
-                    round_trip_ns: t.elapsed().as_nanos() as u64,
-                }
+                Some(ScoredOn::Gpu {
+                    round_trip_ns: self.start.elapsed().as_nanos() as u64,
+                })
             }
-            _ => {
-                cancelled.store(true, Relaxed);
-                let waited_ns = t.elapsed().as_nanos() as u64;
-                self.cpu.score_batch(inputs, out);
-                ScoredOn::GpuMissed { waited_ns }
-            }
+            // A failed device call (or a gone GPU thread): the CPU decides.
+            _ => Some(self.give_up(inputs, out)),
         }
+    }
+
+    fn deadline_ns(&self) -> u64 {
+        self.deadline.as_nanos() as u64
+    }
+
+    fn give_up(&mut self, inputs: &[PredictInput], out: &mut [i64]) -> ScoredOn {
+        self.cancelled.store(true, Relaxed);
+        let waited_ns = self.start.elapsed().as_nanos() as u64;
+        self.cpu.score_batch(inputs, out);
+        ScoredOn::GpuMissed { waited_ns }
+    }
+}
+
+/// A batch on the simulated GPU: scored on the CPU at submission (exactly,
+/// the same on any machine), collected a modelled round trip later.
+struct SimPending {
+    scores: Vec<i64>,
+    round_trip_ns: u64,
+}
+
+impl PendingScores for SimPending {
+    fn try_take(&mut self, _inputs: &[PredictInput], out: &mut [i64]) -> Option<ScoredOn> {
+        out.copy_from_slice(&self.scores);
+        Some(ScoredOn::Gpu {
+            round_trip_ns: self.round_trip_ns,
+        })
+    }
+
+    fn deadline_ns(&self) -> u64 {
+        u64::MAX
+    }
+
+    fn modelled_ns(&self) -> Option<u64> {
+        Some(self.round_trip_ns)
+    }
+
+    fn give_up(&mut self, _inputs: &[PredictInput], out: &mut [i64]) -> ScoredOn {
+        out.copy_from_slice(&self.scores);
+        ScoredOn::GpuMissed { waited_ns: 0 }
     }
 }
 
@@ -421,27 +553,55 @@ impl SlowPredictor for Dispatch {
         self.cpu.name()
     }
 
+    /// Here, on the CPU: batches reach the GPU only through
+    /// [`SlowPredictor::submit_batch`], so no caller waits for it.
     fn score_batch(&self, inputs: &[PredictInput], out: &mut [i64]) {
-        self.score_batch_placed(inputs, out);
+        self.cpu.score_batch(inputs, out);
     }
 
-    fn score_batch_placed(&self, inputs: &[PredictInput], out: &mut [i64]) -> ScoredOn {
-        match &self.offload.engine {
-            Engine::None => self.cpu.score_batch_placed(inputs, out),
-            Engine::Sim(curve) => {
-                let n = inputs.len();
-                let gpu = self.offload.wants_gpu(curve, n, || false);
-                self.cpu.score_batch(inputs, out);
-                if gpu {
-                    ScoredOn::Gpu {
-                        round_trip_ns: curve.gpu_ns(n),
-                    }
-                } else {
-                    ScoredOn::Cpu
-                }
+    fn offload_pays(&self, now_ns: u64, n_first: usize, n_all: usize) -> bool {
+        let off = &self.offload;
+        match &off.engine {
+            Engine::None => false,
+            Engine::Sim(g) => {
+                let backlog = lock(&g.busy_until_ns).saturating_sub(now_ns);
+                off.wants_gpu(&g.curve, n_first, n_all, backlog, &off.kept_busy, || false)
             }
             #[cfg(feature = "wgpu")]
-            Engine::Real(w) => self.on_gpu(w, inputs, out),
+            Engine::Real(w) => self.ready_curve(w).is_some_and(|c| {
+                let sh = &w.shared;
+                let backlog = sh.backlog_ns(&c, n_all);
+                off.wants_gpu(&c, n_first, n_all, backlog, &off.kept_busy, || {
+                    sh.contention.backed_off(sh.now_ns())
+                })
+            }),
+        }
+    }
+
+    fn submit_batch(
+        &self,
+        now_ns: u64,
+        inputs: &[PredictInput],
+        wake: &Arc<dyn Wake>,
+    ) -> Option<Box<dyn PendingScores>> {
+        match &self.offload.engine {
+            Engine::None => None,
+            Engine::Sim(g) => {
+                let _ = wake;
+                let mut scores = vec![0i64; inputs.len()];
+                self.cpu.score_batch(inputs, &mut scores);
+                // One call at a time: this one starts when the last ends.
+                let mut busy = lock(&g.busy_until_ns);
+                let done = (*busy).max(now_ns) + g.curve.gpu_ns(inputs.len());
+                *busy = done;
+                g.calls.fetch_add(1, Relaxed);
+                Some(Box::new(SimPending {
+                    scores,
+                    round_trip_ns: done - now_ns,
+                }))
+            }
+            #[cfg(feature = "wgpu")]
+            Engine::Real(w) => self.submit_gpu(w, inputs, wake),
         }
     }
 
@@ -455,7 +615,7 @@ mod tests {
     use super::*;
     use crate::placement::CurvePoint;
     use augur_feature_store::HistorySnapshot;
-    use augur_predictor::{FeatureSet, Model, ReadInfo};
+    use augur_predictor::{FeatureSet, Model, ReadInfo, score_waiting};
 
     fn inputs(n: usize) -> Vec<PredictInput> {
         (0..n as u32)
@@ -491,22 +651,13 @@ mod tests {
         }
         .with_linear_cpu(200, 300);
         assert_eq!(curve.crossover(), Some(16));
+        let gpu = ScoredOn::Gpu {
+            round_trip_ns: 3000,
+        };
         for (mode, n, want) in [
             (PredictOn::Auto, 4, ScoredOn::Cpu),
-            (
-                PredictOn::Auto,
-                16,
-                ScoredOn::Gpu {
-                    round_trip_ns: 3000,
-                },
-            ),
-            (
-                PredictOn::Gpu,
-                1,
-                ScoredOn::Gpu {
-                    round_trip_ns: 3000,
-                },
-            ),
+            (PredictOn::Auto, 16, gpu),
+            (PredictOn::Gpu, 1, gpu),
             (PredictOn::Cpu, 16, ScoredOn::Cpu),
         ] {
             let off = Offload::simulated(mode, curve.clone());
@@ -514,27 +665,47 @@ mod tests {
             let ins = inputs(n);
             let mut got = vec![0i64; n];
             let mut exact = vec![0i64; n];
-            assert_eq!(p.score_batch_placed(&ins, &mut got), want, "{mode:?} {n}");
+            assert_eq!(
+                score_waiting(p.as_ref(), &ins, &mut got),
+                want,
+                "{mode:?} {n}"
+            );
             cpu.score_batch(&ins, &mut exact);
             assert_eq!(got, exact, "the simulated GPU scores on the CPU, exactly");
         }
+        // One call over every candidate pays against the CPU's first round
+        // alone only when it is cheaper than that round.
+        let off = Offload::simulated(PredictOn::Auto, curve.clone());
+        let p = off.predictor(cpu.clone());
+        assert!(p.offload_pays(0, 16, 16) && !p.offload_pays(0, 8, 16));
+        let wake: Arc<dyn Wake> = Arc::new(Never);
+        let pending = p
+            .submit_batch(0, &inputs(16), &wake)
+            .expect("simulated GPU");
+        assert_eq!(pending.modelled_ns(), Some(3000));
+        // One device: a batch handed over while that call runs waits for it,
+        // and one that would wait longer than the CPU takes stays here.
+        let pending = p.submit_batch(1000, &inputs(16), &wake).unwrap();
+        assert_eq!(pending.modelled_ns(), Some(5000));
+        assert!(
+            p.offload_pays(6000, 16, 16),
+            "a 3 us wait still pays against 5 us"
+        );
+        assert!(!p.offload_pays(1000, 16, 16), "a 5 us wait does not");
+        assert_eq!(off.status().kept_busy, 1);
+    }
+
+    struct Never;
+    impl Wake for Never {
+        fn wake(&self) {}
     }
 
     #[test]
     fn gpu_scores_keep_their_sign_on_the_integer_scale() {
-        let m = Model::random(FeatureSet::LinnOs, &[16], 2, 3).unwrap();
-        let d = Dispatch {
-            cpu: Arc::new(ModelPredictor::new(m, "m")),
-            offload: Offload::cpu(),
-            id: String::new(),
-            shape: String::new(),
-            scale: 1024.0,
-            width: 31,
-        };
-        assert_eq!(d.to_int(1.0), 1024);
-        assert_eq!(d.to_int(1e-9), 1, "slow stays slow");
-        assert_eq!(d.to_int(0.0), 0);
-        assert_eq!(d.to_int(-1e-9), 0, "fast stays fast");
-        assert_eq!(d.to_int(-2.0), -2048);
+        assert_eq!(to_int(1.0, 1024.0), 1024);
+        assert_eq!(to_int(1e-9, 1024.0), 1, "slow stays slow");
+        assert_eq!(to_int(0.0, 1024.0), 0);
+        assert_eq!(to_int(-1e-9, 1024.0), 0, "fast stays fast");
+        assert_eq!(to_int(-2.0, 1024.0), -2048);
     }
 }

@@ -123,6 +123,14 @@ impl CostCurve {
         n <= crate::MAX_BATCH && self.gpu_ns(n) < self.cpu_ns(n)
     }
 
+    /// GPU time to score `n` inputs queued together: calls of at most
+    /// [`crate::MAX_BATCH`] one after another, ns.
+    pub fn gpu_ns_queued(&self, n: usize) -> u64 {
+        let full = (n / crate::MAX_BATCH) as u64;
+        let rest = n % crate::MAX_BATCH;
+        full * self.gpu_ns(crate::MAX_BATCH) + if rest > 0 { self.gpu_ns(rest) } else { 0 }
+    }
+
     /// True when the GPU is cheaper at some bucket.
     pub fn pays_somewhere(&self) -> bool {
         self.points.iter().any(|p| p.gpu_ns < p.cpu_ns)

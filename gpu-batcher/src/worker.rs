@@ -1,6 +1,6 @@
 //! The GPU thread: the one thread that touches the device. I/O threads hand
-//! it batches over a channel and wait (at most until their deadline) for
-//! their own answer; it uploads models, compiles and calibrates them before
+//! it batches over a channel and go on; it answers each on the batch's own
+//! channel and wakes its sender. It uploads models, compiles and calibrates them before
 //! they are used, and gathers the batches waiting for the same model into
 //! one device call (batches from several queues share one round trip).
 
@@ -10,7 +10,7 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use augur_predictor::Model;
+use augur_predictor::{Model, Wake};
 
 use crate::calibrate::{CalibrateOptions, calibrate};
 use crate::placement::{Contention, CostCurve};
@@ -27,6 +27,17 @@ pub(crate) struct Job {
     n: usize,
     reply: SyncSender<Result<Vec<f32>, GpuError>>,
     cancelled: Arc<AtomicBool>,
+    /// Told once the answer is on `reply`.
+    wake: Option<Arc<dyn Wake>>,
+}
+
+impl Job {
+    fn answer(self, r: Result<Vec<f32>, GpuError>) {
+        let _ = self.reply.send(r);
+        if let Some(w) = self.wake {
+            w.wake();
+        }
+    }
 }
 
 enum Msg {
@@ -56,6 +67,12 @@ pub(crate) struct Shared {
     pub(crate) skipped: AtomicU64,
     pub(crate) failures: AtomicU64,
     pub(crate) last_error: Mutex<Option<String>>,
+    /// Inputs and batches handed over and not yet in a device call.
+    queued_items: AtomicU64,
+    queued_jobs: AtomicU64,
+    /// Inputs in the device call running now (0: idle), and when it began.
+    running_items: AtomicU64,
+    running_since_ns: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -93,6 +110,39 @@ impl Shared {
     pub(crate) fn last_error(&self) -> Option<String> {
         lock(&self.last_error).clone()
     }
+
+    /// How long a batch of `n` handed over now would wait before its own
+    /// device call starts, by `curve`: the rest of the running call, then
+    /// the batches queued ahead (in one call each, or gathered when
+    /// merging), ns.
+    pub(crate) fn backlog_ns(&self, curve: &CostCurve, n: usize) -> u64 {
+        let running = self.running_items.load(Relaxed) as usize;
+        let left = if running == 0 {
+            0
+        } else {
+            let took = self
+                .now_ns()
+                .saturating_sub(self.running_since_ns.load(Relaxed));
+            curve.gpu_ns(running).saturating_sub(took)
+        };
+        let items = self.queued_items.load(Relaxed) as usize;
+        let queued = if self.merge {
+            // Gathered with this batch: its call is longer, not later.
+            curve
+                .gpu_ns_queued(items + n)
+                .saturating_sub(curve.gpu_ns(n))
+        } else {
+            let jobs = self.queued_jobs.load(Relaxed);
+            jobs * curve.gpu_ns((items / jobs.max(1) as usize).max(1))
+        };
+        left + queued
+    }
+
+    fn dequeued(&self, jobs: &[Job]) {
+        let items: usize = jobs.iter().map(|j| j.n).sum();
+        self.queued_items.fetch_sub(items as u64, Relaxed);
+        self.queued_jobs.fetch_sub(jobs.len() as u64, Relaxed);
+    }
 }
 
 /// The handle the dispatchers hold.
@@ -119,6 +169,10 @@ impl Worker {
             skipped: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            queued_items: AtomicU64::new(0),
+            queued_jobs: AtomicU64::new(0),
+            running_items: AtomicU64::new(0),
+            running_since_ns: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel();
         let s = shared.clone();
@@ -163,13 +217,14 @@ impl Worker {
     }
 
     /// Hands a batch of `n` encoded reads to the thread. The answer comes
-    /// on the receiver; setting the flag tells the thread not to bother
-    /// (the caller gave up waiting).
+    /// on the receiver, and then `wake` is called; setting the flag tells
+    /// the thread not to bother (the caller gave up waiting).
     pub(crate) fn submit(
         &self,
         model: &str,
         xs: Vec<f32>,
         n: usize,
+        wake: Option<Arc<dyn Wake>>,
     ) -> (Receiver<Result<Vec<f32>, GpuError>>, Arc<AtomicBool>) {
         let (reply, rx) = mpsc::sync_channel(1);
         let cancelled = Arc::new(AtomicBool::new(false));
@@ -179,7 +234,10 @@ impl Worker {
             n,
             reply,
             cancelled: cancelled.clone(),
+            wake,
         };
+        self.shared.queued_items.fetch_add(n as u64, Relaxed);
+        self.shared.queued_jobs.fetch_add(1, Relaxed);
         // If the thread is gone, the receiver reports a closed channel.
         let _ = lock(&self.tx).send(Msg::Batch(job));
         (rx, cancelled)
@@ -260,6 +318,7 @@ fn load(gpu: &Gpu, m: &Model, models: &mut Vec<GpuModel>, s: &Shared) {
 }
 
 fn run_jobs(mut jobs: Vec<Job>, models: &[GpuModel], s: &Shared) {
+    s.dequeued(&jobs);
     // Batches whose caller already gave up are not worth the device.
     let before = jobs.len();
     jobs.retain(|j| !j.cancelled.load(Relaxed));
@@ -269,10 +328,8 @@ fn run_jobs(mut jobs: Vec<Job>, models: &[GpuModel], s: &Shared) {
     }
     let Some(gm) = models.iter().find(|g| g.id() == jobs[0].model) else {
         for j in jobs {
-            let _ = j.reply.send(Err(GpuError::Device(format!(
-                "model {} is not on the GPU",
-                j.model
-            ))));
+            let why = format!("model {} is not on the GPU", j.model);
+            j.answer(Err(GpuError::Device(why)));
         }
         return;
     };
@@ -283,12 +340,15 @@ fn run_jobs(mut jobs: Vec<Job>, models: &[GpuModel], s: &Shared) {
         jobs.iter().flat_map(|j| j.xs.iter().copied()).collect()
     };
     let t = Instant::now();
+    s.running_since_ns.store(s.now_ns(), Relaxed);
+    s.running_items.store(total as u64, Relaxed);
     let delay = s.extra_delay_ns.load(Relaxed);
     if delay > 0 {
         std::thread::sleep(Duration::from_nanos(delay));
     }
     let r = gm.scores(&xs, total);
     let rt = t.elapsed().as_nanos() as u64;
+    s.running_items.store(0, Relaxed);
     s.calls.fetch_add(1, Relaxed);
     s.jobs.fetch_add(jobs.len() as u64, Relaxed);
     if jobs.len() > 1 {
@@ -302,15 +362,16 @@ fn run_jobs(mut jobs: Vec<Job>, models: &[GpuModel], s: &Shared) {
         Ok(scores) => {
             let mut at = 0;
             for j in jobs {
-                let _ = j.reply.send(Ok(scores[at..at + j.n].to_vec()));
-                at += j.n;
+                let n = j.n;
+                j.answer(Ok(scores[at..at + n].to_vec()));
+                at += n;
             }
         }
         Err(e) => {
             s.failures.fetch_add(1, Relaxed);
             *lock(&s.last_error) = Some(e.to_string());
             for j in jobs {
-                let _ = j.reply.send(Err(GpuError::Device(e.to_string())));
+                j.answer(Err(GpuError::Device(e.to_string())));
             }
         }
     }

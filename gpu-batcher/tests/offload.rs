@@ -16,6 +16,7 @@ use augur_gpu_batcher::{
 };
 use augur_predictor::{
     FeatureSet, Model, ModelPredictor, PredictInput, ReadInfo, ScoredOn, SlowPredictor,
+    score_waiting,
 };
 
 fn have_gpu() -> bool {
@@ -66,7 +67,7 @@ fn until_on_gpu(
     pause: Duration,
 ) -> bool {
     for _ in 0..tries {
-        if matches!(p.score_batch_placed(ins, out), ScoredOn::Gpu { .. }) {
+        if matches!(score_waiting(p, ins, out), ScoredOn::Gpu { .. }) {
             return true;
         }
         std::thread::sleep(pause);
@@ -100,7 +101,7 @@ fn gpu_mode_scores_on_the_gpu_and_a_swapped_model_reaches_it() {
     for &n in &[1, 3, 64, 300] {
         let ins = inputs(n, n as u32);
         let mut out = vec![0i64; n];
-        let on = pa.score_batch_placed(&ins, &mut out);
+        let on = score_waiting(pa.as_ref(), &ins, &mut out);
         assert!(matches!(on, ScoredOn::Gpu { .. }), "batch of {n}: {on:?}");
         check_decisions(&a, &ins, &out);
     }
@@ -147,7 +148,7 @@ fn a_gpu_past_its_deadline_leaves_the_batch_to_the_cpu() {
     let ins = inputs(16, 1);
     let mut got = vec![0i64; 16];
     let mut exact = vec![0i64; 16];
-    let on = p.score_batch_placed(&ins, &mut got);
+    let on = score_waiting(p.as_ref(), &ins, &mut got);
     assert!(matches!(on, ScoredOn::GpuMissed { .. }), "{on:?}");
     cpu.score_batch(&ins, &mut exact);
     assert_eq!(
@@ -180,7 +181,7 @@ fn batches_waiting_together_share_one_device_call() {
                 for k in 0..5 {
                     let ins = inputs(8, 100 * t + k);
                     let mut out = vec![0i64; 8];
-                    let on = p.score_batch_placed(&ins, &mut out);
+                    let on = score_waiting(p.as_ref(), &ins, &mut out);
                     assert!(matches!(on, ScoredOn::Gpu { .. }), "{on:?}");
                     check_decisions(&m, &ins, &out);
                 }
@@ -223,14 +224,14 @@ fn auto_with_contention_backs_off_from_a_slow_gpu_and_comes_back() {
     let ins = inputs(4, 9);
     let mut out = vec![0i64; 4];
     assert!(matches!(
-        p.score_batch_placed(&ins, &mut out),
+        score_waiting(p.as_ref(), &ins, &mut out),
         ScoredOn::Gpu { .. }
     ));
     // Another tenant: every round trip 300 ms, six times the baseline.
     off.set_extra_delay(Duration::from_millis(300));
     let mut cpu_after = 0;
     for _ in 0..8 {
-        if p.score_batch_placed(&ins, &mut out) == ScoredOn::Cpu {
+        if score_waiting(p.as_ref(), &ins, &mut out) == ScoredOn::Cpu {
             cpu_after += 1;
         }
     }

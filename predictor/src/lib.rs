@@ -29,4 +29,6 @@ pub use features::{
 };
 pub use infer::{Kernel, ScoreInput, Scratch};
 pub use model::{Activation, Layer, Model, ModelError, QuantLayer, TrainingMeta};
-pub use slow::{ModelPredictor, PredictInput, ScoredOn, SlowPredictor};
+pub use slow::{
+    ModelPredictor, PendingScores, PredictInput, ScoredOn, SlowPredictor, Wake, score_waiting,
+};

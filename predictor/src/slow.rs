@@ -63,17 +63,96 @@ pub trait SlowPredictor: Send + Sync {
     fn name(&self) -> &str;
     /// Scores each input into `out` (same length); > 0 predicts slow.
     fn score_batch(&self, inputs: &[PredictInput], out: &mut [i64]);
-    /// [`score_batch`](Self::score_batch), saying where the batch ran (a
-    /// predictor that can offload batches to a GPU overrides this).
-    fn score_batch_placed(&self, inputs: &[PredictInput], out: &mut [i64]) -> ScoredOn {
-        self.score_batch(inputs, out);
-        ScoredOn::Cpu
+    /// Whether a batch of `n_all` inputs (every candidate of every read at
+    /// once) handed to another thread at `now_ns` pays against scoring
+    /// `n_first` of them here (the first round). A predictor that can
+    /// offload (the GPU batcher) says so; the rest never do. `now_ns` is
+    /// the caller's clock (the array's), on which a simulated GPU keeps its
+    /// queue; tools pass 0.
+    fn offload_pays(&self, now_ns: u64, n_first: usize, n_all: usize) -> bool {
+        let _ = (now_ns, n_first, n_all);
+        false
+    }
+    /// Hands `inputs` to another thread (the GPU) at `now_ns` and returns
+    /// at once; its answer is collected from the [`PendingScores`], and
+    /// `wake` is called when it is there. `None`: score them here with
+    /// [`score_batch`](Self::score_batch).
+    fn submit_batch(
+        &self,
+        now_ns: u64,
+        inputs: &[PredictInput],
+        wake: &Arc<dyn Wake>,
+    ) -> Option<Box<dyn PendingScores>> {
+        let _ = (now_ns, inputs, wake);
+        None
     }
     /// The latency (µs) at and above which a read counts as slow for this
     /// predictor (a model's label threshold), to judge its decisions
     /// against what the device then did; `None` if it has none.
     fn slow_threshold_us(&self) -> Option<u32> {
         None
+    }
+}
+
+/// Tells an I/O thread that a batch it handed off has its answer. Called
+/// from the thread that answered, so it must not block.
+pub trait Wake: Send + Sync {
+    /// The answer is there (or the batch failed): look at it soon.
+    fn wake(&self);
+}
+
+/// A batch handed to another thread by [`SlowPredictor::submit_batch`]. The
+/// caller keeps the inputs, so a batch the other side cannot answer in time
+/// is scored on the CPU, with the same integer path as ever.
+pub trait PendingScores: Send {
+    /// Without waiting: the scores in `out` and where they came from once
+    /// answered; `None` while not. A failed device call is answered here
+    /// on the CPU (from `inputs`) as [`ScoredOn::GpuMissed`].
+    fn try_take(&mut self, inputs: &[PredictInput], out: &mut [i64]) -> Option<ScoredOn>;
+    /// How long after submission the caller should give up waiting, ns.
+    fn deadline_ns(&self) -> u64;
+    /// On the simulated clock, the round trip the batch is modelled to take
+    /// (ns): the caller collects it that much later in simulated time.
+    /// `None` on the real clock, where the [`Wake`] says when.
+    fn modelled_ns(&self) -> Option<u64> {
+        None
+    }
+    /// Gives up on the other side (its answer is no longer wanted) and
+    /// scores `inputs` here into `out`: [`ScoredOn::GpuMissed`].
+    fn give_up(&mut self, inputs: &[PredictInput], out: &mut [i64]) -> ScoredOn;
+}
+
+/// Scores `inputs` with `p`, offloading them when `p` says it pays, and
+/// waits here for the answer (at most until the batch's deadline). For tools
+/// and tests: the I/O path never waits so, it parks the batch instead.
+pub fn score_waiting(p: &dyn SlowPredictor, inputs: &[PredictInput], out: &mut [i64]) -> ScoredOn {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(&self) {
+            self.0.unpark();
+        }
+    }
+    let n = inputs.len();
+    let wake: Arc<dyn Wake> = Arc::new(Unpark(std::thread::current()));
+    let pending = p
+        .offload_pays(0, n, n)
+        .then(|| p.submit_batch(0, inputs, &wake))
+        .flatten();
+    let Some(mut pending) = pending else {
+        p.score_batch(inputs, out);
+        return ScoredOn::Cpu;
+    };
+    let start = std::time::Instant::now();
+    let deadline = std::time::Duration::from_nanos(pending.deadline_ns());
+    loop {
+        if let Some(on) = pending.try_take(inputs, out) {
+            return on;
+        }
+        let left = deadline.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return pending.give_up(inputs, out);
+        }
+        std::thread::park_timeout(left);
     }
 }
 

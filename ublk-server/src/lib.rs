@@ -89,5 +89,7 @@ pub use array::{
     AlignedBuf, Array, ArrayConfig, ArrayError, ArrayStats, Completion, FaultPlan, Queue,
     ReplicaSpec, ReplicaStatus, Request,
 };
-pub use augur_predictor::{ModelPredictor, PredictInput, SlowPredictor};
+pub use augur_predictor::{
+    ModelPredictor, PendingScores, PredictInput, ScoredOn, SlowPredictor, Wake,
+};
 pub use route::{POLICY_NAMES, Policy};

@@ -39,6 +39,7 @@ use crate::route::{MAX_REPLICAS, Policy, PredictCost, ReplicaView};
 mod buf;
 mod error;
 mod hedge;
+mod parked;
 mod queue;
 mod replica;
 mod ring;

@@ -14,12 +14,13 @@ use augur_rng::Rng;
 use io_uring::{IoUring, types};
 
 use super::hedge::LatencyWindow;
+use super::parked::{Parked, QueueWake};
 use super::sim::SimEvents;
 use super::slots::{Slot, Sub, SubKind};
 use super::stats::{Counters, LatencyTable, bump};
 use super::{AlignedBuf, ArrayError, Inner, SECTOR};
 use crate::emu::{Clock, Outcome};
-use crate::route::{PendingRead, PolicyKind, Route, RouteScratch, ScoredOn, next_after};
+use crate::route::{PendingRead, PolicyKind, Route, RouteScratch};
 
 /// One block request handed to a [`Queue`].
 #[derive(Debug)]
@@ -103,6 +104,12 @@ pub struct Queue {
     /// (see [`Queue::keep_released`]).
     pub(super) released: Vec<AlignedBuf>,
     pub(super) keep_released: bool,
+    /// Routing batches waiting for predictions on another thread (`parked.rs`).
+    pub(super) parked: Vec<Parked>,
+    pub(super) free_parked: Vec<usize>,
+    pub(super) parked_live: usize,
+    /// How that thread wakes this queue (made at the first such batch).
+    pub(super) waker: Option<QueueWake>,
 }
 
 /// Whether a policy sends hedged copies (so the queue keeps a latency window).
@@ -167,6 +174,10 @@ impl Queue {
             hedging,
             released: Vec::new(),
             keep_released: false,
+            parked: Vec::new(),
+            free_parked: Vec::new(),
+            parked_live: 0,
+            waker: None,
         })
     }
 
@@ -350,6 +361,13 @@ impl Queue {
             let policy = inner.policy.load();
             self.hedging = hedges(policy.kind());
             let slow_us = policy.slow_threshold_us().unwrap_or(0);
+            // Predictions on another thread (the GPU): the reads wait
+            // parked, this thread goes on.
+            if self.try_park(&policy, now, slow_us) {
+                self.incoming = incoming;
+                self.incoming.clear();
+                return;
+            }
             let ok = policy.route_batch(
                 inner.as_ref(),
                 now,
@@ -364,56 +382,19 @@ impl Queue {
                 sim.charge(inner.predict_cost.of_placed(self.scratch.placed()));
             }
             for &(n, on) in self.scratch.placed() {
-                let n = u64::from(n);
-                match on {
-                    ScoredOn::Cpu => {
-                        bump(&self.counters.cpu_batches, 1);
-                        bump(&self.counters.cpu_items, n);
-                    }
-                    ScoredOn::Gpu { .. } => {
-                        bump(&self.counters.gpu_batches, 1);
-                        bump(&self.counters.gpu_items, n);
-                    }
-                    ScoredOn::GpuMissed { .. } => {
-                        bump(&self.counters.gpu_missed_batches, 1);
-                        bump(&self.counters.cpu_batches, 1);
-                        bump(&self.counters.cpu_items, n);
-                    }
-                }
+                self.count_placed(u64::from(n), on);
             }
-            for k in 0..self.read_slots.len() {
-                let idx = self.read_slots[k];
-                if !ok {
+            let slots = std::mem::take(&mut self.read_slots);
+            if ok {
+                let routes = std::mem::take(&mut self.routes);
+                self.issue_routed(&slots, &routes, slow_us);
+                self.routes = routes;
+            } else {
+                for &idx in &slots {
                     self.finish_request(idx, -libc::EIO, None);
-                    continue;
-                }
-                let r = self.routes[k];
-                if r.rerouted {
-                    bump(&self.counters.rerouted, 1);
-                }
-                if r.predictions > 0 {
-                    bump(&self.counters.predictions, r.predictions as u64);
-                }
-                if r.all_slow {
-                    bump(&self.counters.all_slow, 1);
-                }
-                let said_slow = r.predictions.saturating_sub(u16::from(!r.all_slow));
-                if said_slow > 0 {
-                    bump(&self.counters.predicted_slow, u64::from(said_slow));
-                }
-                let s = &mut self.slots[idx];
-                s.primary = r.replica;
-                s.pred = match (r.predictions > 0, r.all_slow) {
-                    (false, _) => 0,
-                    (true, false) => 1,
-                    (true, true) => 2,
-                };
-                s.slow_us = slow_us;
-                self.start_read(idx, r.replica, SubKind::Main);
-                if r.hedge && next_after(inner.as_ref(), r.replica).is_some() {
-                    self.arm_hedge(idx);
                 }
             }
+            self.read_slots = slots;
         }
         self.incoming = incoming;
         self.incoming.clear();

@@ -8,6 +8,7 @@ use std::os::unix::io::AsRawFd;
 use augur_feature_store::Op;
 use io_uring::{IoUring, opcode, squeue, types};
 
+use super::parked::{UD_GPU_DEADLINE, UD_GPU_WAKE};
 use super::queue::Io;
 use super::slots::{SubKind, UD_DELAY, UD_HEDGE, UD_IO, ud};
 use super::{AlignedBuf, Completion, Queue};
@@ -211,6 +212,8 @@ impl Queue {
                 self.finish_sub(idx, res);
             }
             UD_HEDGE => self.on_hedge_timer(idx, generation),
+            UD_GPU_WAKE => self.on_gpu_wake(),
+            UD_GPU_DEADLINE => self.on_gpu_timer(kind, idx, generation),
             _ => tracing::error!("unexpected io_uring completion {user:#x}"),
         }
     }
@@ -313,16 +316,20 @@ impl Queue {
 
 impl Drop for Queue {
     fn drop(&mut self) {
+        // Reads parked for an offloaded prediction are routed on the CPU.
+        self.unpark_all();
         // Buffers may still be in the kernel's hands: wait for every replica
-        // I/O of this queue (up to 30 s) before freeing them.
+        // I/O of this queue, and the read of the wake-up eventfd (up to
+        // 30 s), before freeing them.
         let mut out = Vec::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while self.subs_busy > 0 && std::time::Instant::now() < deadline {
+        while (self.subs_busy > 0 || self.gpu_wake_armed()) && std::time::Instant::now() < deadline
+        {
             if self.poll(&mut out, true, Some(10_000_000)).is_err() {
                 break;
             }
         }
-        if self.subs_busy > 0 {
+        if self.subs_busy > 0 || self.gpu_wake_armed() {
             // A replica that never answers: leak the buffers rather than
             // free memory the kernel may still write into.
             tracing::error!(
@@ -331,6 +338,7 @@ impl Drop for Queue {
             );
             std::mem::forget(std::mem::take(&mut self.slots));
             std::mem::forget(std::mem::take(&mut self.subs));
+            std::mem::forget(self.waker.take());
         }
         // Hand this queue's totals to the array and stop being summed.
         let mut open = self

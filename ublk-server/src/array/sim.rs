@@ -6,7 +6,9 @@
 //! the real clock; only this file differs. A replica I/O completes at the
 //! time its emulator gives ([`crate::emu::FlashEmu::submit`]); a hedge timer
 //! fires at its threshold; a routing batch that asked the predictor moves
-//! the clock on by the array's [`crate::route::PredictCost`].
+//! the clock on by the array's [`crate::route::PredictCost`], unless its
+//! predictions went to the (simulated) GPU: then its reads wait parked for
+//! the modelled round trip while the queue goes on (`parked.rs`).
 //!
 //! [`Queue::poll`] with `wait` moves the clock to the earliest pending event
 //! (or to the end of the timeout, if that comes first), runs every event due
@@ -17,6 +19,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
+use super::parked::UD_GPU_ANSWER;
 use super::slots::{UD_HEDGE, UD_IO};
 use super::{Completion, Queue};
 use crate::emu::SimTime;
@@ -139,6 +142,7 @@ impl Queue {
                     self.finish_sub(idx, res);
                 }
                 UD_HEDGE => self.on_hedge_timer(idx, generation),
+                UD_GPU_ANSWER => self.on_gpu_timer(kind, idx, generation),
                 _ => tracing::error!("unexpected simulator event {user:#x}"),
             }
             self.process_failed_now();

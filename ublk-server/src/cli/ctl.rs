@@ -236,12 +236,13 @@ pub(crate) fn render(cmd: &Command, r: &Value) -> String {
             if p.is_object() {
                 let _ = writeln!(
                     o,
-                    "predict-on {} ({}): {} GPU calls ({} merged), {} skipped, {} back-offs, {} failures",
+                    "predict-on {} ({}): {} GPU calls ({} merged), {} skipped, {} kept on the CPU while the GPU was busy, {} back-offs, {} failures",
                     s(&p["mode"]),
                     s(&p["device"]),
                     s(&p["gpu_calls"]),
                     s(&p["merged_calls"]),
                     s(&p["skipped"]),
+                    s(&p["kept_busy"]),
                     s(&p["backoffs"]),
                     s(&p["failures"]),
                 );

@@ -165,9 +165,9 @@ impl PolicyReport {
             replica_failures: r.stats.replica_failures,
             placement: Placement {
                 cpu_batches: r.stats.cpu_batches,
-                cpu_reads: r.stats.cpu_items,
+                cpu_inputs: r.stats.cpu_items,
                 gpu_batches: r.stats.gpu_batches,
-                gpu_reads: r.stats.gpu_items,
+                gpu_inputs: r.stats.gpu_items,
                 gpu_missed_batches: r.stats.gpu_missed_batches,
             },
             duration_s: round2(r.elapsed_s),
@@ -176,17 +176,19 @@ impl PolicyReport {
     }
 }
 
-/// Predictor batches (and the reads in them) by the device that scored them.
+/// Predictor batches (and the inputs in them) by the device that scored them.
+/// An input is one (read, replica) pair: a CPU batch is one LinnOS round, a
+/// GPU batch every candidate replica of every read of a routing batch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Placement {
     /// Batches on the CPU (including GPU misses).
     pub cpu_batches: u64,
-    /// Reads scored in those.
-    pub cpu_reads: u64,
+    /// (Read, replica) pairs scored in those.
+    pub cpu_inputs: u64,
     /// Batches on the GPU.
     pub gpu_batches: u64,
-    /// Reads scored in those.
-    pub gpu_reads: u64,
+    /// (Read, replica) pairs scored in those.
+    pub gpu_inputs: u64,
     /// Batches that missed their GPU deadline and went to the CPU.
     pub gpu_missed_batches: u64,
 }
@@ -450,13 +452,13 @@ pub fn render_table(reports: &[PolicyReport]) -> String {
         if p.gpu_batches + p.gpu_missed_batches > 0 {
             let _ = writeln!(
                 s,
-                "{}: predictions on the GPU {} batches ({} reads, {:.1} per batch), on the CPU {} batches ({} reads), {} GPU deadline misses",
+                "{}: predictions on the GPU {} batches ({} inputs, {:.1} per batch), on the CPU {} batches ({} inputs), {} GPU deadline misses",
                 r.policy,
                 p.gpu_batches,
-                p.gpu_reads,
-                p.gpu_reads as f64 / p.gpu_batches.max(1) as f64,
+                p.gpu_inputs,
+                p.gpu_inputs as f64 / p.gpu_batches.max(1) as f64,
                 p.cpu_batches,
-                p.cpu_reads,
+                p.cpu_inputs,
                 p.gpu_missed_batches
             );
         }

@@ -20,7 +20,7 @@
 //! | `augur_reroutes_total`, `augur_hedges_total`, `augur_hedge_wins_total` | | routing |
 //! | `augur_predictions_total` | `device` | reads scored by the predictor, on `cpu` or `gpu` |
 //! | `augur_prediction_batches_total` | `device` | predictor batches, on `cpu` or `gpu` (`--predict-on`) |
-//! | `augur_gpu_missed_batches_total`, `augur_gpu_backoffs_total` | | GPU batches past their deadline (scored on the CPU); `auto+contention` back-offs |
+//! | `augur_gpu_missed_batches_total`, `augur_gpu_backoffs_total`, `augur_gpu_busy_batches_total` | | GPU batches past their deadline (scored on the CPU); `auto+contention` back-offs; batches kept on the CPU because the GPU's backlog would have made them late |
 //! | `augur_predicted_slow_total`, `augur_prediction_judged_reads_total`, `augur_prediction_observed_slow_total`, `augur_prediction_false_submits_total`, `augur_prediction_correct_total` | | the predictor judged against observed latency |
 //! | `augur_model_info` | `id`, `source`, `features` | the active model |
 //! | `augur_policy_info` | `policy` | the active policy |
@@ -142,6 +142,12 @@ impl Collector for Scrape {
             "augur_gpu_backoffs",
             "Times auto+contention backed off from a busy GPU to the CPU.",
             d.offload().status().backoffs,
+        )?;
+        counter(
+            &mut e,
+            "augur_gpu_busy_batches",
+            "Batches kept on the CPU because the GPU's backlog would have made their answer late.",
+            d.offload().status().kept_busy,
         )?;
         counter(
             &mut e,

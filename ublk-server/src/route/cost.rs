@@ -3,7 +3,8 @@
 //! On the real clock a prediction costs what it costs. On the simulated one
 //! each predictor call of a routing batch advances the clock of the
 //! submitting queue by a [`PredictCost`], so simulated latencies include
-//! inference, and a GPU cost curve can later plug into the same place.
+//! inference. Batches offloaded to the simulated GPU are not charged here:
+//! their reads wait for the curve's round trip instead (`array/parked.rs`).
 
 use std::time::Instant;
 

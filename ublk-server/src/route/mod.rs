@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use augur_feature_store::HistorySnapshot;
-pub use augur_predictor::{PredictInput, ScoredOn, SlowPredictor};
+pub use augur_predictor::{PendingScores, PredictInput, ScoredOn, SlowPredictor, Wake};
 use augur_rng::Rng;
 
 use crate::array::ArrayError;
@@ -26,6 +26,7 @@ mod cost;
 mod linnos;
 
 pub use cost::PredictCost;
+pub use linnos::OffloadPlan;
 
 /// Most replicas an array may have.
 pub const MAX_REPLICAS: usize = 8;
