@@ -13,6 +13,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod cgen;
 pub mod features;
 pub mod infer;
 pub mod model;

@@ -8,6 +8,16 @@ use crate::model::{Activation, Model};
 
 /// Score an encoded integer input (see the module docs of [`crate::infer`]).
 pub fn score_int(model: &Model, x: &[i32]) -> i64 {
+    let cur = outputs_int(model, x);
+    if cur.len() == 2 {
+        cur[1].checked_sub(cur[0]).expect("score overflows")
+    } else {
+        cur[0]
+    }
+}
+
+/// The last layer's outputs for an encoded integer input (steps 1-4).
+pub fn outputs_int(model: &Model, x: &[i32]) -> Vec<i64> {
     let mut cur: Vec<i64> = x[..model.feature_set().n_inputs()]
         .iter()
         .map(|&v| v as i64)
@@ -64,11 +74,7 @@ pub fn score_int(model: &Model, x: &[i32]) -> i64 {
         }
         cur = next;
     }
-    if cur.len() == 2 {
-        cur[1].checked_sub(cur[0]).expect("score overflows")
-    } else {
-        cur[0]
-    }
+    cur
 }
 
 /// f32 score computed in f64 with plain loops (for checking the f32 path).

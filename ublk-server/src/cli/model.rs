@@ -163,6 +163,37 @@ pub enum ModelCmd {
         /// Model file, or `default`.
         model: String,
     },
+    /// Write the integer path as C: the core (shared with the kernel
+    /// module), the model as a constant struct, a userspace check program
+    /// and a Makefile whose default target builds it.
+    ExportC {
+        /// Model file, or `default`.
+        model: String,
+        /// Directory to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the Rust integer path's outputs, score and decision for encoded
+    /// input vectors, one line each, in the format of export-c's check
+    /// program (so the two compare with diff).
+    Predict {
+        /// Model file, or `default`.
+        #[arg(long, default_value = "default")]
+        model: String,
+        /// Encoded vectors, one per line (`-` for stdin).
+        #[arg(long, conflicts_with = "random", required_unless_present = "random")]
+        input: Option<PathBuf>,
+        /// Generate this many vectors instead: the edge cases first (zeros,
+        /// maxima, alternations), then random ones.
+        #[arg(long)]
+        random: Option<usize>,
+        /// Seed of --random.
+        #[arg(long, default_value_t = 1, requires = "random")]
+        seed: u64,
+        /// Also write the generated vectors here, as the check program reads them.
+        #[arg(long, requires = "random")]
+        emit_inputs: Option<PathBuf>,
+    },
 }
 
 /// `augur trace ...`.
@@ -350,7 +381,80 @@ pub fn cmd_model(c: ModelCmd) -> anyhow::Result<()> {
             let m = load_model(&model)?;
             print!("{}", m.describe());
         }
+        ModelCmd::ExportC { model, out } => {
+            let m = load_model(&model)?;
+            let files = augur_predictor::cgen::export_c(&m, &out)
+                .with_context(|| format!("writing C into {}", out.display()))?;
+            eprintln!(
+                "wrote {} files for model {} ({}) into {}; `make -C {}` builds ./check",
+                files.len(),
+                m.id(),
+                m.shape_string(),
+                out.display(),
+                out.display()
+            );
+        }
+        ModelCmd::Predict {
+            model,
+            input,
+            random,
+            seed,
+            emit_inputs,
+        } => cmd_predict(&model, input, random, seed, emit_inputs)?,
     }
+    Ok(())
+}
+
+/// `augur model predict`.
+fn cmd_predict(
+    model: &str,
+    input: Option<PathBuf>,
+    random: Option<usize>,
+    seed: u64,
+    emit_inputs: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use augur_predictor::cgen::{check_line, parse_input, random_inputs};
+    use std::io::{BufRead, Write};
+    let m = load_model(model)?;
+    let inputs: Vec<Vec<i32>> = match (input, random) {
+        (_, Some(n)) => random_inputs(&m, n, seed),
+        (Some(path), None) => {
+            let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                let f = std::fs::File::open(&path)
+                    .map_err(|e| CliError::BadFlag(format!("--input {}: {e}", path.display())))?;
+                Box::new(std::io::BufReader::new(f))
+            };
+            let mut v = Vec::new();
+            for (no, line) in reader.lines().enumerate() {
+                let line = line.with_context(|| format!("reading {}", path.display()))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let x = parse_input(&m, &line).map_err(|e| {
+                    CliError::BadFlag(format!("{} line {}: {e}", path.display(), no + 1))
+                })?;
+                v.push(x);
+            }
+            v
+        }
+        (None, None) => unreachable!("clap requires --input or --random"),
+    };
+    if let Some(path) = emit_inputs {
+        let mut text = String::new();
+        for x in &inputs {
+            let line: Vec<String> = x.iter().map(|v| v.to_string()).collect();
+            text.push_str(&line.join(" "));
+            text.push('\n');
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for x in &inputs {
+        writeln!(out, "{}", check_line(&m, x))?;
+    }
+    out.flush()?;
     Ok(())
 }
 

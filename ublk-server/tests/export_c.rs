@@ -1,0 +1,203 @@
+//! `augur model export-c` and `augur model predict`: the generated C, built
+//! by its own Makefile with the host's C compiler, gives the Rust integer
+//! path's outputs, scores and decisions bit for bit, for every architecture
+//! the predictor ships, on random and edge inputs, and on a model whose
+//! every score is a tie. Needs `cc` and `make` (scripts/test-all installs
+//! them).
+
+use std::path::Path;
+use std::process::Command;
+
+use augur_predictor::model::Layer;
+use augur_predictor::train::Arch;
+use augur_predictor::{Activation, FeatureSet, Model};
+
+mod common;
+use common::{augur, stderr, which};
+
+/// Exports `model`, builds the check program, and compares its lines with
+/// `augur model predict` on `n` generated vectors. Returns the lines.
+fn same_in_c_and_rust(dir: &Path, name: &str, model: &Model, n: usize) -> String {
+    let file = dir.join(format!("{name}.augm"));
+    model.save(&file).unwrap();
+    let out = dir.join(name);
+    let f = file.to_str().unwrap();
+    let o = augur(&["model", "export-c", f, "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{name}: {}", stderr(&o));
+    let make = Command::new("make")
+        .arg("-s")
+        .arg("-C")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        make.status.success(),
+        "{name}: make failed:\n{}{}",
+        String::from_utf8_lossy(&make.stdout),
+        stderr(&make)
+    );
+    let inputs = dir.join(format!("{name}.in"));
+    let rust = augur(&[
+        "model",
+        "predict",
+        "--model",
+        f,
+        "--random",
+        &n.to_string(),
+        "--seed",
+        "7",
+        "--emit-inputs",
+        inputs.to_str().unwrap(),
+    ]);
+    assert!(rust.status.success(), "{name}: {}", stderr(&rust));
+    let c = Command::new(out.join("check"))
+        .stdin(std::fs::File::open(&inputs).unwrap())
+        .output()
+        .unwrap();
+    assert!(c.status.success(), "{name}: check failed: {}", stderr(&c));
+    let (r, c) = (
+        String::from_utf8(rust.stdout).unwrap(),
+        String::from_utf8(c.stdout).unwrap(),
+    );
+    assert_eq!(r.lines().count(), n, "{name}");
+    for (k, (a, b)) in r.lines().zip(c.lines()).enumerate() {
+        assert_eq!(a, b, "{name}: vector {} differs (Rust, then C)", k + 1);
+    }
+    assert_eq!(r, c, "{name}");
+    // The stack report the Makefile promises.
+    let stack = Command::new("make")
+        .arg("-s")
+        .arg("-C")
+        .arg(&out)
+        .arg("stack")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&stack.stdout).contains("augur_forward"),
+        "{name}: make stack printed no frame sizes"
+    );
+    r
+}
+
+fn arch_model(arch: Arch, fs: Option<FeatureSet>, seed: u64) -> Model {
+    let w = arch.widths();
+    let fs = fs.unwrap_or(arch.feature_set());
+    Model::random(fs, &w[1..w.len() - 1], w[w.len() - 1], seed).unwrap()
+}
+
+fn have_tools() -> bool {
+    let ok = which("cc").is_some() && which("make").is_some();
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "cc and make are needed (scripts/test-all installs them)"
+        );
+        eprintln!("skipped: no cc or make");
+    }
+    ok
+}
+
+#[test]
+fn generated_c_matches_the_rust_integer_path_for_every_architecture() {
+    if !have_tools() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let cases = [
+        ("base", arch_model(Arch::Base, None, 1), 3000),
+        ("deep1", arch_model(Arch::Deep1, None, 2), 1500),
+        ("deep2", arch_model(Arch::Deep2, None, 3), 1000),
+        (
+            "linnos-ext",
+            arch_model(Arch::Base, Some(FeatureSet::LinnOsExt), 4),
+            3000,
+        ),
+        (
+            "linnos-write-deep2",
+            arch_model(Arch::Deep2, Some(FeatureSet::LinnOsWrite), 5),
+            1000,
+        ),
+        ("heimdall", arch_model(Arch::Heimdall, None, 6), 3000),
+        (
+            "no-hidden-layer",
+            Model::random(FeatureSet::LinnOs, &[], 2, 8).unwrap(),
+            500,
+        ),
+    ];
+    for (name, m, n) in &cases {
+        let lines = same_in_c_and_rust(d.path(), name, m, *n);
+        let slow = lines.lines().filter(|l| l.ends_with(" slow")).count();
+        // Random weights split decisions both ways: both branches ran.
+        assert!(slow > 0 && slow < *n, "{name}: {slow} of {n} slow");
+    }
+    // The shipped model too.
+    let o = augur(&["model", "show", "default"]);
+    if o.status.success() {
+        let m = Model::default_model().unwrap();
+        same_in_c_and_rust(d.path(), "default", &m, 3000);
+    }
+}
+
+/// Two identical output rows: every score is exactly 0, which both sides
+/// must call fast (the tie rule).
+#[test]
+fn ties_are_fast_in_c_as_in_rust() {
+    if !have_tools() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let base = Model::random(FeatureSet::LinnOs, &[64], 2, 9).unwrap();
+    let mut layers: Vec<Layer> = base.layers().to_vec();
+    let last = layers.last_mut().unwrap();
+    let row: Vec<f32> = last.weights[..last.inputs].to_vec();
+    last.weights = row.iter().chain(&row).copied().collect();
+    last.bias = vec![0.25, 0.25];
+    assert_eq!(last.activation, Activation::None);
+    let tie = Model::from_layers(FeatureSet::LinnOs, layers, None, base.meta().clone()).unwrap();
+    let lines = same_in_c_and_rust(d.path(), "tie", &tie, 300);
+    assert!(
+        lines.lines().all(|l| l.ends_with(" 0 fast")),
+        "a tie was not scored 0 and fast:\n{}",
+        lines.lines().take(3).collect::<Vec<_>>().join("\n")
+    );
+}
+
+#[test]
+fn predict_reports_a_bad_input_line_by_number() {
+    let d = tempfile::tempdir().unwrap();
+    let m = arch_model(Arch::Base, None, 1);
+    let f = d.path().join("m.augm");
+    m.save(&f).unwrap();
+    let input = d.path().join("in.txt");
+    let good = vec!["1"; 31].join(" ");
+    let short = vec!["1"; 30].join(" ");
+    std::fs::write(&input, format!("{good}\n{good}\n{short}\n")).unwrap();
+    let o = augur(&[
+        "model",
+        "predict",
+        "--model",
+        f.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("line 3: 30 values, the model takes 31"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(&input, format!("{good}\n1 2 x\n")).unwrap();
+    let o = augur(&[
+        "model",
+        "predict",
+        "--model",
+        f.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&o).contains("line 2: 'x' is not an integer in 0..=9"),
+        "{}",
+        stderr(&o)
+    );
+}
