@@ -18,6 +18,7 @@
 #include <linux/types.h>
 #else
 #include <stdint.h>
+typedef int8_t s8;
 typedef int16_t s16;
 typedef int32_t s32;
 typedef int64_t s64;

@@ -10,18 +10,65 @@
  * exactly as `augur model predict` prints the Rust integer path's. A line
  * that is not a vector of the right length and range is reported with its
  * number, and the program exits 1.
+ *
+ * `check --model FILE` scores with a model file read at run time by the
+ * parser the kernel module uses (augur_model.c) instead of the model
+ * compiled in; a file it refuses is reported (errno name and why) with
+ * exit status 2.
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
 
-#include "augur_predict.h"
+#include "augur_model.h"
 
 extern const struct augur_model augur_model;
 
 static struct augur_scratch scratch;
 
-int main(void)
+static const char *errno_name(int e)
+{
+	switch (e) {
+	case EINVAL: return "EINVAL";
+	case EOPNOTSUPP: return "EOPNOTSUPP";
+	case E2BIG: return "E2BIG";
+	case ERANGE: return "ERANGE";
+	case EBADMSG: return "EBADMSG";
+	default: return "?";
+	}
+}
+
+/* Reads and parses a model file; exits 2 with the reason if it is refused. */
+static const struct augur_model *load(const char *path)
+{
+	static u8 buf[AUGUR_MODEL_MAX_BYTES + 1];
+	const char *why;
+	size_t len, need;
+	void *mem;
+	FILE *f = fopen(path, "rb");
+	int err;
+
+	if (!f) {
+		perror(path);
+		exit(2);
+	}
+	len = fread(buf, 1, sizeof(buf), f);
+	fclose(f);
+	err = augur_model_check(buf, len, &need, &why);
+	if (err) {
+		fprintf(stderr, "%s: refused (%s): %s\n", path, errno_name(-err), why);
+		exit(2);
+	}
+	mem = aligned_alloc(8, (need + 7) & ~(size_t)7);
+	if (!mem) {
+		perror("model memory");
+		exit(2);
+	}
+	return augur_model_build(buf, len, mem);
+}
+
+int main(int argc, char **argv)
 {
 	static char line[1 << 16];
 	const struct augur_model *m = &augur_model;
@@ -29,6 +76,14 @@ int main(void)
 	const struct augur_layer *last = &m->layers[m->n_layers - 1];
 	unsigned long no = 0;
 
+	if (argc == 3 && strcmp(argv[1], "--model") == 0) {
+		m = load(argv[2]);
+		max = m->feature_set == AUGUR_FS_HEIMDALL ? 1024 : 9;
+		last = &m->layers[m->n_layers - 1];
+	} else if (argc != 1) {
+		fprintf(stderr, "usage: check [--model FILE] < vectors\n");
+		return 2;
+	}
 	while (fgets(line, sizeof(line), stdin)) {
 		s32 x[AUGUR_MAX_INPUTS];
 		s64 out[AUGUR_MAX_OUTPUTS];

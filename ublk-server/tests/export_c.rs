@@ -64,6 +64,20 @@ fn same_in_c_and_rust(dir: &Path, name: &str, model: &Model, n: usize) -> String
         assert_eq!(a, b, "{name}: vector {} differs (Rust, then C)", k + 1);
     }
     assert_eq!(r, c, "{name}");
+    // The same with the model file read at run time by the C parser (the
+    // kernel module's).
+    let c = Command::new(out.join("check"))
+        .arg("--model")
+        .arg(&file)
+        .stdin(std::fs::File::open(&inputs).unwrap())
+        .output()
+        .unwrap();
+    assert!(c.status.success(), "{name}: check --model: {}", stderr(&c));
+    assert_eq!(
+        r,
+        String::from_utf8(c.stdout).unwrap(),
+        "{name}: check --model"
+    );
     // The stack report the Makefile promises.
     let stack = Command::new("make")
         .arg("-s")
@@ -200,4 +214,147 @@ fn predict_reports_a_bad_input_line_by_number() {
         "{}",
         stderr(&o)
     );
+}
+
+/// CRC-32 (IEEE), as the model file's last four bytes carry it.
+fn crc32(b: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &x in b {
+        crc ^= u32::from(x);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (0u32.wrapping_sub(crc & 1)));
+        }
+    }
+    !crc
+}
+
+/// Rewrites the checksum so that only the change under test is wrong.
+fn fix_crc(b: &mut [u8]) {
+    let n = b.len();
+    let c = crc32(&b[..n - 4]);
+    b[n - 4..].copy_from_slice(&c.to_le_bytes());
+}
+
+/// Damaged model files: the C parser (the kernel module's) refuses each one
+/// the Rust loader refuses, with the errno and reason it documents.
+#[test]
+fn the_c_parser_refuses_what_the_rust_loader_refuses() {
+    if !have_tools() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let m = Model::random(FeatureSet::LinnOs, &[4], 2, 3).unwrap();
+    let good = m.to_bytes();
+    let out = d.path().join("c");
+    let f = d.path().join("m.augm");
+    m.save(&f).unwrap();
+    let o = augur(&[
+        "model",
+        "export-c",
+        f.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        Command::new("make")
+            .arg("-s")
+            .arg("-C")
+            .arg(&out)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Layer 1 (31 -> 4): header at 20, f32 weights and bias, then Wq, bq.
+    let wq = 20 + 12 + 4 * 4 * 31 + 4 * 4;
+    let bq = wq + 2 * 4 * 31;
+    let n = good.len();
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty", Vec::new(), "EINVAL"),
+        (
+            "magic",
+            [b"AUGURMDX".as_slice(), &good[8..]].concat(),
+            "EINVAL",
+        ),
+        ("truncated header", good[..15].to_vec(), "EINVAL"),
+        ("truncated weights", good[..wq + 10].to_vec(), "EINVAL"),
+        ("truncated checksum", good[..n - 2].to_vec(), "EINVAL"),
+        ("trailing byte", [good.as_slice(), &[0]].concat(), "EINVAL"),
+    ];
+    let mut edit = |name: &'static str, at: usize, bytes: &[u8], errno: &'static str| {
+        let mut b = good.clone();
+        b[at..at + bytes.len()].copy_from_slice(bytes);
+        fix_crc(&mut b);
+        cases.push((name, b, errno));
+    };
+    edit("version 2", 8, &[2, 0], "EOPNOTSUPP");
+    edit("retired feature set", 10, &[2], "EOPNOTSUPP");
+    edit("unknown feature set", 10, &[9], "EOPNOTSUPP");
+    edit("zero layers", 11, &[0], "E2BIG");
+    edit("inputs", 12, &[30], "EINVAL");
+    edit("width 0", 24, &[0, 0, 0, 0], "E2BIG");
+    edit("linear hidden layer", 28, &[0], "EINVAL");
+    edit("reserved byte", 31, &[1], "EINVAL");
+    edit("weight -32768", wq, &(-32768i16).to_le_bytes(), "ERANGE");
+    edit(
+        "bias past 2^30",
+        bq,
+        &((1i64 << 30) + 1).to_le_bytes(),
+        "ERANGE",
+    );
+    let mut b = good.clone();
+    b[wq] ^= 1;
+    cases.push(("checksum", b, "EBADMSG"));
+    for (name, bytes, errno) in cases {
+        let p = d.path().join("bad.augm");
+        std::fs::write(&p, &bytes).unwrap();
+        let rust = augur(&["model", "show", p.to_str().unwrap()]);
+        assert!(!rust.status.success(), "{name}: the Rust loader took it");
+        let c = Command::new(out.join("check"))
+            .arg("--model")
+            .arg(&p)
+            .output()
+            .unwrap();
+        let err = stderr(&c);
+        assert_eq!(
+            c.status.code(),
+            Some(2),
+            "{name}: the C parser took it: {err}"
+        );
+        assert!(err.contains(&format!("refused ({errno})")), "{name}: {err}");
+    }
+    // And the good file still passes both.
+    std::fs::write(d.path().join("ok.augm"), &good).unwrap();
+    let c = Command::new(out.join("check"))
+        .arg("--model")
+        .arg(d.path().join("ok.augm"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(c.status.success(), "{}", stderr(&c));
+}
+
+/// The model parser's fuzz corpus (`predictor/c/fuzz/corpus`, grown by
+/// `predictor/c/fuzz/run` with libFuzzer) replayed through the fuzz target
+/// built with gcc's AddressSanitizer and UBSan: no crash, no bad access.
+#[test]
+fn the_fuzz_corpus_replays_clean_under_asan() {
+    if !have_tools() {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let d = tempfile::tempdir().unwrap();
+    let o = Command::new(root.join("predictor/c/fuzz/run"))
+        .arg("--replay")
+        .env("CARGO_TARGET_DIR", d.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    let n: usize = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(n >= 6, "replayed too few inputs: {out}");
 }

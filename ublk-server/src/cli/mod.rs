@@ -7,6 +7,7 @@
 //! | `ctl.rs` | `ctl`: a running daemon's control socket |
 //! | `model.rs` | `train`, `eval`, `model`, `trace` |
 //! | `gpu.rs` | `gpu calibrate`: the GPU path on this machine |
+//! | `kmod.rs` | `kmod load`, `info`, `predict`: the kernel module |
 //! | `args.rs` | the workload and fault flags they share |
 //! | `error.rs` | [`CliError`]: a bad flag (exit status 2) |
 
@@ -20,6 +21,7 @@ mod ctl;
 mod device;
 mod error;
 mod gpu;
+mod kmod;
 mod load;
 mod model;
 
@@ -69,6 +71,9 @@ enum Cmd {
     /// The GPU path (burn's wgpu backend): calibrate it against the CPU on this machine.
     #[command(subcommand)]
     Gpu(gpu::GpuCmd),
+    /// The kernel module (kmod/): load a model into it, show it, self-test it.
+    #[command(subcommand)]
+    Kmod(kmod::KmodCmd),
 }
 
 pub fn main() -> ExitCode {
@@ -101,6 +106,7 @@ pub fn main() -> ExitCode {
         Cmd::Model(c) => model::cmd_model(c),
         Cmd::Trace(c) => model::cmd_trace(c),
         Cmd::Gpu(c) => gpu::cmd_gpu(c),
+        Cmd::Kmod(c) => kmod::cmd_kmod(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

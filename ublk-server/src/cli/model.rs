@@ -163,6 +163,23 @@ pub enum ModelCmd {
         /// Model file, or `default`.
         model: String,
     },
+    /// Write a model with random weights (seeded) of an architecture: not
+    /// trained, its decisions mean nothing; for tests, benchmarks and
+    /// checking the C and kernel paths against the Rust one.
+    Random {
+        /// base (31-256-2), deep1, deep2, heimdall.
+        #[arg(long, default_value = "base")]
+        arch: String,
+        /// Inputs of base, deep1 and deep2: linnos, linnos-ext or linnos-write.
+        #[arg(long, value_name = "SET")]
+        features: Option<String>,
+        /// Seed of the weights.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Model file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write the integer path as C: the core (shared with the kernel
     /// module), the model as a constant struct, a userspace check program
     /// and a Makefile whose default target builds it.
@@ -381,6 +398,39 @@ pub fn cmd_model(c: ModelCmd) -> anyhow::Result<()> {
             let m = load_model(&model)?;
             print!("{}", m.describe());
         }
+        ModelCmd::Random {
+            arch,
+            features,
+            seed,
+            out,
+        } => {
+            let a = Arch::parse(&arch).ok_or_else(|| {
+                CliError::BadFlag(format!(
+                    "--arch {arch}: one of base, deep1, deep2, heimdall"
+                ))
+            })?;
+            let fs = match features.as_deref() {
+                None => a.feature_set(),
+                Some(_) if a == Arch::Heimdall => {
+                    return Err(CliError::BadFlag("--features: heimdall has its own".into()).into());
+                }
+                Some(f) => FeatureSet::parse(f).ok_or_else(|| {
+                    CliError::BadFlag(format!(
+                        "--features {f}: linnos, linnos-ext or linnos-write"
+                    ))
+                })?,
+            };
+            let w = a.widths();
+            let m = Model::random(fs, &w[1..w.len() - 1], w[w.len() - 1], seed)?;
+            m.save(&out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!(
+                "wrote random model {} ({}) to {}",
+                m.id(),
+                m.shape_string(),
+                out.display()
+            );
+        }
         ModelCmd::ExportC { model, out } => {
             let m = load_model(&model)?;
             let files = augur_predictor::cgen::export_c(&m, &out)
@@ -413,49 +463,41 @@ fn cmd_predict(
     seed: u64,
     emit_inputs: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    use augur_predictor::cgen::{check_line, parse_input, random_inputs};
-    use std::io::{BufRead, Write};
+    use augur_predictor::cgen::check_line;
+    use std::io::Write;
     let m = load_model(model)?;
-    let inputs: Vec<Vec<i32>> = match (input, random) {
-        (_, Some(n)) => random_inputs(&m, n, seed),
-        (Some(path), None) => {
-            let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
-                Box::new(std::io::stdin().lock())
-            } else {
-                let f = std::fs::File::open(&path)
-                    .map_err(|e| CliError::BadFlag(format!("--input {}: {e}", path.display())))?;
-                Box::new(std::io::BufReader::new(f))
-            };
-            let mut v = Vec::new();
-            for (no, line) in reader.lines().enumerate() {
-                let line = line.with_context(|| format!("reading {}", path.display()))?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let x = parse_input(&m, &line).map_err(|e| {
-                    CliError::BadFlag(format!("{} line {}: {e}", path.display(), no + 1))
-                })?;
-                v.push(x);
-            }
-            v
-        }
-        (None, None) => unreachable!("clap requires --input or --random"),
-    };
-    if let Some(path) = emit_inputs {
-        let mut text = String::new();
-        for x in &inputs {
-            let line: Vec<String> = x.iter().map(|v| v.to_string()).collect();
-            text.push_str(&line.join(" "));
-            text.push('\n');
-        }
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    }
+    let inputs = vectors(m.feature_set(), input, random, seed, emit_inputs)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for x in &inputs {
         writeln!(out, "{}", check_line(&m, x))?;
     }
     out.flush()?;
     Ok(())
+}
+
+/// The encoded vectors of `model predict` and `kmod predict`: read from
+/// `input`, or `random` generated ones (also written to `emit_inputs`).
+pub(crate) fn vectors(
+    fs: FeatureSet,
+    input: Option<PathBuf>,
+    random: Option<usize>,
+    seed: u64,
+    emit_inputs: Option<PathBuf>,
+) -> anyhow::Result<Vec<Vec<i32>>> {
+    use augur_predictor::cgen::{random_inputs, read_inputs, write_inputs};
+    let inputs = match (input, random) {
+        (_, Some(n)) => random_inputs(fs, n, seed),
+        (Some(path), None) => {
+            read_inputs(fs, &path).map_err(|e| CliError::BadFlag(format!("--input {e}")))?
+        }
+        (None, None) => {
+            return Err(CliError::BadFlag("give --input FILE or --random N".into()).into());
+        }
+    };
+    if let Some(path) = emit_inputs {
+        write_inputs(&path, &inputs).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(inputs)
 }
 
 /// `augur trace ...`.
