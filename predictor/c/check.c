@@ -11,15 +11,21 @@
  * that is not a vector of the right length and range is reported with its
  * number, and the program exits 1.
  *
+ * `check --bench REPS` (after --model FILE, if given) prints nothing per
+ * line: it scores every vector REPS times and says on stderr how many
+ * nanoseconds one prediction took (CLOCK_MONOTONIC over the whole loop).
+ *
  * `check --model FILE` scores with a model file read at run time by the
  * parser the kernel module uses (augur_model.c) instead of the model
  * compiled in; a file it refuses is reported (errno name and why) with
  * exit status 2.
  */
+#define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
 #include <errno.h>
 #include <string.h>
+#include <time.h>
 
 #include "augur_model.h"
 
@@ -76,12 +82,22 @@ int main(int argc, char **argv)
 	const struct augur_layer *last = &m->layers[m->n_layers - 1];
 	unsigned long no = 0;
 
-	if (argc == 3 && strcmp(argv[1], "--model") == 0) {
-		m = load(argv[2]);
+	static s32 all[1 << 20];
+	unsigned long reps = 0, stored = 0;
+	int a = 1;
+
+	if (argc >= a + 2 && strcmp(argv[a], "--model") == 0) {
+		m = load(argv[a + 1]);
 		max = m->feature_set == AUGUR_FS_HEIMDALL ? 1024 : 9;
 		last = &m->layers[m->n_layers - 1];
-	} else if (argc != 1) {
-		fprintf(stderr, "usage: check [--model FILE] < vectors\n");
+		a += 2;
+	}
+	if (argc >= a + 2 && strcmp(argv[a], "--bench") == 0) {
+		reps = strtoul(argv[a + 1], NULL, 10);
+		a += 2;
+	}
+	if (a != argc) {
+		fprintf(stderr, "usage: check [--model FILE] [--bench REPS] < vectors\n");
 		return 2;
 	}
 	while (fgets(line, sizeof(line), stdin)) {
@@ -121,11 +137,34 @@ int main(int argc, char **argv)
 				no, n, m->n_inputs);
 			return 1;
 		}
+		if (reps) {
+			if ((stored + 1) * m->n_inputs <= sizeof(all) / sizeof(all[0]))
+				memcpy(all + stored++ * m->n_inputs, x, n * sizeof(s32));
+			continue;
+		}
 		score = augur_forward(m, x, out, &scratch);
 		for (j = 0; j < last->outputs; j++)
 			printf("%lld ", (long long)out[j]);
 		printf("%lld %s\n", (long long)score,
 		       augur_is_slow(score) ? "slow" : "fast");
+	}
+	if (reps && stored) {
+		struct timespec t0, t1;
+		volatile s64 sink = 0;
+		s64 out[AUGUR_MAX_OUTPUTS];
+		unsigned long r, i;
+		double ns;
+
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		for (r = 0; r < reps; r++)
+			for (i = 0; i < stored; i++)
+				sink += augur_forward(m, all + i * m->n_inputs, out,
+						      &scratch);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		ns = (t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec);
+		fprintf(stderr, "%.1f ns per prediction (%lu vectors x %lu)\n",
+			ns / ((double)reps * stored), stored, reps);
+		(void)sink;
 	}
 	return 0;
 }
