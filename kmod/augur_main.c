@@ -42,9 +42,10 @@ static struct augur_slot __rcu *active;
 static DEFINE_MUTEX(publish_lock);
 static atomic64_t swaps = ATOMIC64_INIT(0);
 
-/* Per-CPU room for the hidden activations of deep models: used with
- * preemption off (inside the caller's RCU read section, never sleeping). */
-static DEFINE_PER_CPU(struct augur_scratch, scratch);
+/* Per-CPU room for the hidden activations of deep models, allocated at
+ * load: used with preemption off (inside the caller's RCU read section,
+ * never sleeping). */
+static struct augur_scratch __percpu *scratch;
 
 const struct augur_model *augur_model_get(void)
 {
@@ -64,10 +65,10 @@ EXPORT_SYMBOL_GPL(augur_model_put);
 
 s64 augur_predict(const struct augur_model *m, const s32 *x, s64 *out)
 {
-	struct augur_scratch *s = get_cpu_ptr(&scratch);
+	struct augur_scratch *s = get_cpu_ptr(scratch);
 	s64 score = augur_forward(m, x, out, s);
 
-	put_cpu_ptr(&scratch);
+	put_cpu_ptr(scratch);
 	return score;
 }
 EXPORT_SYMBOL_GPL(augur_predict);
@@ -75,10 +76,10 @@ EXPORT_SYMBOL_GPL(augur_predict);
 void augur_predict_batch(const struct augur_model *m, const s32 *xs, u32 n,
 			 s64 *scores)
 {
-	struct augur_scratch *s = get_cpu_ptr(&scratch);
+	struct augur_scratch *s = get_cpu_ptr(scratch);
 
 	augur_forward_batch(m, xs, n, scores, s);
-	put_cpu_ptr(&scratch);
+	put_cpu_ptr(scratch);
 }
 EXPORT_SYMBOL_GPL(augur_predict_batch);
 
@@ -241,10 +242,17 @@ static struct miscdevice augur_dev = {
 
 static int __init augur_init(void)
 {
-	int err = misc_register(&augur_dev);
+	int err;
 
-	if (err)
+	/* 8 KiB per CPU: more than the static per-CPU area modules get. */
+	scratch = alloc_percpu(struct augur_scratch);
+	if (!scratch)
+		return -ENOMEM;
+	err = misc_register(&augur_dev);
+	if (err) {
+		free_percpu(scratch);
 		return err;
+	}
 	pr_info("ready: write a model file to /dev/augur\n");
 	return 0;
 }
@@ -262,6 +270,7 @@ static void __exit augur_exit(void)
 	synchronize_rcu();
 	kvfree(old);
 	rcu_barrier();
+	free_percpu(scratch);
 }
 
 module_init(augur_init);

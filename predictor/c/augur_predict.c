@@ -27,15 +27,22 @@ static inline s32 relu_shift(s64 acc, u32 r)
 	return (s32)v;
 }
 
-/* sum_i w[i] * u[i], exact in s64. */
+/* sum_i w[i] * u[i], exact in s64 (any order). Four independent sums, so
+ * the multiply-adds overlap instead of waiting on one another. */
 static inline s64 dot(const s16 *w, const s32 *u, u32 n)
 {
-	s64 sum = 0;
-	u32 i;
+	s64 s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+	u32 i = 0;
 
-	for (i = 0; i < n; i++)
-		sum += (s64)w[i] * (s64)u[i];
-	return sum;
+	for (; i + 4 <= n; i += 4) {
+		s0 += (s64)w[i] * (s64)u[i];
+		s1 += (s64)w[i + 1] * (s64)u[i + 1];
+		s2 += (s64)w[i + 2] * (s64)u[i + 2];
+		s3 += (s64)w[i + 3] * (s64)u[i + 3];
+	}
+	for (; i < n; i++)
+		s0 += (s64)w[i] * (s64)u[i];
+	return s0 + s1 + s2 + s3;
 }
 
 /* Step 2 for one output: bias + 2^s * dot (a multiplication, not a shift,

@@ -576,7 +576,9 @@ kmod_same() {
     augur model predict --model "$2" --random "$3" --seed 5 >/tmp/k9-rust.txt 2>>/tmp/k9.log &&
     [ "$(wc -l </tmp/k9-rust.txt)" -eq "$3" ] && cmp -s /tmp/k9-kernel.txt /tmp/k9-rust.txt; then
     ok "kmod-same-as-rust-$1"
-    echo "MEASURE kmod model=$1 $(sed -n 's/.*: \([0-9]*\) ns per prediction/kernel_ns_per_prediction=\1/p' /tmp/k9.log)"
+    augur model predict --model "$2" --random "$3" --seed 5 --time 1 2>/tmp/k9-rust-time.log
+    echo "MEASURE kmod model=$1 $(sed -n 's/.*: \([0-9]*\) ns per prediction/kernel_ns_per_prediction=\1/p' /tmp/k9.log)" \
+      "$(sed -n 's/^\([0-9.]*\) ns per prediction.*/rust_userspace_ns_per_prediction=\1/p' /tmp/k9-rust-time.log)"
   else
     fail "kmod-same-as-rust-$1" "the kernel's outputs differ from the Rust integer path's"
     show /tmp/k9.log

@@ -210,6 +210,11 @@ pub enum ModelCmd {
         /// Also write the generated vectors here, as the check program reads them.
         #[arg(long, requires = "random")]
         emit_inputs: Option<PathBuf>,
+        /// Print no lines: score every vector this many times on the integer
+        /// fast path, one at a time, and say on stderr how many nanoseconds
+        /// one prediction took (as `check --bench` does for the C).
+        #[arg(long, value_name = "REPS")]
+        time: Option<u32>,
     },
 }
 
@@ -450,7 +455,8 @@ pub fn cmd_model(c: ModelCmd) -> anyhow::Result<()> {
             random,
             seed,
             emit_inputs,
-        } => cmd_predict(&model, input, random, seed, emit_inputs)?,
+            time,
+        } => cmd_predict(&model, input, random, seed, emit_inputs, time)?,
     }
     Ok(())
 }
@@ -462,11 +468,34 @@ fn cmd_predict(
     random: Option<usize>,
     seed: u64,
     emit_inputs: Option<PathBuf>,
+    time: Option<u32>,
 ) -> anyhow::Result<()> {
     use augur_predictor::cgen::check_line;
     use std::io::Write;
     let m = load_model(model)?;
     let inputs = vectors(m.feature_set(), input, random, seed, emit_inputs)?;
+    if let Some(reps) = time {
+        let mut s = augur_predictor::Scratch::for_model(&m);
+        let mut sink = 0i64;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            for x in &inputs {
+                sink = sink.wrapping_add(m.score_int_encoded(
+                    x,
+                    &mut s,
+                    augur_predictor::Kernel::Auto,
+                ));
+            }
+        }
+        let ns = t.elapsed().as_nanos() as f64 / (f64::from(reps) * inputs.len().max(1) as f64);
+        std::hint::black_box(sink);
+        eprintln!(
+            "{ns:.1} ns per prediction ({} vectors x {reps}, Rust integer path, {} kernel)",
+            inputs.len(),
+            m.int_kernel_name()
+        );
+        return Ok(());
+    }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for x in &inputs {
         writeln!(out, "{}", check_line(&m, x))?;
