@@ -7,6 +7,9 @@
  *		slow = augur_is_slow(augur_predict(m, x, out));
  *	augur_model_put();
  *
+ * augur_encode() (augur_features.h) turns the caller's per-device history
+ * into x for the LinnOS feature sets.
+ *
  * Between get and put the caller is in an RCU read section: it must not
  * sleep, and the model it holds stays whole even if a new one is loaded
  * meanwhile (the old one is freed after a grace period).
@@ -14,6 +17,7 @@
 #ifndef AUGUR_H
 #define AUGUR_H
 
+#include "augur_features.h"
 #include "augur_predict.h"
 
 const struct augur_model *augur_model_get(void);

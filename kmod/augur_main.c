@@ -82,6 +82,7 @@ void augur_predict_batch(const struct augur_model *m, const s32 *xs, u32 n,
 	put_cpu_ptr(scratch);
 }
 EXPORT_SYMBOL_GPL(augur_predict_batch);
+EXPORT_SYMBOL_GPL(augur_encode);
 
 static const char *errno_name(int err)
 {

@@ -15,6 +15,13 @@
  * line: it scores every vector REPS times and says on stderr how many
  * nanoseconds one prediction took (CLOCK_MONOTONIC over the whole loop).
  *
+ * `check --encode` (after --model FILE, if given) reads replica histories
+ * instead, one per line (augur_features.h's struct augur_history, field by
+ * field: pending_pages pending_ios, then latency_us pending_pages_at_issue
+ * pending_ios_at_issue size_bytes of the 4 recent reads, len,
+ * oldest_pending_us read_max_us, the 4 write latencies, write_len), and
+ * prints the model's input vector for each, in the line format it reads.
+ *
  * `check --model FILE` scores with a model file read at run time by the
  * parser the kernel module uses (augur_model.c) instead of the model
  * compiled in; a file it refuses is reported (errno name and why) with
@@ -27,6 +34,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "augur_features.h"
 #include "augur_model.h"
 
 extern const struct augur_model augur_model;
@@ -74,6 +82,62 @@ static const struct augur_model *load(const char *path)
 	return augur_model_build(buf, len, mem);
 }
 
+/* --encode: histories in, input vectors out. */
+static int encode(const struct augur_model *m)
+{
+	static char line[4096];
+	unsigned long no = 0;
+
+	while (fgets(line, sizeof(line), stdin)) {
+		struct augur_history h;
+		u32 v[26], *f = v, k, n = 0;
+		s32 x[AUGUR_MAX_INPUTS];
+		char *p = line, *end;
+
+		no++;
+		for (;;) {
+			unsigned long t = strtoul(p, &end, 10);
+
+			if (end == p)
+				break;
+			if (n == 26 || t > 0xFFFFFFFFul) {
+				fprintf(stderr, "line %lu: expected 26 u32 fields\n", no);
+				return 1;
+			}
+			v[n++] = (u32)t;
+			p = end;
+		}
+		if (n == 0)
+			continue;
+		if (n != 26) {
+			fprintf(stderr, "line %lu: expected 26 u32 fields\n", no);
+			return 1;
+		}
+		h.pending_pages = *f++;
+		h.pending_ios = *f++;
+		for (k = 0; k < AUGUR_HISTORY_LEN; k++) {
+			h.recent[k].latency_us = *f++;
+			h.recent[k].pending_pages_at_issue = *f++;
+			h.recent[k].pending_ios_at_issue = *f++;
+			h.recent[k].size_bytes = *f++;
+		}
+		h.len = *f++;
+		h.oldest_pending_us = *f++;
+		h.read_max_us = *f++;
+		for (k = 0; k < AUGUR_WRITE_HISTORY_LEN; k++)
+			h.write_recent_us[k] = *f++;
+		h.write_len = *f++;
+		n = augur_encode(m->feature_set, &h, x);
+		if (n == 0) {
+			fprintf(stderr, "this model's feature set has no C encoder\n");
+			return 1;
+		}
+		for (k = 0; k < n; k++)
+			printf(k + 1 < n ? "%d " : "%d\n", x[k]);
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	static char line[1 << 16];
@@ -92,6 +156,8 @@ int main(int argc, char **argv)
 		last = &m->layers[m->n_layers - 1];
 		a += 2;
 	}
+	if (argc == a + 1 && strcmp(argv[a], "--encode") == 0)
+		return encode(m);
 	if (argc >= a + 2 && strcmp(argv[a], "--bench") == 0) {
 		reps = strtoul(argv[a + 1], NULL, 10);
 		a += 2;

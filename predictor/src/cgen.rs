@@ -1,5 +1,6 @@
 //! C code generation: `augur model export-c` writes the integer path as C
-//! (the core and the model file parser in `predictor/c/`, shared with the
+//! (the core, the model file parser and the feature encoders in
+//! `predictor/c/`, shared with the
 //! kernel module, and the model as a constant instance of its struct), a
 //! userspace check program and a Makefile; [`check_line`] is the line format both that program and
 //! `augur model predict` print, so the two outputs compare with `diff`.
@@ -23,6 +24,10 @@ pub const PREDICT_C: &str = include_str!("../c/augur_predict.c");
 pub const MODEL_H: &str = include_str!("../c/augur_model.h");
 /// The model file parser: validation, then layout in the caller's memory.
 pub const MODEL_C: &str = include_str!("../c/augur_model.c");
+/// The LinnOS-family feature encoders (shared with the kernel module).
+pub const FEATURES_H: &str = include_str!("../c/augur_features.h");
+/// The encoders: a replica history in, the integer path's input out.
+pub const FEATURES_C: &str = include_str!("../c/augur_features.c");
 /// The userspace check program: encoded vectors in, output lines out.
 pub const CHECK_C: &str = include_str!("../c/check.c");
 
@@ -92,7 +97,7 @@ WARN = -std=c11 -Wall -Wextra -Werror
 # The core as the kernel builds it: no libc, no floating point, bounded frames.
 CORE = $(WARN) -ffreestanding -fno-builtin -mgeneral-regs-only -fstack-usage -Wframe-larger-than={MAX_FRAME_BYTES}
 
-check: check.o augur_predict.o augur_model.o model.o
+check: check.o augur_predict.o augur_model.o augur_features.o model.o
 \t$(CC) -o $@ $^
 
 augur_predict.o: augur_predict.c augur_predict.h
@@ -101,14 +106,17 @@ augur_predict.o: augur_predict.c augur_predict.h
 augur_model.o: augur_model.c augur_model.h augur_predict.h
 \t$(CC) $(CFLAGS) $(CORE) -c augur_model.c
 
+augur_features.o: augur_features.c augur_features.h augur_predict.h
+\t$(CC) $(CFLAGS) $(CORE) -c augur_features.c
+
 model.o: model.c augur_predict.h
 \t$(CC) $(CFLAGS) $(CORE) -c model.c
 
-check.o: check.c augur_predict.h augur_model.h
+check.o: check.c augur_predict.h augur_model.h augur_features.h
 \t$(CC) $(CFLAGS) $(WARN) -c check.c
 
-stack: augur_predict.o augur_model.o
-\t@cat augur_predict.su augur_model.su
+stack: augur_predict.o augur_model.o augur_features.o
+\t@cat augur_predict.su augur_model.su augur_features.su
 
 clean:
 \trm -f check *.o *.su
@@ -127,6 +135,8 @@ pub fn export_c(m: &Model, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         ("augur_predict.c", PREDICT_C.to_string()),
         ("augur_model.h", MODEL_H.to_string()),
         ("augur_model.c", MODEL_C.to_string()),
+        ("augur_features.h", FEATURES_H.to_string()),
+        ("augur_features.c", FEATURES_C.to_string()),
         ("check.c", CHECK_C.to_string()),
         ("model.c", model_c(m)),
         ("Makefile", makefile()),

@@ -670,3 +670,78 @@ scenario_9() {
     ok kmod-dmesg-clean
   fi
 }
+
+# s10_reads LEG_FIELDS...: from `dmsetup status s10`, the reads of each leg.
+s10_reads() { dmsetup status s10 | awk '{ for (i = 6; i <= NF; i += 5) printf "%s ", $(i + 1) }'; }
+
+# The device-mapper target over three legs (brd ramdisks), one slowed by
+# dm-delay: fio verify passes; with linnos the reads move off the slow leg
+# and with baseline they do not (read p99 of each, one guest run); a leg
+# switched to dm-error mid-verify leaves verify passing and the leg down.
+scenario_10() {
+  export DM_DISABLE_UDEV=1
+  S=131072 # 64 MiB in sectors
+  lsmod | grep -q '^augur ' || insmod /vm/augur.ko
+  if ! modprobe brd rd_nr=3 rd_size=65536 || ! wait_blk /dev/ram2 10 ||
+    ! modprobe dm_mod || ! modprobe dm_delay || ! insmod /vm/dm-augur.ko ||
+    ! augur kmod load default >/tmp/s10.log 2>&1; then
+    fail dm-create "modules or the model did not load"
+    show /tmp/s10.log
+    return
+  fi
+  # Leg 1 reads take 3 ms more (writes are not delayed); leg 2 sits on a
+  # linear map that is switched to dm-error later.
+  if dmsetup create s10slow --table "0 $S delay /dev/ram1 0 3 /dev/ram1 0 0" &&
+    dmsetup create s10l2 --table "0 $S linear /dev/ram2 0" &&
+    dmsetup create s10 --table "0 $S augur baseline /dev/ram0 /dev/mapper/s10slow /dev/mapper/s10l2" &&
+    wait_blk /dev/mapper/s10 10; then
+    ok dm-create
+  else
+    fail dm-create "dmsetup create failed"
+    dmesg | tail -n 5 | sed 's/^/    | /'
+    return
+  fi
+  if fio_verify s10 /tmp/s10-verify.log /dev/mapper/s10 --size=32M --rw=randrw; then
+    ok dm-verify
+  else
+    fail dm-verify "fio verify failed on the augur target"
+  fi
+  good=1
+  for p in baseline linnos; do
+    dmsetup message s10 0 policy $p && dmsetup message s10 0 reset || good=0
+    if m=$(fio_terse /tmp/s10-$p.fio /dev/mapper/s10 --rw=randread --iodepth=4 --size=64M); then
+      reads=$(s10_reads)
+      echo "MEASURE dm policy=$p $m leg_reads=$(echo $reads | tr ' ' ,)"
+      eval "p99_$p=$(echo "$m" | sed -n 's/.*p99_us=\([0-9]*\).*/\1/p')"
+      set -- $reads
+      eval "slow_$p=$2 total_$p=$(($1 + $2 + $3))"
+    else
+      good=0
+    fi
+  done
+  dmsetup status s10 | sed 's/^/    | status: /'
+  if [ "$good" = 1 ] && [ "${total_linnos:-0}" -gt 0 ] && [ "${total_baseline:-0}" -gt 0 ] &&
+    [ $((slow_linnos * 100 / total_linnos)) -lt $((slow_baseline * 100 / total_baseline / 2)) ] &&
+    [ "$p99_linnos" -lt "$p99_baseline" ]; then
+    ok dm-linnos-shifts-reads
+  else
+    fail dm-linnos-shifts-reads "slow-leg reads baseline ${slow_baseline:-?}/${total_baseline:-?}, linnos ${slow_linnos:-?}/${total_linnos:-?}; p99 ${p99_baseline:-?} vs ${p99_linnos:-?} us"
+  fi
+  # Leg 2 fails mid-verify: writes carry on on the others, its reads are
+  # retried there, and it is reported down.
+  (sleep 2 && dmsetup suspend s10l2 && dmsetup load s10l2 --table "0 $S error" && dmsetup resume s10l2) &
+  failer=$!
+  # Four passes (about 10 s in the guest), so the switch lands inside.
+  if fio_verify s10f /tmp/s10-fail.log /dev/mapper/s10 --size=32M --rw=randrw --loops=4; then vok=1; else vok=0; fi
+  wait $failer
+  state=$(dmsetup status s10 | awk '{ print $16 }')
+  if [ "$vok" = 1 ] && [ "$state" = D ] && dmesg | grep -q "dm-augur: .*leg 2 .*failed"; then
+    ok dm-leg-fails
+  else
+    fail dm-leg-fails "verify=$vok leg 2 state=$state"
+    show /tmp/s10-fail.log
+    dmesg | grep augur | tail -n 5 | sed 's/^/    | /'
+  fi
+  dmsetup remove s10 && dmsetup remove s10slow && dmsetup remove s10l2 &&
+    rmmod dm_augur && rmmod augur && rmmod brd && ok dm-remove || fail dm-remove "teardown failed"
+}

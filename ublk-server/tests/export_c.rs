@@ -358,3 +358,113 @@ fn the_fuzz_corpus_replays_clean_under_asan() {
         .unwrap_or(0);
     assert!(n >= 6, "replayed too few inputs: {out}");
 }
+
+/// The C feature encoders (the kernel module's) give the Rust encoders'
+/// digits for random histories, including values past every cap and
+/// history lengths past the arrays.
+#[test]
+fn the_c_encoders_match_the_rust_ones() {
+    use augur_feature_store::{Completed, HistorySnapshot};
+    if !have_tools() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut rng = augur_rng::Rng::new(17);
+    let big = |rng: &mut augur_rng::Rng| match rng.below(4) {
+        0 => 0,
+        1 => rng.below(1000) as u32,
+        2 => rng.below(20_000) as u32,
+        _ => rng.next_u64() as u32,
+    };
+    let snaps: Vec<HistorySnapshot> = (0..3000)
+        .map(|_| {
+            let mut h = HistorySnapshot {
+                pending_pages: big(&mut rng),
+                pending_ios: big(&mut rng),
+                len: rng.below(7) as u8,
+                oldest_pending_us: big(&mut rng),
+                read_max_us: big(&mut rng),
+                write_len: rng.below(7) as u8,
+                ..HistorySnapshot::default()
+            };
+            for c in h.recent.iter_mut() {
+                *c = Completed {
+                    latency_us: big(&mut rng),
+                    pending_pages_at_issue: big(&mut rng),
+                    pending_ios_at_issue: big(&mut rng),
+                    size_bytes: big(&mut rng),
+                };
+            }
+            for w in h.write_recent_us.iter_mut() {
+                *w = big(&mut rng);
+            }
+            h
+        })
+        .collect();
+    let mut text = String::new();
+    for h in &snaps {
+        let mut f = vec![h.pending_pages, h.pending_ios];
+        for c in &h.recent {
+            f.extend([
+                c.latency_us,
+                c.pending_pages_at_issue,
+                c.pending_ios_at_issue,
+                c.size_bytes,
+            ]);
+        }
+        f.extend([u32::from(h.len), h.oldest_pending_us, h.read_max_us]);
+        f.extend(h.write_recent_us);
+        f.push(u32::from(h.write_len));
+        let line: Vec<String> = f.iter().map(|v| v.to_string()).collect();
+        text.push_str(&line.join(" "));
+        text.push('\n');
+    }
+    let histories = d.path().join("histories.txt");
+    std::fs::write(&histories, text).unwrap();
+    for fs in [
+        FeatureSet::LinnOs,
+        FeatureSet::LinnOsExt,
+        FeatureSet::LinnOsWrite,
+    ] {
+        let m = Model::random(fs, &[4], 2, 1).unwrap();
+        let f = d.path().join(format!("{}.augm", fs.name()));
+        m.save(&f).unwrap();
+        let out = d.path().join(fs.name());
+        let o = augur(&[
+            "model",
+            "export-c",
+            f.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            Command::new("make")
+                .arg("-s")
+                .arg("-C")
+                .arg(&out)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let c = Command::new(out.join("check"))
+            .arg("--encode")
+            .stdin(std::fs::File::open(&histories).unwrap())
+            .output()
+            .unwrap();
+        assert!(c.status.success(), "{}: {}", fs.name(), stderr(&c));
+        let got = String::from_utf8(c.stdout).unwrap();
+        let mut want = String::new();
+        for h in &snaps {
+            let mut x = [0i32; augur_predictor::features::MAX_INPUTS];
+            let n = m.encode_int(h, augur_predictor::ReadInfo { size_bytes: 4096 }, &mut x);
+            let line: Vec<String> = x[..n].iter().map(|v| v.to_string()).collect();
+            want.push_str(&line.join(" "));
+            want.push('\n');
+        }
+        for (k, (a, b)) in want.lines().zip(got.lines()).enumerate() {
+            assert_eq!(a, b, "{}: history {} (Rust, then C)", fs.name(), k + 1);
+        }
+        assert_eq!(want.lines().count(), got.lines().count(), "{}", fs.name());
+    }
+}
