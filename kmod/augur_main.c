@@ -84,18 +84,6 @@ void augur_predict_batch(const struct augur_model *m, const s32 *xs, u32 n,
 EXPORT_SYMBOL_GPL(augur_predict_batch);
 EXPORT_SYMBOL_GPL(augur_encode);
 
-static const char *errno_name(int err)
-{
-	switch (-err) {
-	case EINVAL: return "EINVAL";
-	case EOPNOTSUPP: return "EOPNOTSUPP";
-	case E2BIG: return "E2BIG";
-	case ERANGE: return "ERANGE";
-	case EBADMSG: return "EBADMSG";
-	default: return "?";
-	}
-}
-
 /* One write() is one whole model file. */
 static ssize_t augur_write(struct file *f, const char __user *ubuf,
 			   size_t len, loff_t *ppos)
@@ -119,7 +107,7 @@ static ssize_t augur_write(struct file *f, const char __user *ubuf,
 	err = augur_model_check(buf, len, &need, &why);
 	if (err) {
 		pr_warn("model refused (%s): %s; the active model stays\n",
-			errno_name(err), why);
+			augur_model_errno_name(err), why);
 		goto out;
 	}
 	slot = kvmalloc(offsetof(struct augur_slot, model) + need, GFP_KERNEL);

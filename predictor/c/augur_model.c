@@ -246,6 +246,24 @@ int augur_model_check(const u8 *buf, size_t len, size_t *need,
 	return 0;
 }
 
+const char *augur_model_errno_name(int err)
+{
+	switch (-err) {
+	case EINVAL:
+		return "EINVAL";
+	case EOPNOTSUPP:
+		return "EOPNOTSUPP";
+	case E2BIG:
+		return "E2BIG";
+	case ERANGE:
+		return "ERANGE";
+	case EBADMSG:
+		return "EBADMSG";
+	default:
+		return "?";
+	}
+}
+
 struct augur_model *augur_model_build(const u8 *buf, size_t len, void *mem)
 {
 	struct augur_model *m = mem;

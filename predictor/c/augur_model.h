@@ -40,6 +40,9 @@
 int augur_model_check(const u8 *buf, size_t len, size_t *need,
 		      const char **why);
 
+/* The name of an errno augur_model_check returns (negative), e.g. "EINVAL". */
+const char *augur_model_errno_name(int err);
+
 /* Lays out a file that augur_model_check accepted in mem (need bytes,
  * 8-byte aligned) and returns the model inside it. */
 struct augur_model *augur_model_build(const u8 *buf, size_t len, void *mem);

@@ -30,7 +30,6 @@
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
-#include <errno.h>
 #include <string.h>
 #include <time.h>
 
@@ -40,18 +39,6 @@
 extern const struct augur_model augur_model;
 
 static struct augur_scratch scratch;
-
-static const char *errno_name(int e)
-{
-	switch (e) {
-	case EINVAL: return "EINVAL";
-	case EOPNOTSUPP: return "EOPNOTSUPP";
-	case E2BIG: return "E2BIG";
-	case ERANGE: return "ERANGE";
-	case EBADMSG: return "EBADMSG";
-	default: return "?";
-	}
-}
 
 /* Reads and parses a model file; exits 2 with the reason if it is refused. */
 static const struct augur_model *load(const char *path)
@@ -71,7 +58,7 @@ static const struct augur_model *load(const char *path)
 	fclose(f);
 	err = augur_model_check(buf, len, &need, &why);
 	if (err) {
-		fprintf(stderr, "%s: refused (%s): %s\n", path, errno_name(-err), why);
+		fprintf(stderr, "%s: refused (%s): %s\n", path, augur_model_errno_name(err), why);
 		exit(2);
 	}
 	mem = aligned_alloc(8, (need + 7) & ~(size_t)7);

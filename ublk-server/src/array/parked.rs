@@ -16,10 +16,9 @@ use std::sync::Arc;
 use io_uring::{opcode, types};
 
 use super::queue::Io;
-use super::slots::{SubKind, ud};
-use super::stats::bump;
+use super::slots::ud;
 use super::{ArrayError, Queue};
-use crate::route::{OffloadPlan, PendingScores, Route, ScoredOn, Wake, next_after};
+use crate::route::{OffloadPlan, PendingScores, Wake};
 
 /// user_data kinds of the offload's ring entries and simulator events.
 pub(super) const UD_GPU_WAKE: u64 = 4;
@@ -264,58 +263,6 @@ impl Queue {
         self.routes = routes;
         self.parked[idx].slots = slots;
         true
-    }
-
-    /// Bumps the per-device counters for one predictor call of `n` inputs.
-    pub(super) fn count_placed(&self, n: u64, on: ScoredOn) {
-        let c = &self.counters;
-        match on {
-            ScoredOn::Cpu => {
-                bump(&c.cpu_batches, 1);
-                bump(&c.cpu_items, n);
-            }
-            ScoredOn::Gpu { .. } => {
-                bump(&c.gpu_batches, 1);
-                bump(&c.gpu_items, n);
-            }
-            ScoredOn::GpuMissed { .. } => {
-                bump(&c.gpu_missed_batches, 1);
-                bump(&c.cpu_batches, 1);
-                bump(&c.cpu_items, n);
-            }
-        }
-    }
-
-    /// Issues routed reads: `routes[k]` is where `slots[k]` goes.
-    pub(super) fn issue_routed(&mut self, slots: &[usize], routes: &[Route], slow_us: u32) {
-        let inner = self.inner.clone();
-        for (&idx, &r) in slots.iter().zip(routes) {
-            if r.rerouted {
-                bump(&self.counters.rerouted, 1);
-            }
-            if r.predictions > 0 {
-                bump(&self.counters.predictions, r.predictions as u64);
-            }
-            if r.all_slow {
-                bump(&self.counters.all_slow, 1);
-            }
-            let said_slow = r.predictions.saturating_sub(u16::from(!r.all_slow));
-            if said_slow > 0 {
-                bump(&self.counters.predicted_slow, u64::from(said_slow));
-            }
-            let s = &mut self.slots[idx];
-            s.primary = r.replica;
-            s.pred = match (r.predictions > 0, r.all_slow) {
-                (false, _) => 0,
-                (true, false) => 1,
-                (true, true) => 2,
-            };
-            s.slow_us = slow_us;
-            self.start_read(idx, r.replica, SubKind::Main);
-            if r.hedge && next_after(inner.as_ref(), r.replica).is_some() {
-                self.arm_hedge(idx);
-            }
-        }
     }
 
     /// Scores every parked batch on the CPU and issues it (the queue is

@@ -20,7 +20,7 @@ use super::slots::{Slot, Sub, SubKind};
 use super::stats::{Counters, LatencyTable, bump};
 use super::{AlignedBuf, ArrayError, Inner, SECTOR};
 use crate::emu::{Clock, Outcome};
-use crate::route::{PendingRead, PolicyKind, Route, RouteScratch};
+use crate::route::{PendingRead, PolicyKind, Route, RouteScratch, ScoredOn, next_after};
 
 /// One block request handed to a [`Queue`].
 #[derive(Debug)]
@@ -398,6 +398,58 @@ impl Queue {
         }
         self.incoming = incoming;
         self.incoming.clear();
+    }
+
+    /// Bumps the per-device counters for one predictor call of `n` inputs.
+    pub(super) fn count_placed(&self, n: u64, on: ScoredOn) {
+        let c = &self.counters;
+        match on {
+            ScoredOn::Cpu => {
+                bump(&c.cpu_batches, 1);
+                bump(&c.cpu_items, n);
+            }
+            ScoredOn::Gpu { .. } => {
+                bump(&c.gpu_batches, 1);
+                bump(&c.gpu_items, n);
+            }
+            ScoredOn::GpuMissed { .. } => {
+                bump(&c.gpu_missed_batches, 1);
+                bump(&c.cpu_batches, 1);
+                bump(&c.cpu_items, n);
+            }
+        }
+    }
+
+    /// Issues routed reads: `routes[k]` is where `slots[k]` goes.
+    pub(super) fn issue_routed(&mut self, slots: &[usize], routes: &[Route], slow_us: u32) {
+        let inner = self.inner.clone();
+        for (&idx, &r) in slots.iter().zip(routes) {
+            if r.rerouted {
+                bump(&self.counters.rerouted, 1);
+            }
+            if r.predictions > 0 {
+                bump(&self.counters.predictions, r.predictions as u64);
+            }
+            if r.all_slow {
+                bump(&self.counters.all_slow, 1);
+            }
+            let said_slow = r.predictions.saturating_sub(u16::from(!r.all_slow));
+            if said_slow > 0 {
+                bump(&self.counters.predicted_slow, u64::from(said_slow));
+            }
+            let s = &mut self.slots[idx];
+            s.primary = r.replica;
+            s.pred = match (r.predictions > 0, r.all_slow) {
+                (false, _) => 0,
+                (true, false) => 1,
+                (true, true) => 2,
+            };
+            s.slow_us = slow_us;
+            self.start_read(idx, r.replica, SubKind::Main);
+            if r.hedge && next_after(inner.as_ref(), r.replica).is_some() {
+                self.arm_hedge(idx);
+            }
+        }
     }
 
     pub(super) fn start_read(&mut self, idx: usize, replica: u16, kind: SubKind) {

@@ -6,7 +6,6 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 
 use anyhow::Context;
 use augur_predictor::FeatureSet;
@@ -14,6 +13,7 @@ use augur_predictor::cgen::format_line;
 use clap::Subcommand;
 
 use super::error::CliError;
+use super::model::VectorArgs;
 
 /// The module's device.
 const DEV: &str = "/dev/augur";
@@ -33,15 +33,8 @@ pub enum KmodCmd {
     /// outputs, score and decision as `augur model predict` does; on stderr,
     /// the model used and the kernel's nanoseconds per prediction.
     Predict {
-        /// Encoded vectors, one per line (`-` for stdin).
-        #[arg(long, conflicts_with = "random", required_unless_present = "random")]
-        input: Option<PathBuf>,
-        /// Generate this many vectors instead (as `augur model predict`).
-        #[arg(long)]
-        random: Option<usize>,
-        /// Seed of --random.
-        #[arg(long, default_value_t = 1, requires = "random")]
-        seed: u64,
+        #[command(flatten)]
+        vectors: VectorArgs,
     },
 }
 
@@ -155,11 +148,7 @@ pub(crate) fn cmd_kmod(c: KmodCmd) -> anyhow::Result<()> {
                 );
             }
         }
-        KmodCmd::Predict {
-            input,
-            random,
-            seed,
-        } => {
+        KmodCmd::Predict { vectors } => {
             let f = open(false)?;
             let i = info(&f)?;
             if i.n_layers == 0 {
@@ -169,7 +158,7 @@ pub(crate) fn cmd_kmod(c: KmodCmd) -> anyhow::Result<()> {
                 .into());
             }
             let fs = fs_of(i.feature_set)?;
-            let vs = super::model::vectors(fs, input, random, seed, None)?;
+            let vs = super::model::vectors(fs, vectors, None)?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             let (mut ns, mut crcs) = (0u64, Vec::new());
             for chunk in vs.chunks(PREDICT_MAX) {

@@ -197,16 +197,8 @@ pub enum ModelCmd {
         /// Model file, or `default`.
         #[arg(long, default_value = "default")]
         model: String,
-        /// Encoded vectors, one per line (`-` for stdin).
-        #[arg(long, conflicts_with = "random", required_unless_present = "random")]
-        input: Option<PathBuf>,
-        /// Generate this many vectors instead: the edge cases first (zeros,
-        /// maxima, alternations), then random ones.
-        #[arg(long)]
-        random: Option<usize>,
-        /// Seed of --random.
-        #[arg(long, default_value_t = 1, requires = "random")]
-        seed: u64,
+        #[command(flatten)]
+        vectors: VectorArgs,
         /// Also write the generated vectors here, as the check program reads them.
         #[arg(long, requires = "random")]
         emit_inputs: Option<PathBuf>,
@@ -216,6 +208,21 @@ pub enum ModelCmd {
         #[arg(long, value_name = "REPS")]
         time: Option<u32>,
     },
+}
+
+/// Where `model predict` and `kmod predict` get their encoded vectors.
+#[derive(Args)]
+pub struct VectorArgs {
+    /// Encoded vectors, one per line (`-` for stdin).
+    #[arg(long, conflicts_with = "random", required_unless_present = "random")]
+    input: Option<PathBuf>,
+    /// Generate this many vectors instead: the edge cases first (zeros,
+    /// maxima, alternations), then random ones.
+    #[arg(long)]
+    random: Option<usize>,
+    /// Seed of --random.
+    #[arg(long, default_value_t = 1, requires = "random")]
+    seed: u64,
 }
 
 /// `augur trace ...`.
@@ -451,12 +458,10 @@ pub fn cmd_model(c: ModelCmd) -> anyhow::Result<()> {
         }
         ModelCmd::Predict {
             model,
-            input,
-            random,
-            seed,
+            vectors,
             emit_inputs,
             time,
-        } => cmd_predict(&model, input, random, seed, emit_inputs, time)?,
+        } => cmd_predict(&model, vectors, emit_inputs, time)?,
     }
     Ok(())
 }
@@ -464,16 +469,14 @@ pub fn cmd_model(c: ModelCmd) -> anyhow::Result<()> {
 /// `augur model predict`.
 fn cmd_predict(
     model: &str,
-    input: Option<PathBuf>,
-    random: Option<usize>,
-    seed: u64,
+    v: VectorArgs,
     emit_inputs: Option<PathBuf>,
     time: Option<u32>,
 ) -> anyhow::Result<()> {
     use augur_predictor::cgen::check_line;
     use std::io::Write;
     let m = load_model(model)?;
-    let inputs = vectors(m.feature_set(), input, random, seed, emit_inputs)?;
+    let inputs = vectors(m.feature_set(), v, emit_inputs)?;
     if let Some(reps) = time {
         let mut s = augur_predictor::Scratch::for_model(&m);
         let mut sink = 0i64;
@@ -505,17 +508,15 @@ fn cmd_predict(
 }
 
 /// The encoded vectors of `model predict` and `kmod predict`: read from
-/// `input`, or `random` generated ones (also written to `emit_inputs`).
+/// `--input`, or `--random` generated ones (also written to `emit_inputs`).
 pub(crate) fn vectors(
     fs: FeatureSet,
-    input: Option<PathBuf>,
-    random: Option<usize>,
-    seed: u64,
+    v: VectorArgs,
     emit_inputs: Option<PathBuf>,
 ) -> anyhow::Result<Vec<Vec<i32>>> {
     use augur_predictor::cgen::{random_inputs, read_inputs, write_inputs};
-    let inputs = match (input, random) {
-        (_, Some(n)) => random_inputs(fs, n, seed),
+    let inputs = match (v.input, v.random) {
+        (_, Some(n)) => random_inputs(fs, n, v.seed),
         (Some(path), None) => {
             read_inputs(fs, &path).map_err(|e| CliError::BadFlag(format!("--input {e}")))?
         }
