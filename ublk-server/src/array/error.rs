@@ -30,6 +30,9 @@ pub enum ArrayError {
     /// An unknown routing policy name.
     #[error("unknown policy '{0}' (known: {known})", known = crate::route::POLICY_NAMES.join(", "))]
     UnknownPolicy(String),
+    /// The replicas' metadata refuses them (corrupt, foreign, stale, out of order).
+    #[error("{0}")]
+    Metadata(String),
     /// io_uring could not be set up.
     #[error("io_uring setup failed: {0}")]
     Ring(std::io::Error),

@@ -16,6 +16,11 @@
 //! |---|---|
 //! | `mod.rs` | [`Array`]: its replicas, configuration, opening and status |
 //! | `replica.rs` | replica specs and opening their backings |
+//! | `meta.rs` | the metadata sidecars: identity, generation, bitmap on disk |
+//! | `assemble.rs` | reading them at open: identity checks, what to resync |
+//! | `bitmap.rs` | the write-intent bitmap and each replica's pending regions |
+//! | `sync.rs` | the background thread: bitmap clearing, resync, rebuild, scrub |
+//! | `members.rs` | operator changes: fail, remove, add, replace a replica |
 //! | `queue.rs` | [`Queue`]'s request state machine: route, fan out, retry, complete |
 //! | `ring.rs` | the queue's io_uring: issuing replica I/O, timers, reaping |
 //! | `sim.rs` | the same on the simulated clock: an event heap, no I/O |
@@ -27,7 +32,7 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -36,9 +41,13 @@ use augur_feature_store::{HistorySnapshot, ReplicaHistory, TrainingLog};
 use crate::emu::{Clock, FlashEmu};
 use crate::route::{MAX_REPLICAS, Policy, PredictCost, ReplicaView};
 
+mod assemble;
+mod bitmap;
 mod buf;
 mod error;
 mod hedge;
+mod members;
+pub mod meta;
 mod parked;
 mod queue;
 mod replica;
@@ -46,14 +55,18 @@ mod ring;
 mod sim;
 mod slots;
 mod stats;
+mod sync;
 
 pub use buf::AlignedBuf;
 pub use error::ArrayError;
+pub use members::MemberChange;
+pub use meta::MetaOptions;
 pub use queue::{Completion, Queue, Request};
 pub use replica::{Backing, ReplicaSpec, SECTOR, open_backing};
 pub use stats::{
     ArrayStats, LAT_BUCKETS, LatencyHist, ReplicaCounts, ReplicaStatus, lat_bucket, lat_bucket_top,
 };
+pub use sync::{DEFAULT_SYNC_RATE, ScrubReport, SyncKind, SyncStatus};
 
 use stats::{Counters, LatencyTable, ReplicaCounters};
 
@@ -85,6 +98,12 @@ pub struct ArrayConfig {
     /// Run on the simulated clock (no files, no io_uring, no data) instead
     /// of the real one.
     pub simulate: Option<SimOptions>,
+    /// Keep identity and a write-intent bitmap in sidecar files, resync
+    /// after a crash, allow rebuilds and scrubs (`None`: none of that, as a
+    /// scratch array in a test or benchmark wants; ignored when simulated).
+    pub meta: Option<MetaOptions>,
+    /// Rate limit of resync, rebuild and scrub, bytes per second (0: none).
+    pub sync_rate: u64,
 }
 
 /// How a simulated array runs: replicas of `size` bytes that hold no data,
@@ -108,30 +127,47 @@ impl ArrayConfig {
             hedge_percentile: 95.0,
             faults: Vec::new(),
             simulate: None,
+            meta: None,
+            sync_rate: DEFAULT_SYNC_RATE,
         }
     }
 
     /// Replica files [`Array::open`] will create (`create_size` set and the
     /// file missing), so a front-end can remove them again if it fails.
     pub fn files_to_create(&self) -> Vec<PathBuf> {
-        self.replicas
+        let mut v: Vec<PathBuf> = self
+            .replicas
             .iter()
             .filter(|s| self.create_size.is_some() && !s.path.exists())
             .map(|s| s.path.clone())
-            .collect()
+            .collect();
+        if let Some(m) = &self.meta {
+            let cars: Vec<PathBuf> = v.iter().map(|p| m.sidecar(p)).collect();
+            v.extend(cars);
+        }
+        v
     }
 }
 
-pub(crate) struct Replica {
+/// What backs one replica slot; replaced whole when the operator replaces
+/// the replica (the old one is kept until the array closes, so that no
+/// file descriptor an I/O in flight names is reused).
+pub(crate) struct Backend {
     pub(crate) path: PathBuf,
     pub(crate) text: String,
-    /// The backing (none on the simulated clock).
+    /// The backing (none on the simulated clock, or once removed).
     pub(crate) file: Option<File>,
     pub(crate) direct: bool,
     pub(crate) emu: Option<Mutex<FlashEmu>>,
+    pub(crate) fault: FaultPlan,
+}
+
+pub(crate) struct Replica {
+    pub(crate) backend: ArcSwap<Backend>,
     pub(crate) history: ReplicaHistory,
     pub(crate) failed: AtomicBool,
-    pub(crate) fault: FaultPlan,
+    /// Taken out by the operator (`replica remove`): a failed slot without a backing.
+    pub(crate) removed: AtomicBool,
     pub(crate) ios: AtomicU64,
     pub(crate) counters: ReplicaCounters,
 }
@@ -157,6 +193,16 @@ pub(crate) struct Inner {
     pub(crate) queue_counters: Mutex<Vec<(Arc<Counters>, Arc<LatencyTable>)>>,
     /// The read-latency histograms of queues that have closed.
     pub(crate) latency: LatencyTable,
+    /// The write-intent bitmap and pending regions (arrays with metadata).
+    pub(crate) intent: Option<bitmap::Intent>,
+    /// The background thread's status and wake-up.
+    pub(crate) sync: Arc<sync::SyncShared>,
+    /// Backings replaced while the array runs, kept open until it closes.
+    pub(crate) retired: Mutex<Vec<Arc<Backend>>>,
+    /// The metadata options (for sidecars of replicas added later).
+    pub(crate) meta: Option<MetaOptions>,
+    /// The device the array is served as (never accepted as a replica).
+    pub(crate) device: Mutex<Option<PathBuf>>,
 }
 
 /// A replicated block device in a process: open it, then drive it through
@@ -190,28 +236,50 @@ impl Array {
             .zip(backings)
             .enumerate()
             .map(|(i, (s, b))| Replica {
-                path: s.path.clone(),
-                text: s.text.clone(),
-                direct: b.as_ref().is_some_and(|b| b.1),
-                file: b.map(|b| b.0),
-                emu: s
-                    .profile
-                    .clone()
-                    .map(|p| Mutex::new(FlashEmu::new(p, cfg.seed.wrapping_add(i as u64)))),
+                backend: ArcSwap::from_pointee(Backend {
+                    path: s.path.clone(),
+                    text: s.text.clone(),
+                    direct: b.as_ref().is_some_and(|b| b.1),
+                    file: b.map(|b| b.0),
+                    emu: s
+                        .profile
+                        .clone()
+                        .map(|p| Mutex::new(FlashEmu::new(p, cfg.seed.wrapping_add(i as u64)))),
+                    fault: cfg
+                        .faults
+                        .iter()
+                        .find(|(r, _)| *r == i)
+                        .map(|(_, f)| *f)
+                        .unwrap_or_default(),
+                }),
                 history: ReplicaHistory::new(),
                 failed: AtomicBool::new(false),
-                fault: cfg
-                    .faults
-                    .iter()
-                    .find(|(r, _)| *r == i)
-                    .map(|(_, f)| *f)
-                    .unwrap_or_default(),
+                removed: AtomicBool::new(false),
                 ios: AtomicU64::new(0),
                 counters: ReplicaCounters::default(),
             })
             .collect();
-        Ok(Array {
+        let meta = cfg.meta.clone().filter(|_| cfg.simulate.is_none());
+        let assembly = match &meta {
+            Some(m) => {
+                let paths: Vec<PathBuf> = cfg.replicas.iter().map(|s| s.path.clone()).collect();
+                Some(assemble::assemble(m, &paths, size)?)
+            }
+            None => None,
+        };
+        let (intent, start) = match assembly {
+            Some(a) => (Some(a.intent), a.start),
+            None => (None, None),
+        };
+        let sync = Arc::new(sync::SyncShared::default());
+        sync.rate.store(cfg.sync_rate, Relaxed);
+        let array = Array {
             inner: Arc::new(Inner {
+                intent,
+                sync,
+                retired: Mutex::new(Vec::new()),
+                device: Mutex::new(None),
+                meta,
                 replicas,
                 size,
                 clock,
@@ -225,7 +293,14 @@ impl Array {
                 queue_counters: Mutex::new(Vec::new()),
                 latency: LatencyTable::new(cfg.replicas.len()),
             }),
-        })
+        };
+        if array.inner.intent.is_some() {
+            sync::start(&array.inner);
+            if start.is_some() {
+                array.inner.sync.kick();
+            }
+        }
+        Ok(array)
     }
 
     /// Same as [`Array::open`], recording every completed read into `log`.
@@ -316,7 +391,7 @@ impl Array {
         let now = self.now_ns();
         let mut n = 0;
         for (i, r) in self.inner.replicas.iter().enumerate() {
-            if let Some(emu) = &r.emu {
+            if let Some(emu) = &r.backend.load().emu {
                 let mut e = emu.lock().unwrap_or_else(|p| p.into_inner());
                 // A new seed per switch, so a switch back is not a replay.
                 let seed = self.inner.seed.wrapping_add(i as u64) ^ now.rotate_left(17);
@@ -364,14 +439,98 @@ impl Array {
         self.inner
             .replicas
             .iter()
-            .map(|r| ReplicaStatus {
-                spec: r.text.clone(),
-                live: !r.failed.load(Relaxed),
-                direct: r.direct,
-                counts: r.counters.snapshot(),
+            .enumerate()
+            .map(|(i, r)| {
+                let b = r.backend.load();
+                let pending = self
+                    .inner
+                    .intent
+                    .as_ref()
+                    .map_or(0, |it| it.pending_count(i));
+                ReplicaStatus {
+                    spec: b.text.clone(),
+                    live: !r.failed.load(Relaxed),
+                    direct: b.direct,
+                    counts: r.counters.snapshot(),
+                    state: if r.removed.load(Relaxed) {
+                        "removed"
+                    } else if r.failed.load(Relaxed) {
+                        "failed"
+                    } else if pending > 0 {
+                        "syncing"
+                    } else {
+                        "in-sync"
+                    },
+                    pending_regions: pending as u64,
+                }
             })
             .collect()
     }
+
+    /// The background resync/rebuild/scrub: whether one runs and how far it is.
+    pub fn sync_status(&self) -> SyncStatus {
+        self.inner.sync.status()
+    }
+
+    /// The write-intent bitmap: (regions, dirty now, region size), if the
+    /// array keeps metadata.
+    pub fn bitmap_status(&self) -> Option<BitmapStatus> {
+        let it = self.inner.intent.as_ref()?;
+        let book = it.lock_book();
+        Some(BitmapStatus {
+            array_id: meta::id_text(book.array_id),
+            generation: book.generation,
+            regions: it.regions as u64,
+            region_size: it.region_size,
+            dirty: it.dirty.count() as u64,
+            marked_total: it.marked.load(Relaxed),
+            cleared_total: it.cleared.load(Relaxed),
+            write_errors: it.errors.load(Relaxed),
+        })
+    }
+
+    /// Starts a scrub in the background (see [`SyncStatus::last_scrub`]
+    /// for its result); refused while a resync or rebuild runs.
+    pub fn scrub(&self, repair: bool) -> Result<(), String> {
+        let Some(it) = self.inner.intent.as_ref() else {
+            return Err(
+                "this array keeps no metadata (started with --no-bitmap): it cannot scrub".into(),
+            );
+        };
+        let pending = it.any_pending().len();
+        if pending > 0 {
+            return Err(format!(
+                "{pending} region(s) still to resync or rebuild: scrub once that is done"
+            ));
+        }
+        self.inner.sync.request_scrub(repair)
+    }
+
+    /// Sets the resync/rebuild/scrub rate limit, bytes per second (0: none).
+    pub fn set_sync_rate(&self, rate: u64) {
+        self.inner.sync.rate.store(rate, Relaxed);
+    }
+}
+
+/// The write-intent bitmap's state, for status and metrics.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BitmapStatus {
+    /// The array's identity.
+    pub array_id: String,
+    /// Its generation (bumped at each membership change).
+    pub generation: u64,
+    /// Regions in the bitmap.
+    pub regions: u64,
+    /// Bytes per region.
+    pub region_size: u64,
+    /// Regions dirty now.
+    pub dirty: u64,
+    /// Regions marked dirty since start.
+    pub marked_total: u64,
+    /// Regions cleared since start.
+    pub cleared_total: u64,
+    /// Metadata writes that failed.
+    pub write_errors: u64,
 }
 
 /// The checks every array's configuration must pass, before anything is opened.
@@ -485,9 +644,78 @@ impl Inner {
         self.clock.now_ns()
     }
 
+    /// True when replica `i` takes I/O.
+    #[inline]
+    pub(crate) fn is_live(&self, i: usize) -> bool {
+        !self.replicas[i].failed.load(SeqCst)
+    }
+
+    /// True when replica `i` may answer a read of `offset..+len`: live, and
+    /// holding that range's data (not waiting for a resync or rebuild).
+    #[inline]
+    pub(crate) fn readable(&self, i: usize, offset: u64, len: u32) -> bool {
+        self.is_live(i)
+            && self
+                .intent
+                .as_ref()
+                .is_none_or(|it| it.readable(i, offset, len))
+    }
+
+    /// Reads `buf.len()` bytes of replica `i` at `offset` (outside the
+    /// queues: resync, rebuild, scrub).
+    pub(crate) fn read_replica(
+        &self,
+        i: usize,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let b = self.replicas[i].backend.load();
+        let f = b
+            .file
+            .as_ref()
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EBADF))?;
+        f.read_exact_at(buf, offset)
+    }
+
+    /// Writes `buf` to replica `i` at `offset` (outside the queues).
+    pub(crate) fn write_replica(&self, i: usize, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let b = self.replicas[i].backend.load();
+        let f = b
+            .file
+            .as_ref()
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EBADF))?;
+        f.write_all_at(buf, offset)
+    }
+
+    /// fdatasync on every live replica; false if one failed (it is marked failed).
+    pub(crate) fn flush_live(&self) -> bool {
+        let mut ok = true;
+        for i in 0..self.replicas.len() {
+            if !self.is_live(i) {
+                continue;
+            }
+            let b = self.replicas[i].backend.load();
+            if let Some(f) = b.file.as_ref()
+                && let Err(e) = f.sync_data()
+            {
+                self.mark_failed(i, &format!("fdatasync failed: {e}"));
+                ok = false;
+            }
+        }
+        ok
+    }
+
     pub(crate) fn mark_failed(&self, i: usize, why: &str) {
         let r = &self.replicas[i];
-        if !r.failed.swap(true, Relaxed) {
+        if !r.failed.swap(true, SeqCst) {
+            if let Some(it) = &self.intent {
+                it.drop_pending(i);
+                let mut book = it.lock_book();
+                book.members[i] = bitmap::Member::Out;
+                it.change(&mut book);
+            }
             self.counters.replica_failures.fetch_add(1, Relaxed);
             let live = self
                 .replicas
@@ -496,7 +724,7 @@ impl Inner {
                 .count();
             tracing::error!(
                 "replica {i} ({}) FAILED: {why}; reads no longer go to it, writes continue on {live} live replica(s)",
-                r.path.display()
+                r.backend.load().path.display()
             );
             if live == 0 {
                 tracing::error!("no live replica left: every request now fails with EIO");
@@ -510,19 +738,35 @@ impl ReplicaView for Inner {
         self.replicas.len()
     }
     fn is_live(&self, i: usize) -> bool {
-        !self.replicas[i].failed.load(Relaxed)
+        Inner::is_live(self, i)
     }
     fn snapshot(&self, i: usize, now_ns: u64) -> HistorySnapshot {
         self.replicas[i].history.snapshot_at(now_ns)
     }
     fn forecast_read_ns(&self, i: usize, now_ns: u64, offset: u64, len: u32) -> Option<u64> {
-        let emu = self.replicas[i].emu.as_ref()?;
+        let b = self.replicas[i].backend.load();
+        let emu = b.emu.as_ref()?;
         let emu = emu.lock().unwrap_or_else(|p| p.into_inner());
         Some(emu.peek_read_latency(now_ns, offset, len))
     }
     fn stall_age_ns(&self, i: usize, now_ns: u64) -> Option<u64> {
-        let emu = self.replicas[i].emu.as_ref()?;
+        let b = self.replicas[i].backend.load();
+        let emu = b.emu.as_ref()?;
         let emu = emu.lock().unwrap_or_else(|p| p.into_inner());
         emu.stalled_since(now_ns).map(|t| now_ns.saturating_sub(t))
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // A clean stop: the background thread ends, every replica is
+        // flushed, and the bitmap is cleared (when nothing is missing).
+        if let Some(it) = &self.intent {
+            self.sync.stop();
+            let flushed = self.flush_live();
+            if flushed {
+                it.clean_stop();
+            }
+        }
     }
 }

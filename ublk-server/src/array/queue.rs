@@ -110,6 +110,11 @@ pub struct Queue {
     pub(super) parked_live: usize,
     /// How that thread wakes this queue (made at the first such batch).
     pub(super) waker: Option<QueueWake>,
+    /// Writes waiting for a region the sync worker holds (`bitmap.rs`).
+    pub(super) deferred: Vec<usize>,
+    /// The retry timer of the deferred writes is armed.
+    pub(super) retry_armed: bool,
+    pub(super) retry_ts: Box<types::Timespec>,
 }
 
 /// Whether a policy sends hedged copies (so the queue keeps a latency window).
@@ -178,6 +183,9 @@ impl Queue {
             free_parked: Vec::new(),
             parked_live: 0,
             waker: None,
+            deferred: Vec::new(),
+            retry_armed: false,
+            retry_ts: Box::new(types::Timespec::new()),
         })
     }
 
@@ -231,6 +239,7 @@ impl Queue {
         s.done = false;
         s.tried = 0;
         s.hedged = false;
+        s.intent = false;
         s.start_ns = now;
         self.active += 1;
         self.incoming.push(idx);
@@ -293,6 +302,7 @@ impl Queue {
             start_ns: 0,
             pred: 0,
             slow_us: 0,
+            intent: false,
             ts: Box::new(types::Timespec::new()),
         });
         self.slots.len() - 1
@@ -424,6 +434,26 @@ impl Queue {
     pub(super) fn issue_routed(&mut self, slots: &[usize], routes: &[Route], slow_us: u32) {
         let inner = self.inner.clone();
         for (&idx, &r) in slots.iter().zip(routes) {
+            let mut r = r;
+            // A region some replica does not hold yet (resync, rebuild):
+            // the read goes to the lowest-numbered replica that holds it,
+            // whatever the policy said, and is not hedged.
+            if inner.intent.is_some() {
+                let (offset, len) = (self.slots[idx].offset, self.slots[idx].len);
+                if !inner.readable(r.replica as usize, offset, len)
+                    || (0..inner.replicas.len())
+                        .any(|i| inner.is_live(i) && !inner.readable(i, offset, len))
+                {
+                    if let Some(i) =
+                        (0..inner.replicas.len()).find(|&i| inner.readable(i, offset, len))
+                    {
+                        r.replica = i as u16;
+                    }
+                    r.hedge = false;
+                    r.rerouted = false;
+                    bump(&self.counters.pinned_reads, 1);
+                }
+            }
             if r.rerouted {
                 bump(&self.counters.rerouted, 1);
             }
@@ -467,6 +497,19 @@ impl Queue {
     fn start_multi(&mut self, idx: usize) {
         let n = self.inner.replicas.len();
         let op = self.slots[idx].op;
+        if op != Op::Flush
+            && let Some(intent) = self.inner.intent.as_ref()
+        {
+            let (offset, len) = (self.slots[idx].offset, self.slots[idx].len);
+            if !intent.begin_write(offset, len) {
+                // The sync worker holds a region of it: try again shortly.
+                bump(&self.counters.deferred_writes, 1);
+                self.deferred.push(idx);
+                self.arm_retry();
+                return;
+            }
+            self.slots[idx].intent = true;
+        }
         for r in 0..n {
             if self.inner.replicas[r].failed.load(Relaxed) {
                 continue;
@@ -513,9 +556,10 @@ impl Queue {
         let snap =
             (op == Op::Read && inner.log.load().is_some()).then(|| rep.history.snapshot_at(now));
         let ticket = rep.history.on_submit_at(op, len, now);
-        let injected = rep.fault.after_ios.is_some_and(|n| io_no >= n)
-            || rep.fault.at_ns.is_some_and(|t| now >= t);
-        let outcome = match &rep.emu {
+        let backend = rep.backend.load();
+        let injected = backend.fault.after_ios.is_some_and(|n| io_no >= n)
+            || backend.fault.at_ns.is_some_and(|t| now >= t);
+        let outcome = match &backend.emu {
             Some(m) => m
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -545,13 +589,23 @@ impl Queue {
         self.submit_io(sub);
     }
 
+    /// Writes deferred behind a locked region: start those whose regions
+    /// are free again, re-arm the timer for the rest.
+    pub(super) fn retry_deferred(&mut self) {
+        self.retry_armed = false;
+        for idx in std::mem::take(&mut self.deferred) {
+            self.start_multi(idx);
+        }
+    }
+
     pub(super) fn fire_hedge(&mut self, idx: usize) {
         let inner = self.inner.clone();
         let (primary, tried) = (self.slots[idx].primary as usize, self.slots[idx].tried);
+        let (offset, len) = (self.slots[idx].offset, self.slots[idx].len);
         let n = inner.replicas.len();
         let target = (1..n)
             .map(|k| (primary + k) % n)
-            .find(|&i| tried & (1 << i) == 0 && !inner.replicas[i].failed.load(Relaxed));
+            .find(|&i| tried & (1 << i) == 0 && inner.readable(i, offset, len));
         if let Some(t) = target {
             self.slots[idx].hedged = true;
             bump(&self.counters.hedges, 1);
@@ -644,10 +698,10 @@ impl Queue {
                 if slot.outstanding > 0 {
                     return; // the other copy may still succeed
                 }
-                // Retry on a live replica not yet tried.
-                let tried = slot.tried;
+                // Retry on a live replica not yet tried that holds the data.
+                let (tried, offset, len) = (slot.tried, slot.offset, slot.len);
                 let retry = (0..inner.replicas.len())
-                    .find(|&i| tried & (1 << i) == 0 && !inner.replicas[i].failed.load(Relaxed));
+                    .find(|&i| tried & (1 << i) == 0 && inner.readable(i, offset, len));
                 match retry {
                     Some(i) => {
                         bump(&self.counters.read_retries, 1);
@@ -677,6 +731,12 @@ impl Queue {
         read: Option<(AlignedBuf, u16)>,
     ) {
         let s = &mut self.slots[idx];
+        if s.intent {
+            s.intent = false;
+            if let Some(it) = self.inner.intent.as_ref() {
+                it.end_write(s.offset, s.len);
+            }
+        }
         match s.op {
             Op::Read => bump(&self.counters.reads, 1),
             Op::Write => bump(&self.counters.writes, 1),

@@ -10,7 +10,7 @@ use io_uring::{IoUring, opcode, squeue, types};
 
 use super::parked::{UD_GPU_DEADLINE, UD_GPU_WAKE};
 use super::queue::Io;
-use super::slots::{SubKind, UD_DELAY, UD_HEDGE, UD_IO, ud};
+use super::slots::{SubKind, UD_DELAY, UD_HEDGE, UD_IO, UD_RETRY, ud};
 use super::{AlignedBuf, Completion, Queue};
 
 impl Queue {
@@ -136,6 +136,19 @@ impl Queue {
         self.push(e);
     }
 
+    /// Arms the 1 ms timer after which deferred writes are tried again.
+    pub(super) fn arm_retry(&mut self) {
+        if self.retry_armed || self.io.is_sim() {
+            return;
+        }
+        self.retry_armed = true;
+        *self.retry_ts = types::Timespec::new().nsec(1_000_000);
+        let e = opcode::Timeout::new(&*self.retry_ts as *const types::Timespec)
+            .build()
+            .user_data(ud(UD_RETRY, 0, 0));
+        self.push(e);
+    }
+
     /// The io_uring of a real-clock queue; the ring paths are only reached
     /// when the queue has one (`poll` and `submit_io` hand a simulated
     /// queue to `sim.rs` first).
@@ -212,6 +225,7 @@ impl Queue {
                 self.finish_sub(idx, res);
             }
             UD_HEDGE => self.on_hedge_timer(idx, generation),
+            UD_RETRY => self.retry_deferred(),
             UD_GPU_WAKE => self.on_gpu_wake(),
             UD_GPU_DEADLINE => self.on_gpu_timer(kind, idx, generation),
             _ => tracing::error!("unexpected io_uring completion {user:#x}"),
@@ -241,11 +255,13 @@ impl Queue {
         let req = self.subs[sub].req;
         let (offset, len) = (self.slots[req].offset, self.slots[req].len);
         let r = self.subs[sub].replica as usize;
-        let Some(file) = self.inner.replicas[r].file.as_ref() else {
+        let backend = self.inner.replicas[r].backend.load();
+        let Some(file) = backend.file.as_ref() else {
             self.finish_sub(sub, -libc::EBADF);
             return;
         };
         let fd = types::Fd(file.as_raw_fd());
+        drop(backend);
         let mut zeroes = AlignedBuf::new(len as usize);
         let ptr = zeroes.as_mut_ptr();
         let s = &mut self.subs[sub];
@@ -269,13 +285,14 @@ impl Queue {
             (s.replica as usize, s.op, s.kind, s.req)
         };
         let (offset, len) = (self.slots[req].offset, self.slots[req].len);
-        let rep = &self.inner.replicas[r];
-        let Some(file) = rep.file.as_ref() else {
+        let backend = self.inner.replicas[r].backend.load();
+        let Some(file) = backend.file.as_ref() else {
             self.subs[sub].res = -libc::EBADF;
             self.failed_now.push(sub);
             return;
         };
         let fd = types::Fd(file.as_raw_fd());
+        drop(backend);
         let user = ud(UD_IO, sub, 0);
         let e = match op {
             Op::Read => {
@@ -323,7 +340,8 @@ impl Drop for Queue {
         // 30 s), before freeing them.
         let mut out = Vec::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while (self.subs_busy > 0 || self.gpu_wake_armed()) && std::time::Instant::now() < deadline
+        while (self.subs_busy > 0 || self.gpu_wake_armed() || self.retry_armed)
+            && std::time::Instant::now() < deadline
         {
             if self.poll(&mut out, true, Some(10_000_000)).is_err() {
                 break;

@@ -10,6 +10,8 @@ use super::AlignedBuf;
 pub(super) const UD_IO: u64 = 1;
 pub(super) const UD_DELAY: u64 = 2;
 pub(super) const UD_HEDGE: u64 = 3;
+/// The retry timer of writes deferred behind a region the sync worker holds.
+pub(super) const UD_RETRY: u64 = 7;
 
 pub(super) fn ud(kind: u64, idx: usize, generation: u32) -> u64 {
     (idx as u64) | (kind << 32) | ((generation as u64 & 0xFF_FFFF) << 40)
@@ -62,5 +64,7 @@ pub(super) struct Slot {
     pub(super) pred: u8,
     /// The slow threshold (µs) of the model that predicted it.
     pub(super) slow_us: u32,
+    /// A write counted in the bitmap's in-flight regions (to be ended).
+    pub(super) intent: bool,
     pub(super) ts: Box<types::Timespec>,
 }

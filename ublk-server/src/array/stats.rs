@@ -121,6 +121,11 @@ counter_table! {
         /// Batches sent to the GPU that missed their deadline (or failed)
         /// and were scored on the CPU.
         gpu_missed_batches,
+        /// Reads of a region some replica lacks (resync, rebuild), sent to
+        /// a replica holding it whatever the policy chose.
+        pinned_reads,
+        /// Writes held back while the sync worker copied their region.
+        deferred_writes,
     }
 }
 
@@ -297,6 +302,11 @@ pub struct ReplicaStatus {
     pub live: bool,
     /// True when opened with O_DIRECT.
     pub direct: bool,
+    /// `in-sync`, `syncing` (regions still to resync or rebuild), `failed`
+    /// or `removed`.
+    pub state: &'static str,
+    /// Regions it does not hold yet.
+    pub pending_regions: u64,
     /// Its I/O counts.
     #[serde(flatten)]
     pub counts: ReplicaCounts,
@@ -350,7 +360,7 @@ mod tests {
         assert_eq!((d.reads, d.rerouted), (5, 2));
         let names: Vec<&str> = d.fields().iter().map(|f| f.0).collect();
         assert_eq!(names, ArrayStats::NAMES);
-        assert_eq!(names.len(), 23);
+        assert_eq!(names.len(), 25);
         let mut sum = a.clone();
         sum.add(&d);
         assert_eq!(sum, b);

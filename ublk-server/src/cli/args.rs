@@ -355,3 +355,40 @@ pub(crate) fn clock_choice(
         ))),
     }
 }
+
+/// The array's metadata and write-intent bitmap, shared by serve and fuse.
+#[derive(clap::Args)]
+pub(crate) struct MetaFlags {
+    /// Keep no metadata: no identity checks, no write-intent bitmap, no
+    /// resync after a crash, no rebuild or scrub (as before metadata existed).
+    #[arg(long)]
+    pub(crate) no_bitmap: bool,
+    /// Bytes per write-intent bitmap region for a new array (a power of two, >= 64k).
+    #[arg(long, value_parser = parse_size, default_value = "4m", value_name = "SIZE")]
+    pub(crate) bitmap_region: u64,
+    /// Keep the sidecar metadata files in DIR instead of beside each replica (PATH.augur-meta).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) meta_dir: Option<std::path::PathBuf>,
+    /// Ignore the metadata found (corrupt, missing on some replicas, stale), write it anew and resync every region from the first replica.
+    #[arg(long)]
+    pub(crate) force_resync: bool,
+    /// Start with a stale replica (one that missed writes) and bring it up to date in the background.
+    #[arg(long)]
+    pub(crate) resync_stale: bool,
+    /// Rate limit of resync, rebuild and scrub, bytes per second (0: none).
+    #[arg(long, value_parser = parse_size, default_value = "64m", value_name = "BYTES")]
+    pub(crate) sync_rate: u64,
+}
+
+impl MetaFlags {
+    /// Applies the flags to an array configuration.
+    pub(crate) fn apply(&self, cfg: &mut augur::ArrayConfig) {
+        cfg.sync_rate = self.sync_rate;
+        cfg.meta = (!self.no_bitmap).then(|| augur::array::MetaOptions {
+            dir: self.meta_dir.clone(),
+            region_size: self.bitmap_region,
+            force_resync: self.force_resync,
+            resync_stale: self.resync_stale,
+        });
+    }
+}

@@ -20,7 +20,7 @@ pub(crate) struct CtlArgs {
     #[arg(long)]
     socket: Option<PathBuf>,
     /// Print the daemon's JSON reply instead of tables.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
     /// How long to wait for the reply.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -47,6 +47,44 @@ enum CtlCmd {
     /// The emulated replicas (tests and demonstrations).
     #[command(subcommand)]
     Emu(EmuCtl),
+    /// Change the array's members: fail (a drill), remove, add, replace a replica.
+    #[command(subcommand)]
+    Replica(ReplicaCtl),
+    /// Compare every region of every live replica (in the background; this
+    /// waits for the result). Exit 1 when mismatches were found and not repaired.
+    Scrub {
+        /// Rewrite differing regions from the majority (the first replica when there are two).
+        #[arg(long)]
+        repair: bool,
+        /// Start it and return without waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Set the resync/rebuild/scrub rate limit (bytes per second, k/m/g suffixes; 0: none).
+    SyncRate {
+        #[arg(value_parser = super::args::parse_size)]
+        rate: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReplicaCtl {
+    /// Mark replica N failed, as an I/O error would (a drill).
+    Fail { n: usize },
+    /// Take replica N out of the array.
+    Remove { n: usize },
+    /// Put SPEC (PATH or emu:PROFILE:PATH; created at the array's size if missing) into the first failed or removed slot, rebuilt in the background.
+    Add { spec: String },
+    /// Replace replica N with SPEC, rebuilt in the background while the device serves.
+    Replace { n: usize, spec: String },
+}
+
+/// A replica spec with its path made absolute (the daemon has another working directory).
+fn absolute_spec(spec: &str) -> String {
+    match spec.strip_prefix("emu:").and_then(|r| r.split_once(':')) {
+        Some((prof, path)) => format!("emu:{prof}:{}", absolute(Path::new(path)).display()),
+        None => absolute(Path::new(spec)).display().to_string(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -156,7 +194,21 @@ pub(crate) fn cmd_ctl(a: CtlArgs) -> ExitCode {
                 profile.clone()
             },
         },
+        CtlCmd::Replica(ReplicaCtl::Fail { n }) => Command::ReplicaFail { replica: *n },
+        CtlCmd::Replica(ReplicaCtl::Remove { n }) => Command::ReplicaRemove { replica: *n },
+        CtlCmd::Replica(ReplicaCtl::Add { spec }) => Command::ReplicaAdd {
+            spec: absolute_spec(spec),
+        },
+        CtlCmd::Replica(ReplicaCtl::Replace { n, spec }) => Command::ReplicaReplace {
+            replica: *n,
+            spec: absolute_spec(spec),
+        },
+        CtlCmd::Scrub { repair, .. } => Command::Scrub { repair: *repair },
+        CtlCmd::SyncRate { rate } => Command::SyncRate { bytes_per_s: *rate },
     };
+    if let CtlCmd::Scrub { no_wait: false, .. } = &a.cmd {
+        return scrub_and_wait(&a, cmd);
+    }
     let reply = pick_socket(&a)
         .map_err(anyhow::Error::from)
         .and_then(|s| Ok(request(&s, cmd.clone(), a.timeout)?));
@@ -191,6 +243,56 @@ pub(crate) fn cmd_ctl(a: CtlArgs) -> ExitCode {
         if !a.json {
             eprintln!("augur ctl: degraded: a replica has failed (augur ctl status)");
         }
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
+
+/// `ctl scrub`: starts it, polls `status` until it is over, prints the result.
+fn scrub_and_wait(a: &CtlArgs, cmd: Command) -> ExitCode {
+    let run = || -> anyhow::Result<Reply> {
+        let sock = pick_socket(a)?;
+        let r = request(&sock, cmd.clone(), a.timeout)?;
+        if !r.ok {
+            return Ok(r);
+        }
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let st = request(&sock, Command::Status, a.timeout)?;
+            let sync = &st.result["sync"];
+            if sync["running"] != Value::Bool(true) && sync["last_scrub"].is_object() {
+                return Ok(Reply::ok(sync["last_scrub"].clone(), st.degraded));
+            }
+        }
+    };
+    let reply = match run() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("augur ctl: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if !reply.ok {
+        eprintln!(
+            "augur ctl: {}",
+            reply
+                .error
+                .as_deref()
+                .unwrap_or("the daemon gave no reason")
+        );
+        return ExitCode::from(2);
+    }
+    let r = &reply.result;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(r).unwrap_or_else(|e| e.to_string())
+        );
+    } else {
+        print!("{}", render(&cmd, r));
+    }
+    let unrepaired = r["mismatches"].as_u64().unwrap_or(0) > 0 && r["repair"] != Value::Bool(true);
+    if unrepaired {
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
@@ -247,21 +349,49 @@ pub(crate) fn render(cmd: &Command, r: &Value) -> String {
                     s(&p["failures"]),
                 );
             }
+            let b = &r["bitmap"];
+            if b.is_object() {
+                let _ = writeln!(
+                    o,
+                    "array {} generation {}: bitmap {} of {} region(s) of {} KiB dirty",
+                    s(&b["array_id"]).get(..8).unwrap_or("-"),
+                    s(&b["generation"]),
+                    s(&b["dirty"]),
+                    s(&b["regions"]),
+                    b["region_size"].as_u64().unwrap_or(0) >> 10,
+                );
+            }
+            let y = &r["sync"];
+            if y["running"] == Value::Bool(true) {
+                let _ = writeln!(
+                    o,
+                    "{} running: {} of {} region(s) ({:.0}%), {} MiB, limit {} MiB/s",
+                    s(&y["kind"]),
+                    s(&y["done_regions"]),
+                    s(&y["total_regions"]),
+                    100.0 * y["done_regions"].as_f64().unwrap_or(0.0)
+                        / y["total_regions"].as_f64().unwrap_or(1.0).max(1.0),
+                    y["bytes"].as_u64().unwrap_or(0) >> 20,
+                    y["rate_limit"].as_u64().unwrap_or(0) >> 20,
+                );
+            }
             let _ = writeln!(
                 o,
-                "{:<3} {:<6} {:>7} {:>9} {:>8} {:>8} {:>9}  spec",
+                "{:<3} {:<8} {:>7} {:>9} {:>8} {:>8} {:>9}  spec",
                 "#", "state", "pending", "IOPS", "p50 us", "p99 us", "p99.9 us"
             );
             for x in r["replicas"].as_array().into_iter().flatten() {
+                let state = match x["state"].as_str() {
+                    Some("in-sync") | None if x["live"] == Value::Bool(true) => "live".to_string(),
+                    Some("syncing") => format!("sync:{}", s(&x["pending_regions"])),
+                    Some(other) => other.to_uppercase(),
+                    None => "FAILED".to_string(),
+                };
                 let _ = writeln!(
                     o,
-                    "{:<3} {:<6} {:>7} {:>9} {:>8} {:>8} {:>9}  {}",
+                    "{:<3} {:<8} {:>7} {:>9} {:>8} {:>8} {:>9}  {}",
                     s(&x["replica"]),
-                    if x["live"] == Value::Bool(true) {
-                        "live"
-                    } else {
-                        "FAILED"
-                    },
+                    state,
                     s(&x["pending"]),
                     s(&x["iops"]),
                     s(&x["read_p50_us"]),
@@ -377,6 +507,40 @@ pub(crate) fn render(cmd: &Command, r: &Value) -> String {
                 s(&r["replicas"]),
                 s(&r["profile"])
             );
+        }
+        Command::ReplicaFail { .. }
+        | Command::ReplicaRemove { .. }
+        | Command::ReplicaAdd { .. }
+        | Command::ReplicaReplace { .. } => {
+            let _ = writeln!(o, "{}", s(&r["what"]));
+        }
+        Command::Scrub { .. } if r["regions"].is_u64() => {
+            let _ = writeln!(
+                o,
+                "scrub: {} region(s) of {} KiB compared in {} s: {} mismatch(es){}",
+                s(&r["regions"]),
+                r["region_size"].as_u64().unwrap_or(0) >> 10,
+                s(&r["seconds"]),
+                s(&r["mismatches"]),
+                if r["repair"] == Value::Bool(true) {
+                    format!(
+                        ", {} repaired from the {}",
+                        s(&r["repaired"]),
+                        s(&r["repair_source"])
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            for off in r["offsets"].as_array().into_iter().flatten() {
+                let _ = writeln!(o, "  region at byte {}", s(off));
+            }
+        }
+        Command::Scrub { .. } => {
+            let _ = writeln!(o, "scrub started");
+        }
+        Command::SyncRate { .. } => {
+            let _ = writeln!(o, "sync rate limit {} bytes/s", s(&r["bytes_per_s"]));
         }
         Command::RecordStop => {
             let _ = writeln!(

@@ -7,7 +7,7 @@ use augur::array::ReplicaSpec;
 use augur::route::Policy;
 use clap::Args;
 
-use super::args::{FaultArgs, PredictOnArgs, fault_plan, parse_size};
+use super::args::{FaultArgs, MetaFlags, PredictOnArgs, fault_plan, parse_size};
 use super::error::CliError;
 use augur::ModelPredictor;
 use augur::control::ModelEntry;
@@ -55,6 +55,8 @@ pub(crate) struct FuseArgs {
     pub(crate) adapt: AdaptFlags,
     #[command(flatten)]
     pub(crate) predict: PredictOnArgs,
+    #[command(flatten)]
+    pub(crate) meta: MetaFlags,
 }
 
 #[derive(Args)]
@@ -105,6 +107,8 @@ pub(crate) struct ServeArgs {
     pub(crate) adapt: AdaptFlags,
     #[command(flatten)]
     pub(crate) predict: PredictOnArgs,
+    #[command(flatten)]
+    pub(crate) meta: MetaFlags,
 }
 
 /// `--adapt` and its settings, shared by serve and fuse.
@@ -201,6 +205,7 @@ pub(crate) fn cmd_fuse(args: FuseArgs) -> anyhow::Result<()> {
     cfg.replica_depth = args.replica_depth;
     cfg.seed = args.seed;
     cfg.hedge_percentile = args.hedge_pct;
+    args.meta.apply(&mut cfg);
     let model = model_entry(&args.model)?;
     let policy = Policy::from_name(&args.policy, Some(model.predictor.clone()))?;
     let opts = augur::frontend::fuse::FuseOptions {
@@ -243,6 +248,7 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.seed = a.seed;
     cfg.hedge_percentile = a.hedge_pct;
     cfg.faults = fault_plan(&a.fault)?;
+    a.meta.apply(&mut cfg);
     let entry = model_entry(&model)?;
     let policy = Policy::from_name(&policy_name, Some(entry.predictor.clone()))?;
     let opts = augur::frontend::ublk::ServeOptions {

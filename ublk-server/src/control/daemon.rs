@@ -148,11 +148,35 @@ impl Daemon {
             Command::RecordStart { file } => self.record_start(&file),
             Command::RecordStop => self.record_stop(),
             Command::EmuSetProfile { profile } => self.emu_set_profile(&profile),
+            Command::ReplicaFail { replica } => self.member(self.array.fail_replica(replica)),
+            Command::ReplicaRemove { replica } => self.member(self.array.remove_replica(replica)),
+            Command::ReplicaAdd { spec } => self.member(self.array.add_replica(&spec)),
+            Command::ReplicaReplace { replica, spec } => {
+                self.member(self.array.replace_replica(replica, &spec))
+            }
+            Command::Scrub { repair } => self
+                .array
+                .scrub(repair)
+                .map(|()| json!({ "started": true, "repair": repair })),
+            Command::SyncRate { bytes_per_s } => {
+                self.array.set_sync_rate(bytes_per_s);
+                tracing::info!("resync/rebuild/scrub rate limit now {bytes_per_s} bytes/s");
+                Ok(json!({ "bytes_per_s": bytes_per_s }))
+            }
         };
         match r {
             Ok(v) => Reply::ok(v, self.degraded()),
             Err(e) => Reply::error(e, self.degraded()),
         }
+    }
+
+    fn member(
+        &self,
+        r: Result<crate::array::MemberChange, String>,
+    ) -> Result<serde_json::Value, String> {
+        let c = r?;
+        tracing::warn!("{}", c.what);
+        Ok(json!(c))
     }
 
     fn status(&self) -> serde_json::Value {
@@ -171,6 +195,8 @@ impl Daemon {
                     "replica": i,
                     "spec": r.spec,
                     "live": r.live,
+                    "state": r.state,
+                    "pending_regions": r.pending_regions,
                     "pending": self.array.pending_ios(i),
                     "iops": ((c.reads + c.writes + c.other) as f64 / secs).round() as u64,
                     "read_p50_us": lat.quantile_us(0.5),
@@ -198,6 +224,8 @@ impl Daemon {
             "iops": ((d.reads + d.writes + d.flushes + d.discards + d.write_zeroes) as f64 / secs)
                 .round() as u64,
             "replicas": replicas,
+            "sync": self.array.sync_status(),
+            "bitmap": self.array.bitmap_status(),
         })
     }
 

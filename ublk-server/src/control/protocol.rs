@@ -67,6 +67,40 @@ pub enum Command {
         /// A shipped profile's name, or a profile TOML file on the daemon's machine.
         profile: String,
     },
+    /// Mark a replica failed, as an I/O error would (a drill).
+    ReplicaFail {
+        /// The replica's index.
+        replica: usize,
+    },
+    /// Take a replica out of the array.
+    ReplicaRemove {
+        /// The replica's index.
+        replica: usize,
+    },
+    /// Put a new replica into the first failed or removed slot; it is
+    /// rebuilt in the background while the device serves.
+    ReplicaAdd {
+        /// `PATH` or `emu:PROFILE:PATH` on the daemon's machine.
+        spec: String,
+    },
+    /// Replace a replica with a new one, rebuilt in the background.
+    ReplicaReplace {
+        /// The replica's index.
+        replica: usize,
+        /// `PATH` or `emu:PROFILE:PATH` on the daemon's machine.
+        spec: String,
+    },
+    /// Compare every region of every live replica in the background
+    /// (`status` shows progress and, at the end, the result).
+    Scrub {
+        /// Rewrite differing regions from the majority (the first replica with two).
+        repair: bool,
+    },
+    /// Set the resync/rebuild/scrub rate limit.
+    SyncRate {
+        /// Bytes per second (0: no limit).
+        bytes_per_s: u64,
+    },
 }
 
 impl Command {
@@ -83,6 +117,12 @@ impl Command {
         "record-start",
         "record-stop",
         "emu-set-profile",
+        "replica-fail",
+        "replica-remove",
+        "replica-add",
+        "replica-replace",
+        "scrub",
+        "sync-rate",
     ];
 }
 
@@ -237,6 +277,19 @@ mod tests {
             Command::RecordStop,
             Command::EmuSetProfile {
                 profile: "gc-heavy".into(),
+            },
+            Command::ReplicaFail { replica: 1 },
+            Command::ReplicaRemove { replica: 2 },
+            Command::ReplicaAdd {
+                spec: "/srv/new.img".into(),
+            },
+            Command::ReplicaReplace {
+                replica: 0,
+                spec: "emu:gc-heavy:/srv/n.img".into(),
+            },
+            Command::Scrub { repair: true },
+            Command::SyncRate {
+                bytes_per_s: 1 << 20,
             },
         ];
         assert_eq!(cmds.len(), Command::NAMES.len());

@@ -22,6 +22,12 @@
 //! | `augur_prediction_batches_total` | `device` | predictor batches, on `cpu` or `gpu` (`--predict-on`) |
 //! | `augur_gpu_missed_batches_total`, `augur_gpu_backoffs_total`, `augur_gpu_busy_batches_total` | | GPU batches past their deadline (scored on the CPU); `auto+contention` back-offs; batches kept on the CPU because the GPU's backlog would have made them late |
 //! | `augur_predicted_slow_total`, `augur_prediction_judged_reads_total`, `augur_prediction_observed_slow_total`, `augur_prediction_false_submits_total`, `augur_prediction_correct_total` | | the predictor judged against observed latency |
+//! | `augur_replica_pending_regions` | `replica` | regions it lacks until a resync or rebuild copies them |
+//! | `augur_sync_running` | `kind` | 1 while a `resync`, `rebuild` or `scrub` runs |
+//! | `augur_sync_done_regions`, `augur_sync_total_regions` | | how far the running one is |
+//! | `augur_synced_regions_total` | | regions resynced or rebuilt since start |
+//! | `augur_scrub_mismatches` | | mismatching regions the last scrub found |
+//! | `augur_bitmap_dirty_regions`, `augur_bitmap_regions` | | the write-intent bitmap |
 //! | `augur_model_info` | `id`, `source`, `features` | the active model |
 //! | `augur_policy_info` | `policy` | the active policy |
 //! | `augur_uptime_seconds` | | since the daemon started |
@@ -111,6 +117,81 @@ impl Collector for Scrape {
         let reps = a.replica_status();
         let lat = a.read_latency();
         let idx = |i: usize| i.to_string();
+        let sync = a.sync_status();
+        gauges_by(
+            &mut e,
+            "augur_replica_pending_regions",
+            "Regions the replica lacks until a resync or rebuild copies them.",
+            "replica",
+            &reps
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (idx(i), r.pending_regions as i64))
+                .collect::<Vec<_>>(),
+        )?;
+        gauges_by(
+            &mut e,
+            "augur_sync_running",
+            "1 while a resync, rebuild or scrub runs.",
+            "kind",
+            &[
+                crate::array::SyncKind::Resync,
+                crate::array::SyncKind::Rebuild,
+                crate::array::SyncKind::Scrub,
+            ]
+            .iter()
+            .map(|k| {
+                let name = serde_json::to_value(k)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                (name, i64::from(sync.running && sync.kind == Some(*k)))
+            })
+            .collect::<Vec<_>>(),
+        )?;
+        for (name, help, v) in [
+            (
+                "augur_sync_done_regions",
+                "Regions the running resync, rebuild or scrub has done.",
+                sync.done_regions,
+            ),
+            (
+                "augur_sync_total_regions",
+                "Regions the running resync, rebuild or scrub covers.",
+                sync.total_regions,
+            ),
+            (
+                "augur_scrub_mismatches",
+                "Mismatching regions the last scrub found.",
+                sync.last_scrub.as_ref().map_or(0, |r| r.mismatches),
+            ),
+        ] {
+            let g = ConstGauge::new(v as i64);
+            g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        counter(
+            &mut e,
+            "augur_synced_regions",
+            "Regions resynced or rebuilt since start.",
+            sync.synced_regions_total,
+        )?;
+        if let Some(b) = a.bitmap_status() {
+            for (name, help, v) in [
+                (
+                    "augur_bitmap_dirty_regions",
+                    "Write-intent bitmap regions dirty now.",
+                    b.dirty,
+                ),
+                (
+                    "augur_bitmap_regions",
+                    "Write-intent bitmap regions.",
+                    b.regions,
+                ),
+            ] {
+                let g = ConstGauge::new(v as i64);
+                g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)?;
+            }
+        }
         counters_by(
             &mut e,
             "augur_requests",

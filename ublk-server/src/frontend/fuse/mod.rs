@@ -192,6 +192,7 @@ enum Event {
 
 fn serve_array(array: Array, mount: &Path, opts: &FuseOptions) -> Result<Served, FuseError> {
     let size = array.size();
+    array.set_device_path(&mount.join(DISK_NAME));
     let (tx, rx) = mpsc::channel::<Event>();
     // Signals are caught from before the mount on, so a SIGTERM during setup
     // still ends in a clean unmount.

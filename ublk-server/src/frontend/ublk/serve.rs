@@ -490,6 +490,7 @@ pub(super) fn run_device(
     let ctrl = build_ctrl(probe.as_ref(), opts, geo)?;
     let ctrl = Arc::new(ctrl);
     let id = ctrl.dev_info().dev_id;
+    array.set_device_path(std::path::Path::new(&format!("/dev/ublkb{id}")));
     *shared.ctrl.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctrl.clone());
     // From here on a failure deletes a new device (UblkCtrl's drop) and
     // leaves a recovering one waiting for another try.
