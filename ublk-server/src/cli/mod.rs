@@ -8,6 +8,7 @@
 //! | `model.rs` | `train`, `eval`, `model`, `trace` |
 //! | `gpu.rs` | `gpu calibrate`: the GPU path on this machine |
 //! | `kmod.rs` | `kmod load`, `info`, `predict`: the kernel module |
+//! | `stamp.rs` | `stamp write`, `check`: the crash-test tool |
 //! | `args.rs` | the workload and fault flags they share |
 //! | `error.rs` | [`CliError`]: a bad flag (exit status 2) |
 
@@ -24,6 +25,7 @@ mod gpu;
 mod kmod;
 mod load;
 mod model;
+mod stamp;
 
 use error::CliError;
 
@@ -74,6 +76,9 @@ enum Cmd {
     /// The kernel module (kmod/): load a model into it, show it, self-test it.
     #[command(subcommand)]
     Kmod(kmod::KmodCmd),
+    /// Crash tests: stamp random blocks and log what was acknowledged; check them after a restart.
+    #[command(subcommand)]
+    Stamp(stamp::StampCmd),
 }
 
 pub fn main() -> ExitCode {
@@ -107,6 +112,7 @@ pub fn main() -> ExitCode {
         Cmd::Trace(c) => model::cmd_trace(c),
         Cmd::Gpu(c) => gpu::cmd_gpu(c),
         Cmd::Kmod(c) => kmod::cmd_kmod(c),
+        Cmd::Stamp(c) => stamp::cmd_stamp(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
