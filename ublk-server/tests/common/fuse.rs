@@ -1,6 +1,7 @@
-//! The FUSE test fixture shared by `tests/fuse.rs` (data) and
-//! `tests/live.rs` (control socket, swaps, adaptation): three emulated
-//! gc-heavy replicas in /dev/shm, the `augur fuse` daemon, fio.
+//! The FUSE test fixture shared by `tests/fuse.rs` (data),
+//! `tests/live.rs` (control socket, swaps, adaptation) and `tests/crash.rs`
+//! (kill -9 and restart): three emulated gc-heavy replicas in /dev/shm (by
+//! default), the `augur fuse` daemon, fio.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -59,6 +60,12 @@ pub struct Fixture {
     pub fs_mounts: Vec<PathBuf>,
     pub mount: PathBuf,
     pub replicas: Vec<PathBuf>,
+    /// What `start` puts before each replica path (`emu:gc-heavy:`; empty
+    /// for plain files).
+    pub spec_prefix: String,
+    /// `start`'s `--size` (creates missing replicas); `None` leaves it out,
+    /// so the daemon must reuse the replicas.
+    pub size: Option<String>,
     pub _shm: tempfile::TempDir,
     pub tmp: tempfile::TempDir,
 }
@@ -93,6 +100,8 @@ impl Fixture {
             fs_mounts: Vec::new(),
             mount,
             replicas,
+            spec_prefix: "emu:gc-heavy:".into(),
+            size: Some("64M".into()),
             _shm: shm,
             tmp,
         }
@@ -111,10 +120,12 @@ impl Fixture {
         cmd.arg("fuse");
         for r in &self.replicas {
             cmd.arg("--replica")
-                .arg(format!("emu:gc-heavy:{}", r.display()));
+                .arg(format!("{}{}", self.spec_prefix, r.display()));
         }
-        cmd.args(["--size", "64M", "--policy", policy, "--mount"])
-            .arg(&self.mount);
+        if let Some(size) = &self.size {
+            cmd.args(["--size", size]);
+        }
+        cmd.args(["--policy", policy, "--mount"]).arg(&self.mount);
         if with_loop {
             cmd.arg("--loop");
         }
