@@ -499,3 +499,35 @@ fn scrub_finds_a_region_changed_behind_the_arrays_back_and_repairs_it() {
         pattern(7, 8192)[..]
     );
 }
+
+#[test]
+fn a_rebuild_cut_short_by_a_stop_starts_again_at_the_next_open() {
+    let d = scratch();
+    let ps = paths(d.path(), 2);
+    let a = open(&ps).unwrap();
+    for r in 0..16u64 {
+        write(&a, r * REGION, &pattern(r, REGION as usize));
+    }
+    a.set_sync_rate(256 << 10); // four seconds a region
+    a.replace_replica(1, ps[1].with_extension("new").to_str().unwrap())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    a.close();
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "close waited for the rebuild"
+    );
+    drop(a);
+    let members = [ps[0].clone(), ps[1].with_extension("new")];
+    let a = open(&members).unwrap();
+    let st = a.replica_status();
+    assert_eq!(
+        (st[1].state, st[1].pending_regions),
+        ("syncing", 16),
+        "rebuilt whole again"
+    );
+    wait_sync(&a);
+    drop(a);
+    assert!(same_files(&members));
+}

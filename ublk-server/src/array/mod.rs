@@ -506,6 +506,14 @@ impl Array {
         self.inner.sync.request_scrub(repair)
     }
 
+    /// Stops the background thread (bitmap clearing, a resync, rebuild or
+    /// scrub in progress: those resume at the next start). A front-end calls
+    /// it when it stops serving, so that the clean stop (flush, bitmap
+    /// cleared) follows as soon as the last handle goes, not after a copy.
+    pub fn close(&self) {
+        self.inner.sync.stop();
+    }
+
     /// Sets the resync/rebuild/scrub rate limit, bytes per second (0: none).
     pub fn set_sync_rate(&self, rate: u64) {
         self.inner.sync.rate.store(rate, Relaxed);

@@ -170,7 +170,11 @@ pub fn serve(cfg: ArrayConfig, policy: Policy, opts: &FuseOptions) -> Result<(),
             let _ = std::fs::remove_file(p);
         }
     };
-    match serve_array(array, &mount, opts) {
+    let handle = array.clone();
+    let served = serve_array(array, &mount, opts);
+    handle.close();
+    drop(handle);
+    match served {
         Ok(Served::Stopped) => Ok(()),
         Ok(Served::SetupFailed(e)) => {
             remove_created();

@@ -71,6 +71,7 @@ pub fn serve(
     let created = cfg.files_to_create();
     let array = Array::open(cfg, policy)?;
     let result = serve_array(&array, opts);
+    array.close();
     if matches!(result, Err((false, _))) {
         drop(array);
         for p in &created {
