@@ -651,11 +651,12 @@ fn run_write(a: &WriteArgs, signal: &AtomicBool) -> anyhow::Result<WriteReport> 
         std::thread::sleep(Duration::from_millis(10));
     }
     let stuck = handles.iter().filter(|h| !h.is_finished()).count();
-    for h in handles.into_iter().filter(|h| h.is_finished()) {
-        if h.join().is_err() {
-            anyhow::bail!("a writer thread panicked");
-        }
-    }
+    let panicked = handles
+        .into_iter()
+        .filter(|h| h.is_finished())
+        .map(|h| h.join())
+        .filter(Result::is_err)
+        .count();
     // Submitted before acked: a write acked after the first load is
     // then logged as in flight, which the check accepts either way.
     let entries = (0..g.nblocks).map(|b| {
@@ -665,6 +666,9 @@ fn run_write(a: &WriteArgs, signal: &AtomicBool) -> anyhow::Result<WriteReport> 
         (b, Entry { acked, inflight })
     });
     write_atomic(&a.region.log, &format_log(&g, entries))?;
+    if panicked > 0 {
+        anyhow::bail!("{panicked} writer thread(s) panicked (the log was written)");
+    }
     Ok(WriteReport {
         writes: sh.writes.load(Ordering::SeqCst),
         errors: sh.errors.load(Ordering::SeqCst),
