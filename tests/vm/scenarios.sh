@@ -770,3 +770,130 @@ scenario_10() {
     ok dm-dmesg-clean
   fi
 }
+
+# --- 11: kill -9 at 20 random moments under writes; restart; resync ------------
+# Each cycle, on the device: `augur stamp write` on the second half and fio
+# randwrite (4-64 KiB) on the first; SIGKILL the daemon at a seeded random
+# moment; `augur stop` deletes the dead device (the writers then see I/O
+# errors and end); `augur serve` starts again on the same replica files,
+# without --recover (a new device); once `augur ctl status` says no sync is
+# running, `augur stamp check` must find every acknowledged stamp. The next
+# cycle kills that daemon. At the end it stops and the replicas must be
+# byte-identical. The seed is printed; augur_seed=N on the kernel command
+# line (tests/vm/run: AUGUR_VM_SEED=N) replays it.
+S11_CYCLES=20
+S11_ID=11
+# s11_rand N: sets R to a number in [0, N) from the seeded LCG in S11_RNG.
+s11_rand() {
+  S11_RNG=$(((S11_RNG * 1103515245 + 12345) % 2147483648))
+  R=$(((S11_RNG >> 8) % $1))
+}
+# s11_wait_sync: waits (120 s at most) until `augur ctl status --json` shows
+# no sync running; no "sync" object counts as none. SYNC: what it last said.
+s11_wait_sync() {
+  SYNC="not reported"
+  _w=0
+  while [ "$_w" -lt 1200 ]; do
+    # Exit 1 means degraded: the reply is still there.
+    augur ctl --id "$S11_ID" --json status >/tmp/s11-ctl.json 2>/tmp/s11-ctl.err
+    if ! grep -q '"ok": true' /tmp/s11-ctl.json; then
+      REASON="augur ctl status: $(head -c 200 /tmp/s11-ctl.json /tmp/s11-ctl.err | tr '\n' ' ')"
+      return 1
+    fi
+    _s=$(awk '/"sync": \{/ { on = 1 } on { printf "%s", $0 } on && /\}/ { exit }' /tmp/s11-ctl.json | tr -d ' ')
+    [ -n "$_s" ] || return 0
+    SYNC=${_s#\"sync\":}
+    SYNC=${SYNC%,}
+    case $_s in *'"running":true'*) ;; *) return 0 ;; esac
+    sleep 0.1
+    _w=$((_w + 1))
+  done
+  REASON="sync still running after 120 s: $SYNC"
+  return 1
+}
+scenario_11() {
+  seed=$(sed -n 's/.*augur_seed=\([0-9]*\).*/\1/p' /proc/cmdline)
+  [ -n "$seed" ] || seed=$(($(date +%s) % 100000))
+  echo "    | scenario 11: seed $seed (replay: AUGUR_VM_SEED=$seed tests/vm/run 11)"
+  S11_RNG=$seed
+  rm -f /tmp/s11-r*.img /tmp/s11.log
+  set -- --id "$S11_ID" --replica /tmp/s11-r0.img --replica /tmp/s11-r1.img
+  if ! serve_start /tmp/s11-0 --size 64M "$@"; then
+    fail crash-nothing-lost "$REASON"
+    fail crash-replicas-identical "no device"
+    return
+  fi
+  stamp="--log /tmp/s11.log --offset 32M --len 32M"
+  bad=
+  c=1
+  while [ "$c" -le "$S11_CYCLES" ]; do
+    fio --name=s11 --filename="$DEV" --ioengine=io_uring --direct=1 --rw=randwrite \
+      --bsrange=4k-64k --iodepth=16 --size=32M --time_based --runtime=120 --randrepeat=0 \
+      >/tmp/s11.fio 2>&1 &
+    fpid=$!
+    s11_rand 1000000
+    # shellcheck disable=SC2086
+    augur stamp write --dev "$DEV" $stamp --seed "$R" --duration 120s >/tmp/s11-w.out 2>&1 &
+    wpid=$!
+    s11_rand 1300
+    ms=$((200 + R))
+    sleep "$((ms / 1000)).$(printf %03d $((ms % 1000)))"
+    kill -9 "$PID"
+    wait "$PID" 2>/dev/null
+    if ! timeout 60 augur stop --id "$S11_ID" >/tmp/s11-stop.log 2>&1; then
+      bad="cycle $c: augur stop --id $S11_ID: $(tail -n1 /tmp/s11-stop.log)"
+      break
+    fi
+    if ! wait_gone "$fpid" 30 || ! wait_gone "$wpid" 30; then
+      bad="cycle $c: fio or augur stamp write still running 30 s after the device was deleted"
+      break
+    fi
+    wait "$fpid"
+    wait "$wpid"
+    wrc=$?
+    if [ "$wrc" != 0 ]; then
+      bad="cycle $c: augur stamp write exited $wrc: $(tail -n1 /tmp/s11-w.out)"
+      break
+    fi
+    if ! serve_start "/tmp/s11-$c" "$@"; then
+      bad="cycle $c: restart: $REASON"
+      break
+    fi
+    if ! s11_wait_sync; then
+      bad="cycle $c: $REASON"
+      break
+    fi
+    # shellcheck disable=SC2086
+    if ! augur stamp check --dev "$DEV" $stamp >/tmp/s11-c.out 2>&1; then
+      bad="cycle $c: $(grep -m1 '^stamp check:' /tmp/s11-c.out || tail -n1 /tmp/s11-c.out)"
+      show /tmp/s11-c.out
+      break
+    fi
+    echo "    | cycle $c: killed after $ms ms, $(cut -d' ' -f3 /tmp/s11-w.out) stamps acked, sync $SYNC; $(tail -n1 /tmp/s11-c.out | sed 's/^stamp check: //')"
+    c=$((c + 1))
+  done
+  if [ -z "$bad" ]; then
+    echo "    | $S11_CYCLES crash points: nothing lost"
+    ok crash-nothing-lost
+  else
+    fail crash-nothing-lost "$bad (seed $seed)"
+    show /tmp/s11-w.out 3
+  fi
+  if [ -n "$bad" ] && alive "$PID"; then
+    serve_kill
+  elif [ -n "$bad" ]; then
+    timeout 60 augur stop --id "$S11_ID" >/dev/null 2>&1
+  fi
+  if [ -n "$bad" ]; then
+    fail crash-replicas-identical "not compared: $bad"
+  elif ! serve_stop "/tmp/s11-$S11_CYCLES"; then
+    fail crash-replicas-identical "$REASON"
+    serve_kill
+  elif cmp /tmp/s11-r0.img /tmp/s11-r1.img >/tmp/s11-cmp.log 2>&1; then
+    ok crash-replicas-identical
+  else
+    blocks=$(cmp -l /tmp/s11-r0.img /tmp/s11-r1.img | head -n 4000000 | awk '{ print int(($1 - 1) / 4096) }' | uniq | wc -l)
+    fail crash-replicas-identical "$(head -n1 /tmp/s11-cmp.log); $blocks 4 KiB blocks differ (seed $seed)"
+  fi
+  rm -f /tmp/s11-r*.img /tmp/s11.log
+}
