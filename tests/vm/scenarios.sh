@@ -817,7 +817,7 @@ scenario_11() {
   echo "    | scenario 11: seed $seed (replay: AUGUR_VM_SEED=$seed tests/vm/run 11)"
   S11_RNG=$seed
   rm -f /tmp/s11-r*.img /tmp/s11.log
-  set -- --id "$S11_ID" --replica /tmp/s11-r0.img --replica /tmp/s11-r1.img
+  set -- --id "$S11_ID" --replica /tmp/s11-r0.img --replica /tmp/s11-r1.img --sync-rate 0
   if ! serve_start /tmp/s11-0 --size 64M "$@"; then
     fail crash-nothing-lost "$REASON"
     fail crash-replicas-identical "no device"
@@ -867,6 +867,11 @@ scenario_11() {
     if ! augur stamp check --dev "$DEV" $stamp >/tmp/s11-c.out 2>&1; then
       bad="cycle $c: $(grep -m1 '^stamp check:' /tmp/s11-c.out || tail -n1 /tmp/s11-c.out)"
       show /tmp/s11-c.out
+      break
+    fi
+    # The replicas agree after the resync: a scrub of the live device.
+    if ! augur ctl --id "$S11_ID" scrub --json >/tmp/s11-scrub.out 2>&1; then
+      bad="cycle $c: scrub after the resync: $(tr -d '\n ' </tmp/s11-scrub.out | cut -c1-200)"
       break
     fi
     echo "    | cycle $c: killed after $ms ms, $(cut -d' ' -f3 /tmp/s11-w.out) stamps acked, sync $SYNC; $(tail -n1 /tmp/s11-c.out | sed 's/^stamp check: //')"
