@@ -835,6 +835,15 @@ scenario_11() {
     # shellcheck disable=SC2086
     augur stamp write --dev "$DEV" $stamp --seed "$R" --duration 120s >/tmp/s11-w.out 2>&1 &
     wpid=$!
+    # Kill only once both writers are under way (starting a process takes a
+    # while under TCG): at least 200 writes done and the stamp writer's device open.
+    _w=0
+    while [ "$_w" -lt 300 ]; do
+      n=$(augur ctl --id "$S11_ID" --json stats 2>/dev/null | sed -n 's/^ *"writes": \([0-9]*\).*/\1/p' | head -n1)
+      [ "${n:-0}" -ge 200 ] && ls -l "/proc/$wpid/fd" 2>/dev/null | grep -q "$DEV" && break
+      sleep 0.1
+      _w=$((_w + 1))
+    done
     s11_rand 1300
     ms=$((200 + R))
     sleep "$((ms / 1000)).$(printf %03d $((ms % 1000)))"
