@@ -79,10 +79,10 @@ pub fn cmd_fio(c: FioCmd) -> anyhow::Result<()> {
         use std::os::unix::fs::FileTypeExt;
         m.file_type().is_block_device()
     });
-    let size = match a.size.or_else(|| target_size(&a.target).filter(|&s| s > 0)) {
-        Some(s) => s,
-        None => 256 << 20,
-    };
+    let size = a
+        .size
+        .or_else(|| target_size(&a.target).filter(|&s| s > 0))
+        .unwrap_or(256 << 20);
     let direct = match a.direct {
         None => is_blk,
         Some(0) => false,

@@ -552,8 +552,7 @@ pub fn run_suite(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<Man
                 return Err(SuiteError::Fio(format!(
                     "fio failed on job {job} (policy {policy}, exit status {code}): {}",
                     err.lines()
-                        .filter(|l| !l.trim().is_empty())
-                        .last()
+                        .rfind(|l| !l.trim().is_empty())
                         .unwrap_or("no message")
                 )));
             }

@@ -196,12 +196,18 @@ fn ccdf_points(hist: &[(f64, u64)]) -> Vec<(f64, f64)> {
     pts
 }
 
+/// A run's CCDF: its index (for its colour), the run, the points.
+type Curve<'a> = (usize, &'a Series, Vec<(f64, f64)>);
+
+/// A percentile line of the latency panels: name, colour, which of (p50, p99, p99.9).
+type PctLine = (&'static str, RGBColor, fn(&(f64, f64, f64)) -> f64);
+
 fn ccdf<DB: DrawingBackend>(
     input: &ReportInput,
     root: &DrawingArea<DB, Shift>,
 ) -> Result<(), String> {
     let title = "Read latency CCDF (fraction of reads slower than x)";
-    let curves: Vec<(usize, &Series, Vec<(f64, f64)>)> = input
+    let curves: Vec<Curve> = input
         .series
         .iter()
         .enumerate()
@@ -316,7 +322,7 @@ fn latency_over_time<DB: DrawingBackend>(
     ))
     .map_err(err)?;
     let panels = body.split_evenly((runs.len(), 1));
-    let lines: [(&str, RGBColor, fn(&(f64, f64, f64)) -> f64); 3] = [
+    let lines: [PctLine; 3] = [
         ("p50", color(0), |l| l.0),
         ("p99", color(1), |l| l.1),
         ("p99.9", color(3), |l| l.2),
