@@ -71,6 +71,8 @@
 //! | [`emu`] | the flash emulator and its profiles |
 //! | [`frontend`] | ublk and FUSE |
 //! | [`load`] | the in-process load generator, bench, record and demo runs |
+//! | [`fio`] | fio: traces as iologs, the `bench/fio/` job suite and its runner, json+ output |
+//! | [`report`] | `augur report`: Markdown summaries and latency plots (SVG, PNG) from bench and fio results |
 //!
 //! The command line itself (`src/cli/`) belongs to the `augur` binary.
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -80,9 +82,11 @@ pub mod adapt;
 pub mod array;
 pub mod control;
 pub mod emu;
+pub mod fio;
 pub mod frontend;
 pub mod load;
 pub mod metrics;
+pub mod report;
 pub mod route;
 
 pub use array::{

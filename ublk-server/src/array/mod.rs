@@ -356,6 +356,24 @@ impl Array {
         self.inner.now_ns()
     }
 
+    /// Per replica, the GC windows its emulator remembers (`(start, end)`
+    /// in ns on [`Array::now_ns`]'s clock, oldest first; see
+    /// [`FlashEmu::gc_windows`]); empty for a replica that is not emulated.
+    pub fn gc_windows(&self) -> Vec<Vec<(u64, u64)>> {
+        self.inner
+            .replicas
+            .iter()
+            .map(|r| match &r.backend.load().emu {
+                Some(emu) => emu
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .gc_windows()
+                    .collect(),
+                None => Vec::new(),
+            })
+            .collect()
+    }
+
     /// The clock the array runs on.
     pub fn clock(&self) -> &Clock {
         &self.inner.clock

@@ -30,6 +30,9 @@ pub(crate) struct DemoArgs {
     /// Print JSON ({"sim": [...], "real": [...]}) instead of the tables.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Also write the run's report to DIR: demo.json, report.md and the plots (as augur report does).
+    #[arg(long)]
+    pub(crate) report: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -340,6 +343,21 @@ pub(crate) fn cmd_demo(args: DemoArgs) -> anyhow::Result<()> {
         line.update(p, pr)
     })?;
     line.bar.finish_and_clear();
+    if let Some(dir) = &args.report {
+        let out = serde_json::json!({ "sim": sim_reports, "real": real_reports });
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let json = dir.join("demo.json");
+        std::fs::write(&json, serde_json::to_string_pretty(&out)? + "\n")
+            .with_context(|| format!("writing {}", json.display()))?;
+        let input = augur::report::load_inputs(&[json])?;
+        let w = augur::report::write_report(&input, dir)?;
+        eprintln!(
+            "augur demo: report in {} ({} and {} images)",
+            dir.display(),
+            w.markdown.display(),
+            w.images.len()
+        );
+    }
     if args.json {
         let out = serde_json::json!({ "sim": sim_reports, "real": real_reports });
         println!("{}", serde_json::to_string_pretty(&out)?);

@@ -9,6 +9,8 @@
 //! | `gpu.rs` | `gpu calibrate`: the GPU path on this machine |
 //! | `kmod.rs` | `kmod load`, `info`, `predict`: the kernel module |
 //! | `stamp.rs` | `stamp write`, `check`: the crash-test tool |
+//! | `fio.rs` | `fio run`: the fio job suite, once per policy |
+//! | `report.rs` | `report`: Markdown and plots from bench and fio results |
 //! | `args.rs` | the workload and fault flags they share |
 //! | `error.rs` | [`CliError`]: a bad flag (exit status 2) |
 
@@ -21,10 +23,12 @@ mod args;
 mod ctl;
 mod device;
 mod error;
+mod fio;
 mod gpu;
 mod kmod;
 mod load;
 mod model;
+mod report;
 mod stamp;
 
 use error::CliError;
@@ -67,7 +71,7 @@ enum Cmd {
     /// Inspect model files.
     #[command(subcommand)]
     Model(model::ModelCmd),
-    /// Import I/O traces (MSR-Cambridge CSV, blkparse text).
+    /// I/O traces (MSR-Cambridge CSV, blkparse text): import them as training logs, or convert them to fio iologs.
     #[command(subcommand)]
     Trace(model::TraceCmd),
     /// The GPU path (burn's wgpu backend): calibrate it against the CPU on this machine.
@@ -79,6 +83,11 @@ enum Cmd {
     /// Crash tests: stamp random blocks and log what was acknowledged; check them after a restart.
     #[command(subcommand)]
     Stamp(stamp::StampCmd),
+    /// fio: run the job suite of bench/fio/ against a device or file, once per policy.
+    #[command(subcommand)]
+    Fio(fio::FioCmd),
+    /// A Markdown summary and plots (SVG, PNG) from augur bench --json files and augur fio run directories.
+    Report(report::ReportArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -113,6 +122,8 @@ pub fn main() -> ExitCode {
         Cmd::Gpu(c) => gpu::cmd_gpu(c),
         Cmd::Kmod(c) => kmod::cmd_kmod(c),
         Cmd::Stamp(c) => stamp::cmd_stamp(c),
+        Cmd::Fio(c) => fio::cmd_fio(c),
+        Cmd::Report(a) => report::cmd_report(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -242,6 +242,35 @@ pub enum TraceCmd {
         #[arg(long)]
         skip_bad: bool,
     },
+    /// Turn a trace into a fio iolog (version 3) for fio's read_iolog, offsets wrapped into the target.
+    ToFio {
+        /// The trace file.
+        input: PathBuf,
+        /// The iolog to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// msr or blkparse (default: detect from the first line).
+        #[arg(long)]
+        format: Option<String>,
+        /// Only this disk of the trace (its index in order of first appearance; default: all).
+        #[arg(long)]
+        disk: Option<u16>,
+        /// Replay speed: 2 replays twice as fast.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// The device or file the log will be replayed on: its name goes in the log, its size wraps the offsets.
+        #[arg(long)]
+        target: Option<PathBuf>,
+        /// The target's size (default: the size of --target).
+        #[arg(long, value_parser = super::args::parse_size)]
+        size: Option<u64>,
+        /// Offsets and lengths are multiples of this.
+        #[arg(long, default_value = "4096", value_parser = super::args::parse_size)]
+        align: u64,
+        /// Skip malformed lines (counted) instead of stopping at the first.
+        #[arg(long)]
+        skip_bad: bool,
+    },
 }
 
 /// Loads a model by file name or `default`; errors name the file.
@@ -560,6 +589,88 @@ pub fn cmd_trace(c: TraceCmd) -> anyhow::Result<()> {
                 trace.disks.len(),
                 recs.len(),
                 out.display(),
+                trace.skipped
+            );
+            for e in &trace.skipped_examples {
+                eprintln!("  skipped: {e}");
+            }
+        }
+        TraceCmd::ToFio {
+            input,
+            out,
+            format,
+            disk,
+            speed,
+            target,
+            size,
+            align,
+            skip_bad,
+        } => {
+            let fmt = match format.as_deref() {
+                None => None,
+                Some(f) => Some(TraceFormat::parse(f).ok_or_else(|| {
+                    CliError::BadFlag(format!("unknown trace format '{f}' (msr, blkparse)"))
+                })?),
+            };
+            let target_size =
+                match (size, &target) {
+                    (Some(s), _) => s,
+                    (None, Some(t)) => augur::fio::target_size(t).filter(|&s| s > 0).ok_or_else(
+                        || {
+                            CliError::BadFlag(format!(
+                                "--target {}: cannot read its size (missing or empty; give --size)",
+                                t.display()
+                            ))
+                        },
+                    )?,
+                    (None, None) => {
+                        return Err(CliError::BadFlag(
+                            "give --target DEV|FILE or --size BYTES (offsets are wrapped into it)"
+                                .into(),
+                        )
+                        .into());
+                    }
+                };
+            let trace = import_file(&input, fmt, ImportOptions { skip_bad })
+                .map_err(|e| CliError::BadFlag(format!("{}: {e}", input.display())))?;
+            if let Some(d) = disk
+                && usize::from(d) >= trace.disks.len()
+            {
+                return Err(CliError::BadFlag(format!(
+                    "--disk {d}: the trace has {} disk(s) ({})",
+                    trace.disks.len(),
+                    trace.disks.join(", ")
+                ))
+                .into());
+            }
+            let ios = trace.workload(disk);
+            let opts = augur::fio::IologOptions {
+                file_name: target
+                    .as_ref()
+                    .map_or_else(|| "augur-target".into(), |t| t.display().to_string()),
+                target_size,
+                speed,
+                align,
+            };
+            let file = std::fs::File::create(&out)
+                .with_context(|| format!("creating {}", out.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            let st = augur::fio::write_iolog(&ios, &opts, &mut w).map_err(|e| match e {
+                augur::fio::IologError::BadOptions(m) => anyhow::Error::new(CliError::BadFlag(m)),
+                e => anyhow::Error::new(e).context(format!("writing {}", out.display())),
+            })?;
+            println!(
+                "{}: {} reads ({} bytes) and {} writes ({} bytes) over {:.3} s written to {}; {} offsets wrapped into {} bytes, {} flushes/discards left out, {} malformed line(s) skipped",
+                input.display(),
+                st.reads,
+                st.read_bytes,
+                st.writes,
+                st.write_bytes,
+                st.last_us as f64 / 1e6,
+                out.display(),
+                st.wrapped,
+                target_size,
+                st.skipped_ops,
                 trace.skipped
             );
             for e in &trace.skipped_examples {

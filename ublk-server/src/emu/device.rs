@@ -138,7 +138,13 @@ pub struct FlashEmu {
     fail_at_ns: Option<u64>,
     failed_flag: bool,
     stats: EmuStats,
+    /// The most recent GC windows, `(start, end)` in ns, oldest first (at
+    /// most [`GC_LOG_LEN`]; back-to-back windows are merged into one).
+    gc_log: std::collections::VecDeque<(u64, u64)>,
 }
+
+/// How many GC windows a [`FlashEmu`] remembers for [`FlashEmu::gc_windows`].
+pub const GC_LOG_LEN: usize = 4096;
 
 /// Converts a (validated, non-negative) f64 ns value to u64, at least 1.
 fn ns(v: f64) -> u64 {
@@ -214,6 +220,7 @@ impl FlashEmu {
             fail_at_ns,
             failed_flag: false,
             stats: EmuStats::default(),
+            gc_log: std::collections::VecDeque::new(),
             profile,
         }
     }
@@ -234,6 +241,7 @@ impl FlashEmu {
             track.advance(now_ns);
         }
         next.stats = self.stats;
+        next.gc_log = std::mem::take(&mut self.gc_log);
         next.failed_flag = self.failed_flag;
         next.fail_after_ios = next.fail_after_ios.or(self.fail_after_ios);
         next.fail_at_ns = next.fail_at_ns.or(self.fail_at_ns);
@@ -385,9 +393,16 @@ impl FlashEmu {
             if now_ns < self.gc_end {
                 // Back-to-back: the new window runs right after the current one.
                 self.gc_end = self.gc_end.saturating_add(dur);
+                if let Some(last) = self.gc_log.back_mut() {
+                    last.1 = self.gc_end;
+                }
             } else {
                 self.gc_start = now_ns;
                 self.gc_end = now_ns.saturating_add(dur);
+                if self.gc_log.len() == GC_LOG_LEN {
+                    self.gc_log.pop_front();
+                }
+                self.gc_log.push_back((self.gc_start, self.gc_end));
                 if let Some(f) = g.read_block_fraction {
                     // A fresh set of erasing channels, at least one.
                     for b in self.gc_busy.iter_mut() {
@@ -457,6 +472,13 @@ impl FlashEmu {
     /// Whether the device has failed (injected, or a scripted fault fired).
     pub fn is_failed(&self) -> bool {
         self.failed_flag
+    }
+
+    /// The most recent GC windows (at most [`GC_LOG_LEN`]), `(start, end)`
+    /// in ns on the array's clock, oldest first; back-to-back windows are
+    /// one entry. The last one may still be running.
+    pub fn gc_windows(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.gc_log.iter().copied()
     }
 
     /// Counters so far.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use augur_feature_store::{LogWriter, TrainingLog};
 use serde::Serialize;
 
-use super::run::{LoadProgress, LoadResult, run_load};
+use super::run::{IntervalStats, LoadProgress, LoadResult, run_load};
 use super::workload::LoadSpec;
 use crate::array::ArrayError;
 use crate::array::ReplicaSpec;
@@ -100,6 +100,9 @@ pub struct PolicyReport {
     /// On the simulated clock, what each predictor call cost.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub predict_cost: Option<PredictCost>,
+    /// The load's depth (closed loop: requests kept in flight; open loop:
+    /// the most in flight).
+    pub depth: u32,
     /// Requests per second.
     pub iops: f64,
     /// Read latency.
@@ -123,12 +126,70 @@ pub struct PolicyReport {
     pub all_slow_pct: f64,
     /// Replicas marked failed during the run.
     pub replica_failures: u64,
+    /// Percent of judged reads (answered by a replica the predictor had
+    /// scored) whose prediction matched the observed latency; absent when
+    /// no read was judged (policies without a predictor).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prediction_accuracy_pct: Option<f64>,
     /// Where the predictor batches ran (`--predict-on`).
     pub placement: Placement,
     /// Seconds measured.
     pub duration_s: f64,
     /// Replica states at the end.
     pub replicas: Vec<ReplicaStatus>,
+    /// The read latency distribution: `[upper, count]` pairs, microseconds,
+    /// on log-spaced buckets (each bound 10% above the one before; empty
+    /// buckets left out): what a latency CCDF is drawn from.
+    pub read_hist_us: Vec<[u64; 2]>,
+    /// The length of each of `intervals`, seconds.
+    pub interval_s: f64,
+    /// The run over time, interval by interval.
+    pub intervals: Vec<IntervalStats>,
+    /// GC windows of the emulated replicas that overlap the run, seconds
+    /// since it began (clipped to it), in order of replica then start.
+    pub gc_windows: Vec<GcWindow>,
+}
+
+/// One GC window of an emulated replica during a run.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct GcWindow {
+    /// The replica's index.
+    pub replica: usize,
+    /// Start, seconds since the run began.
+    pub start_s: f64,
+    /// End, seconds since the run began.
+    pub end_s: f64,
+}
+
+/// `[upper, count]` pairs of `h` on buckets 10% apart, empty ones left out.
+fn log_buckets(h: &hdrhistogram::Histogram<u64>) -> Vec<[u64; 2]> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    h.iter_log(1, 1.1)
+        .filter(|v| v.count_since_last_iteration() > 0)
+        .map(|v| [v.value_iterated_to(), v.count_since_last_iteration()])
+        .collect()
+}
+
+/// The GC windows of `array` that overlap `r`'s measured window.
+fn run_gc_windows(array: &Array, r: &LoadResult) -> Vec<GcWindow> {
+    let t0 = r.t0_ns;
+    let t1 = t0 + (r.elapsed_s * 1e9) as u64;
+    let sec = |t: u64| ((t.clamp(t0, t1) - t0) as f64 / 1e3).round() / 1e6;
+    let mut out = Vec::new();
+    for (replica, windows) in array.gc_windows().into_iter().enumerate() {
+        for (start, end) in windows {
+            if end > t0 && start < t1 {
+                out.push(GcWindow {
+                    replica,
+                    start_s: sec(start),
+                    end_s: sec(end),
+                });
+            }
+        }
+    }
+    out
 }
 
 fn summary(h: &hdrhistogram::Histogram<u64>) -> LatencySummary {
@@ -143,7 +204,9 @@ fn summary(h: &hdrhistogram::Histogram<u64>) -> LatencySummary {
 }
 
 impl PolicyReport {
-    fn new(policy: &str, clock: ClockChoice, r: &LoadResult, replicas: Vec<ReplicaStatus>) -> Self {
+    fn new(setup: &BenchSetup, policy: &str, r: &LoadResult, array: &Array) -> Self {
+        let clock = setup.clock;
+        let replicas = array.replica_status();
         let reads = r.stats.reads.max(1) as f64;
         PolicyReport {
             policy: policy.to_string(),
@@ -152,6 +215,7 @@ impl PolicyReport {
                 ClockChoice::Sim(c) => Some(c),
                 ClockChoice::Real => None,
             },
+            depth: setup.load.depth,
             iops: r.iops().round(),
             read_lat_us: summary(&r.read_us),
             write_lat_us: summary(&r.write_us),
@@ -163,6 +227,9 @@ impl PolicyReport {
             predictions_per_read: round2(r.stats.predictions as f64 / reads),
             all_slow_pct: round2(r.stats.all_slow as f64 * 100.0 / reads),
             replica_failures: r.stats.replica_failures,
+            prediction_accuracy_pct: (r.stats.judged_reads > 0).then(|| {
+                round2(r.stats.correct_predictions as f64 * 100.0 / r.stats.judged_reads as f64)
+            }),
             placement: Placement {
                 cpu_batches: r.stats.cpu_batches,
                 cpu_inputs: r.stats.cpu_items,
@@ -172,6 +239,10 @@ impl PolicyReport {
             },
             duration_s: round2(r.elapsed_s),
             replicas,
+            read_hist_us: log_buckets(&r.read_us),
+            interval_s: r.interval_s,
+            intervals: r.intervals.clone(),
+            gc_windows: run_gc_windows(array, r),
         }
     }
 }
@@ -226,12 +297,7 @@ pub fn run_bench(
         let name = policy.name().to_string();
         let (array, _dir) = open_array(setup, policy, None)?;
         let r = run_load(&array, &setup.load, &mut |p| on_progress(&name, p))?;
-        reports.push(PolicyReport::new(
-            &name,
-            setup.clock,
-            &r,
-            array.replica_status(),
-        ));
+        reports.push(PolicyReport::new(setup, &name, &r, &array));
     }
     Ok(reports)
 }
@@ -314,7 +380,7 @@ pub fn run_record(
         (r?, written)
     };
     Ok((
-        PolicyReport::new(&name, setup.clock, &r, array.replica_status()),
+        PolicyReport::new(setup, &name, &r, &array),
         written,
         log.dropped(),
     ))

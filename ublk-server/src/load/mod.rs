@@ -11,8 +11,8 @@ mod workload;
 
 pub use adapt::{AdaptRun, AdaptRunOptions, RoundRecord, TimelineRow, render_adapt, run_adapt};
 pub use bench::{
-    BenchSetup, ClockChoice, LatencySummary, PolicyReport, ReplicaSource, default_replica_dir,
-    render_table, run_bench, run_record,
+    BenchSetup, ClockChoice, GcWindow, LatencySummary, PolicyReport, ReplicaSource,
+    default_replica_dir, render_table, run_bench, run_record,
 };
-pub use run::{LoadProgress, LoadResult, run_load};
+pub use run::{IntervalStats, LoadProgress, LoadResult, run_load};
 pub use workload::{LoadSpec, ReplayIo, Workload};

@@ -38,6 +38,34 @@ pub struct LoadResult {
     pub write_us: Histogram<u64>,
     /// The array's counters over the run.
     pub stats: ArrayStats,
+    /// The run cut into [`LoadResult::interval_s`]-long pieces, in order
+    /// (the last one may be shorter): what plots over time need.
+    pub intervals: Vec<IntervalStats>,
+    /// The length of each interval, seconds: a hundredth of the run, at
+    /// least 10 ms.
+    pub interval_s: f64,
+    /// When the run started, ns on the array's clock (to place the
+    /// emulators' GC windows on the run's time line).
+    pub t0_ns: u64,
+}
+
+/// One interval of a load run: completions and read latency in it.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct IntervalStats {
+    /// Start of the interval, seconds since the run began.
+    pub t_s: f64,
+    /// Its length, seconds.
+    pub len_s: f64,
+    /// Requests completed in it, per second.
+    pub iops: f64,
+    /// Reads completed in it.
+    pub reads: u64,
+    /// Read latency median in it, microseconds (0 without reads).
+    pub read_p50_us: u64,
+    /// Read p99, microseconds.
+    pub read_p99_us: u64,
+    /// Read p99.9, microseconds.
+    pub read_p999_us: u64,
 }
 
 impl LoadResult {
@@ -56,6 +84,11 @@ pub struct LoadProgress {
     pub completed: u64,
     /// Read p99 so far, microseconds.
     pub read_p99_us: u64,
+}
+
+/// Rounds seconds to whole microseconds (stable JSON on the simulated clock).
+fn round_us(s: f64) -> f64 {
+    (s * 1e6).round() / 1e6
 }
 
 fn new_hist() -> Histogram<u64> {
@@ -79,6 +112,12 @@ struct Driver<'a> {
     free_tags: Vec<usize>,
     t0: u64,
     res: LoadResult,
+    /// The interval being measured: its start (ns), length, completions
+    /// and read latency.
+    iv_start: u64,
+    iv_len: u64,
+    iv_completed: u64,
+    iv_read_us: Histogram<u64>,
 }
 
 impl Driver<'_> {
@@ -131,6 +170,38 @@ impl Driver<'_> {
         }
     }
 
+    /// Closes every interval that ended at or before `now`.
+    fn roll_intervals(&mut self, now: u64) {
+        while now >= self.iv_start + self.iv_len {
+            self.close_interval(self.iv_start + self.iv_len);
+        }
+    }
+
+    /// Closes the current interval at `end` and starts the next there.
+    fn close_interval(&mut self, end: u64) {
+        let len_s = end.saturating_sub(self.iv_start) as f64 / 1e9;
+        let h = &self.iv_read_us;
+        let q = |p: f64| {
+            if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(p)
+            }
+        };
+        self.res.intervals.push(IntervalStats {
+            t_s: round_us(self.iv_start.saturating_sub(self.t0) as f64 / 1e9),
+            len_s: round_us(len_s),
+            iops: (self.iv_completed as f64 / len_s.max(1e-9)).round(),
+            reads: h.len(),
+            read_p50_us: q(0.50),
+            read_p99_us: q(0.99),
+            read_p999_us: q(0.999),
+        });
+        self.iv_start = end;
+        self.iv_completed = 0;
+        self.iv_read_us.reset();
+    }
+
     /// Counts the completions in `out` (seen at `now`) and frees their tags.
     fn reap(&mut self, out: &mut Vec<Completion>, now: u64) {
         for c in out.drain(..) {
@@ -138,11 +209,13 @@ impl Driver<'_> {
             let lat_us = (now.saturating_sub(self.start_of[tag]) / 1000).max(1);
             let res = &mut self.res;
             res.completed += 1;
+            self.iv_completed += 1;
             if c.result < 0 {
                 res.errors += 1;
             } else if self.op_of[tag] == Op::Read {
                 res.reads += 1;
                 let _ = res.read_us.record(lat_us.min(100_000_000));
+                let _ = self.iv_read_us.record(lat_us.min(100_000_000));
             } else {
                 res.writes += 1;
                 let _ = res.write_us.record(lat_us.min(100_000_000));
@@ -192,6 +265,7 @@ pub fn run_load(
     let progress_every: u64 = if with_data { 500_000_000 } else { 20_000_000 };
     let before = array.stats();
     let t0 = array.now_ns();
+    let interval_ns = (spec.duration.as_nanos() as u64 / 100).max(10_000_000);
     let mut d = Driver {
         spec,
         gen_: Gen {
@@ -221,7 +295,14 @@ pub fn run_load(
             read_us: new_hist(),
             write_us: new_hist(),
             stats: ArrayStats::default(),
+            intervals: Vec::new(),
+            interval_s: interval_ns as f64 / 1e9,
+            t0_ns: t0,
         },
+        iv_start: t0,
+        iv_len: interval_ns,
+        iv_completed: 0,
+        iv_read_us: new_hist(),
     };
     let end = t0 + spec.duration.as_nanos() as u64;
     let mut next_arrival = t0;
@@ -265,6 +346,7 @@ pub fn run_load(
         }
         q.poll(&mut out, true, timeout)?;
         let now = array.now_ns();
+        d.roll_intervals(now.min(end));
         d.reap(&mut out, now);
         if now >= next_progress {
             next_progress = now + progress_every;
@@ -277,6 +359,10 @@ pub fn run_load(
     }
     // Let what is in flight finish (not counted: the measured window is over).
     let stop = array.now_ns();
+    d.roll_intervals(stop.min(end));
+    if stop.min(end) > d.iv_start {
+        d.close_interval(stop.min(end));
+    }
     while q.in_flight() > 0 {
         q.poll(&mut out, true, Some(100_000_000))?;
         out.clear();
