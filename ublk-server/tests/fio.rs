@@ -256,6 +256,10 @@ fn fio_run_on_a_plain_file_records_one_run_and_reports_it() {
             "{job}: json+ has the histogram"
         );
     }
+    assert!(
+        !runs[0]["hist_logs"].as_array().unwrap().is_empty(),
+        "latency histogram logs recorded"
+    );
     // verify wrote the whole 8 MiB and read it all back, checked.
     let v = json(&res.join("linnos/verify.json"));
     assert_eq!(v["jobs"][0]["write"]["io_bytes"].as_u64(), Some(SIZE));
@@ -270,4 +274,73 @@ fn fio_run_on_a_plain_file_records_one_run_and_reports_it() {
     let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
     assert!(md.contains("| linnos | fio | randread-qd16 | 16 |"), "{md}");
     assert!(md.contains("none (no daemon)"), "{md}");
+    // Read latency over time, from fio's histogram logs.
+    let svg = std::fs::read_to_string(rep.join("latency-over-time.svg")).unwrap();
+    assert!(svg.contains("randread-qd16"), "a panel for the fio run");
+}
+
+#[test]
+fn fio_run_switches_policies_live_on_a_fuse_daemon() {
+    if !ready() {
+        return;
+    }
+    common::fuse::ready();
+    let _serial = common::fuse::SERIAL
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let mut fx = common::fuse::Fixture::new();
+    let file = fx.start("baseline", false).file.clone();
+    let res = fx.tmp.path().join("results");
+    // No --socket: the run finds the daemon serving the target itself.
+    ok(&augur(&[
+        "fio",
+        "run",
+        "--target",
+        file.to_str().unwrap(),
+        "--policy",
+        "baseline,linnos",
+        "--jobs",
+        "randread-qd16",
+        "--runtime",
+        "2s",
+        "--size",
+        "32M",
+        "--out",
+        res.to_str().unwrap(),
+    ]));
+    let m = json(&res.join("manifest.json"));
+    assert!(m["socket"].is_string(), "found the daemon's socket: {m}");
+    assert_ne!(m["model"], "unknown", "the daemon's model is recorded");
+    let runs = m["runs"].as_array().unwrap();
+    let policies: Vec<&str> = runs.iter().map(|r| r["policy"].as_str().unwrap()).collect();
+    assert_eq!(policies, ["baseline", "linnos"]);
+    // The switch happened in the daemon: baseline never reroutes, linnos
+    // on gc-heavy replicas does; both jobs' reads were counted by it.
+    let c = |i: usize, k: &str| runs[i]["counters"][k].as_u64().unwrap();
+    assert!(c(0, "reads") > 0 && c(1, "reads") > 0, "{m}");
+    assert_eq!(c(0, "rerouted"), 0, "baseline rerouted: {m}");
+    assert!(c(1, "rerouted") > 0, "linnos never rerouted: {m}");
+    assert!(c(1, "judged_reads") > 0, "{m}");
+    let o = run_timeout(
+        Command::new(BIN)
+            .args(["ctl", "--json", "--socket"])
+            .arg(fx.socket())
+            .arg("status"),
+        30,
+    );
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        st["result"]["policy"], "linnos",
+        "the daemon runs the last policy"
+    );
+    fx.stop();
+    let rep = fx.tmp.path().join("report");
+    ok(&augur(&[
+        "report",
+        res.to_str().unwrap(),
+        "--out",
+        rep.to_str().unwrap(),
+    ]));
+    let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
+    assert!(md.contains("| linnos | fio | randread-qd16 |"), "{md}");
 }

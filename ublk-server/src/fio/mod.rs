@@ -14,6 +14,6 @@ pub use iolog::{IologError, IologOptions, IologStats, MAX_IO, write_iolog};
 pub use json::{FioDirection, FioJob, FioJsonError, FioOutput, parse_fio_json, read_fio_json};
 pub use suite::{
     CounterDelta, JOBS, MANIFEST, Machine, Manifest, RunEntry, SuiteError, SuiteOptions,
-    find_socket_for, git_commit, kernel_release, read_iops_logs, read_manifest, run_suite,
-    target_size,
+    find_socket_for, git_commit, kernel_release, plat_idx_to_ns, read_hist_logs, read_iops_logs,
+    read_manifest, run_suite, target_size,
 };

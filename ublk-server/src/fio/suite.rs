@@ -8,6 +8,7 @@
 //! DIR/jobs/JOB.fio            the job files used
 //! DIR/POLICY/JOB.json         fio's json+ output (full clat histograms)
 //! DIR/POLICY/JOB_iops.N.log   fio's IOPS log, 100 ms averages (N: the job's index in the file)
+//! DIR/POLICY/JOB_clat_hist.N.log  fio's completion-latency histogram per 100 ms (read p50/p99/p99.9 over time)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -205,6 +206,10 @@ pub struct RunEntry {
     pub result: String,
     /// The IOPS logs, relative to the results directory.
     pub iops_logs: Vec<String>,
+    /// The completion-latency histogram logs (100 ms), relative to the
+    /// results directory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hist_logs: Vec<String>,
     /// The fio command line, with the environment it set.
     pub command: String,
     /// fio's exit status.
@@ -504,6 +509,8 @@ pub fn run_suite(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<Man
                 format!("--output={}", result.display()),
                 format!("--write_iops_log={}", iops_prefix.display()),
                 "--log_avg_msec=100".to_string(),
+                format!("--write_hist_log={}", iops_prefix.display()),
+                "--log_hist_msec=100".to_string(),
                 job_file.display().to_string(),
             ];
             let command = format!(
@@ -536,7 +543,16 @@ pub fn run_suite(o: &SuiteOptions, progress: &mut dyn FnMut(&str)) -> Result<Man
                 .map(|n| format!("{pdir_name}/{n}"))
                 .collect();
             iops_logs.sort();
+            let mut hist_logs: Vec<String> = std::fs::read_dir(&pdir)
+                .map_err(io_err(&pdir))?
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&format!("{job}_clat_hist.")) && n.ends_with(".log"))
+                .map(|n| format!("{pdir_name}/{n}"))
+                .collect();
+            hist_logs.sort();
             manifest.runs.push(RunEntry {
+                hist_logs,
                 policy: policy.clone(),
                 policy_source: source.to_string(),
                 job: job.clone(),
@@ -599,12 +615,145 @@ pub fn read_iops_logs(paths: &[PathBuf]) -> Result<Vec<(f64, f64)>, SuiteError> 
                     n + 1
                 )));
             };
-            // Entries are stamped at the end of their 100 ms window.
-            *buckets.entry(t.saturating_sub(1) / 100).or_default() += v;
+            // Entries are stamped at the end of their 100 ms window
+            // (101, 201, ... 503 ms): the window that ends nearest.
+            *buckets.entry(window_of(t)).or_default() += v;
         }
     }
     Ok(buckets
         .into_iter()
         .map(|(b, v)| (b as f64 / 10.0, v))
         .collect())
+}
+
+/// The 100 ms window a fio log entry stamped at `t_ms` (its window's end) covers.
+fn window_of(t_ms: u64) -> u64 {
+    ((t_ms + 50) / 100).saturating_sub(1)
+}
+
+/// fio's histogram bins: 2^6 per group (`FIO_IO_U_PLAT_BITS`).
+const PLAT_BITS: u32 = 6;
+const PLAT_VAL: u64 = 1 << PLAT_BITS;
+
+/// The latency (ns) fio's histogram bin `idx` stands for: the middle of
+/// its range (fio's `plat_idx_to_val`).
+pub fn plat_idx_to_ns(idx: usize) -> f64 {
+    let idx = idx as u64;
+    if idx < PLAT_VAL << 1 {
+        return idx as f64;
+    }
+    let error_bits = (idx >> PLAT_BITS) - 1;
+    let base = 1u64 << (error_bits + u64::from(PLAT_BITS));
+    let k = idx % PLAT_VAL;
+    base as f64 + (k as f64 + 0.5) * (1u64 << error_bits) as f64
+}
+
+/// Reads fio completion-latency histogram logs (`time ms, direction, bs,
+/// bin0, bin1, ...`, one line per 100 ms window and direction) into read
+/// p50/p99/p99.9 (µs) per window, all logs added: `(start s, (p50, p99, p99.9))`.
+pub fn read_hist_logs(paths: &[PathBuf]) -> Result<Vec<(f64, (f64, f64, f64))>, SuiteError> {
+    let mut windows: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+    for p in paths {
+        let text = std::fs::read_to_string(p).map_err(io_err(p))?;
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let bad = || {
+                SuiteError::Bad(format!(
+                    "{} line {}: not a fio histogram log line",
+                    p.display(),
+                    n + 1
+                ))
+            };
+            let f: Vec<u64> = line
+                .split(',')
+                .map(|x| x.trim().parse::<u64>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| bad())?;
+            if f.len() < 4 {
+                return Err(bad());
+            }
+            if f[1] != 0 {
+                continue; // writes and trims
+            }
+            let bins = windows.entry(window_of(f[0])).or_default();
+            if bins.len() < f.len() - 3 {
+                bins.resize(f.len() - 3, 0);
+            }
+            for (b, c) in bins.iter_mut().zip(&f[3..]) {
+                *b += c;
+            }
+        }
+    }
+    let q = |bins: &[u64], total: u64, q: f64| -> f64 {
+        let rank = (q * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in bins.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return (plat_idx_to_ns(i) / 100.0).round() / 10.0;
+            }
+        }
+        0.0
+    };
+    Ok(windows
+        .into_iter()
+        .filter_map(|(w, bins)| {
+            let total: u64 = bins.iter().sum();
+            (total > 0).then(|| {
+                (
+                    w as f64 / 10.0,
+                    (
+                        q(&bins, total, 0.5),
+                        q(&bins, total, 0.99),
+                        q(&bins, total, 0.999),
+                    ),
+                )
+            })
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod hist_tests {
+    use super::*;
+
+    #[test]
+    fn bins_map_to_fio_values_and_windows_to_percentiles() {
+        // fio: indexes below 128 are the value itself; then groups of 64
+        // bins, each twice as wide as the last.
+        assert_eq!(plat_idx_to_ns(5), 5.0);
+        assert_eq!(plat_idx_to_ns(127), 127.0);
+        assert_eq!(plat_idx_to_ns(128), 128.0 + 0.5 * 2.0);
+        assert_eq!(plat_idx_to_ns(192), 256.0 + 0.5 * 4.0);
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("j_clat_hist.1.log");
+        let mut bins = vec![0u64; 1856];
+        bins[100] = 980; // 100 ns
+        bins[1000] = 20; // far out: 2 %
+        let line = |t: u64, dir: u64| {
+            format!(
+                "{t}, {dir}, 4096, {}\n",
+                bins.iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        std::fs::write(&p, line(101, 0) + &line(101, 1) + &line(201, 0)).unwrap();
+        let w = read_hist_logs(&[p.clone()]).unwrap();
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[0].0, 0.0, "stamped at 101 ms: the first window");
+        assert_eq!(w[1].0, 0.1);
+        let far = (plat_idx_to_ns(1000) / 100.0).round() / 10.0;
+        assert_eq!(
+            w[0].1,
+            (0.1, far, far),
+            "p50 100 ns, p99 and p99.9 the far bin"
+        );
+        std::fs::write(&p, "101, 0, x\n").unwrap();
+        let e = read_hist_logs(&[p]).unwrap_err().to_string();
+        assert!(e.contains("line 1"), "{e}");
+    }
 }

@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use super::ReportError;
 use crate::fio::{
-    FioDirection, FioOutput, Manifest, parse_fio_json, read_iops_logs, read_manifest,
+    FioDirection, FioOutput, Manifest, parse_fio_json, read_hist_logs, read_iops_logs,
+    read_manifest,
 };
 use crate::load::{GcWindow, IntervalStats};
 
@@ -241,6 +242,7 @@ fn fio_series(
     policy: String,
     job: String,
     iops_logs: &[PathBuf],
+    hist_logs: &[PathBuf],
 ) -> Result<Series, ReportError> {
     let reads = merged_reads(o);
     let runtime_s = o.jobs.iter().map(|j| j.runtime_ms).max().unwrap_or(0) as f64 / 1e3;
@@ -265,16 +267,22 @@ fn fio_series(
         p999: us(reads.quantile_ns(0.999)),
         p9999: us(reads.quantile_ns(0.9999)),
     });
+    let err = |e: crate::fio::SuiteError| ReportError::Input {
+        path: source.clone(),
+        msg: e.to_string(),
+    };
+    let lat: std::collections::BTreeMap<u64, (f64, f64, f64)> = read_hist_logs(hist_logs)
+        .map_err(err)?
+        .into_iter()
+        .map(|(t, l)| ((t * 10.0).round() as u64, l))
+        .collect();
     let timeline = read_iops_logs(iops_logs)
-        .map_err(|e| ReportError::Input {
-            path: source.clone(),
-            msg: e.to_string(),
-        })?
+        .map_err(err)?
         .into_iter()
         .map(|(t_s, iops)| Point {
             t_s,
             iops,
-            lat: None,
+            lat: lat.get(&((t_s * 10.0).round() as u64)).copied(),
         })
         .collect();
     Ok(Series {
@@ -331,12 +339,14 @@ fn load_fio_dir(dir: &Path, input: &mut ReportInput) -> Result<(), ReportError> 
         let text = std::fs::read_to_string(&p).map_err(|e| bad(&p, e.to_string()))?;
         let o = parse_fio_json(&text, &p.display().to_string()).map_err(fio_err)?;
         let logs: Vec<PathBuf> = run.iops_logs.iter().map(|l| dir.join(l)).collect();
+        let hists: Vec<PathBuf> = run.hist_logs.iter().map(|l| dir.join(l)).collect();
         let mut s = fio_series(
             &o,
             p.display().to_string(),
             run.policy.clone(),
             run.job.clone(),
             &logs,
+            &hists,
         )?;
         if let Some(c) = run.counters {
             let reads = c.reads.max(1) as f64;
@@ -378,7 +388,14 @@ pub fn load_inputs(paths: &[PathBuf]) -> Result<ReportInput, ReportError> {
             Value::Object(o) if o.contains_key("jobs") => {
                 let out = parse_fio_json(&text, &p.display().to_string()).map_err(fio_err)?;
                 let job = out.jobs.first().map(|j| j.name.clone()).unwrap_or_default();
-                let s = fio_series(&out, p.display().to_string(), "unknown".into(), job, &[])?;
+                let s = fio_series(
+                    &out,
+                    p.display().to_string(),
+                    "unknown".into(),
+                    job,
+                    &[],
+                    &[],
+                )?;
                 input.series.push(s);
             }
             Value::Object(o) if o.contains_key("sim") || o.contains_key("real") => {
