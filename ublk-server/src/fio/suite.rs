@@ -648,10 +648,13 @@ pub fn plat_idx_to_ns(idx: usize) -> f64 {
     base as f64 + (k as f64 + 0.5) * (1u64 << error_bits) as f64
 }
 
+/// One 100 ms window of a fio run: its start (s) and read p50/p99/p99.9 (µs).
+pub type WindowLatency = (f64, (f64, f64, f64));
+
 /// Reads fio completion-latency histogram logs (`time ms, direction, bs,
 /// bin0, bin1, ...`, one line per 100 ms window and direction) into read
 /// p50/p99/p99.9 (µs) per window, all logs added: `(start s, (p50, p99, p99.9))`.
-pub fn read_hist_logs(paths: &[PathBuf]) -> Result<Vec<(f64, (f64, f64, f64))>, SuiteError> {
+pub fn read_hist_logs(paths: &[PathBuf]) -> Result<Vec<WindowLatency>, SuiteError> {
     let mut windows: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
     for p in paths {
         let text = std::fs::read_to_string(p).map_err(io_err(p))?;
@@ -742,7 +745,7 @@ mod hist_tests {
             )
         };
         std::fs::write(&p, line(101, 0) + &line(101, 1) + &line(201, 0)).unwrap();
-        let w = read_hist_logs(&[p.clone()]).unwrap();
+        let w = read_hist_logs(std::slice::from_ref(&p)).unwrap();
         assert_eq!(w.len(), 2);
         assert_eq!(w[0].0, 0.0, "stamped at 101 ms: the first window");
         assert_eq!(w[1].0, 0.1);
