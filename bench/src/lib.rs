@@ -1,7 +1,8 @@
 //! Side-by-side measurements of Augur: the array against raw io_uring on one
-//! file, and live model swaps, metrics and online adaptation on a FUSE
-//! device (the `augur-live` and `augur-adapt-live` binaries; [`live`]);
-//! fio job suites, reports and plots are not built yet.
+//! file, the write-intent bitmap's cost (`augur-bitmap-cost`), and on a FUSE
+//! device live model swaps, metrics, online adaptation and foreground I/O
+//! during a rebuild (`augur-live`, `augur-adapt-live`, `augur-rebuild-impact`;
+//! [`live`]). The fio job files in `bench/fio/` are run by `augur fio run`.
 //!
 //! [`raw_randread`] is the reference peer for the array-overhead measurement:
 //! the same random-read load as `augur bench --workload randread`, issued with
@@ -18,6 +19,26 @@ use std::time::{Duration, Instant};
 use augur::AlignedBuf;
 use augur_rng::Rng;
 use io_uring::{IoUring, opcode, types};
+
+/// The median of `v` (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Parses a byte count with an optional k/m/g suffix (powers of 1024).
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    let (n, mul) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t.as_str(), 1),
+    };
+    Ok(n.parse::<u64>()
+        .map_err(|e| anyhow::anyhow!("'{s}': {e}"))?
+        * mul)
+}
 
 /// What one raw run measured.
 #[derive(Clone, Debug)]

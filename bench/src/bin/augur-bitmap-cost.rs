@@ -44,22 +44,6 @@ struct Args {
     regions: Vec<String>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn size_of(s: &str) -> anyhow::Result<u64> {
-    let t = s.trim().to_ascii_lowercase();
-    let (n, mul) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t.as_str(), 1),
-    };
-    Ok(n.parse::<u64>()? * mul)
-}
-
 fn run(files: &[PathBuf], region: Option<u64>, load: &LoadSpec) -> anyhow::Result<(f64, u64, u64)> {
     let meta = region.map(|r| MetaOptions {
         region_size: r,
@@ -108,7 +92,7 @@ fn main() -> anyhow::Result<()> {
     fill(&files, a.size_mib)?;
     let mut configs: Vec<Option<u64>> = vec![None];
     for r in &a.regions {
-        configs.push(Some(size_of(r)?));
+        configs.push(Some(augur_bench::parse_size(r)?));
     }
     let load = LoadSpec {
         workload: Workload::Mixed { read_pct: 0.0 },
@@ -140,10 +124,10 @@ fn main() -> anyhow::Result<()> {
             iops[c].push(x);
         }
     }
-    let off = median(iops[0].clone());
+    let off = augur_bench::median(iops[0].clone());
     println!("median write IOPS: no bitmap {off:.0}");
     for (c, v) in configs.iter().zip(&iops).skip(1) {
-        let m = median(v.clone());
+        let m = augur_bench::median(v.clone());
         println!(
             "  region {:>7}: {m:.0} IOPS, {:.3}x of no bitmap",
             label(*c),

@@ -33,11 +33,6 @@ struct Args {
     rounds: u32,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let tmp = tempfile::tempdir()?;
@@ -94,7 +89,7 @@ fn main() -> anyhow::Result<()> {
         raw.push(r.iops());
         arr.push(x.iops());
     }
-    let (mr, ma) = (median(raw), median(arr));
+    let (mr, ma) = (augur_bench::median(raw), augur_bench::median(arr));
     println!(
         "median: raw {mr:.0} IOPS, array {ma:.0} IOPS, ratio {:.3} (depth {}, {} B, {})",
         ma / mr,

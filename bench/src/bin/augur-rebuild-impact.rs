@@ -36,17 +36,6 @@ struct Args {
     augur: Option<PathBuf>,
 }
 
-fn rate_of(s: &str) -> anyhow::Result<u64> {
-    let t = s.trim().to_ascii_lowercase();
-    let (n, mul) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t.as_str(), 1),
-    };
-    Ok(n.parse::<u64>()? * mul)
-}
-
 struct Side {
     label: String,
     read_iops: Vec<f64>,
@@ -71,7 +60,7 @@ fn main() -> anyhow::Result<()> {
         },
     )];
     for r in &a.rates {
-        let rate = rate_of(r)?;
+        let rate = augur_bench::parse_size(r)?;
         sides.push((
             Some(rate),
             Side {
