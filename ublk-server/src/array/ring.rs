@@ -10,6 +10,7 @@ use io_uring::{IoUring, opcode, squeue, types};
 
 use super::parked::{UD_GPU_DEADLINE, UD_GPU_WAKE};
 use super::queue::Io;
+use super::stats::bump;
 use super::slots::{SubKind, UD_DELAY, UD_HEDGE, UD_IO, UD_RETRY, ud};
 use super::{AlignedBuf, Completion, Queue};
 
@@ -48,7 +49,7 @@ impl Queue {
     /// True when completions wait in the ring, not yet reaped by [`Queue::poll`].
     pub fn has_completions(&mut self) -> bool {
         match &mut self.io {
-            Io::Ring(ring) => !ring.completion().is_empty(),
+            Io::Ring(ring) => !ring.completion().is_empty() || ring.submission().cq_overflow(),
             Io::Sim(sim) => sim.has_due(),
         }
     }
@@ -105,9 +106,17 @@ impl Queue {
             cqes.clear();
             self.cqes = cqes;
             self.process_failed_now();
-            if self.unsubmitted {
+            // Completions beyond the CQ's size wait on the kernel's overflow
+            // list, which only an io_uring_enter with GETEVENTS moves into
+            // the ring (and while it is non-empty new completions queue
+            // behind it): enter the kernel for them, never leave them there.
+            if self.unsubmitted || self.cq_overflowed() {
+                if self.cq_overflowed() {
+                    bump(&self.counters.cq_overflows, 1);
+                }
                 self.ring().submit()?;
                 self.unsubmitted = false;
+                continue;
             }
             if got == 0 {
                 break;
@@ -147,6 +156,15 @@ impl Queue {
             .build()
             .user_data(ud(UD_RETRY, 0, 0));
         self.push(e);
+    }
+
+    /// True when the kernel holds completions on its overflow list (more
+    /// finished than the completion queue has room for).
+    fn cq_overflowed(&mut self) -> bool {
+        match &mut self.io {
+            Io::Ring(ring) => ring.submission().cq_overflow(),
+            Io::Sim(_) => false,
+        }
     }
 
     /// The io_uring of a real-clock queue; the ring paths are only reached
@@ -367,5 +385,67 @@ impl Drop for Queue {
         self.inner.counters.absorb(&self.counters.snapshot());
         self.inner.latency.absorb(&self.latency);
         open.retain(|c| !std::sync::Arc::ptr_eq(&c.0, &self.counters));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use augur_feature_store::Op;
+
+    use crate::array::{AlignedBuf, Array, ArrayConfig, Completion, ReplicaSpec, Request};
+    use crate::emu::Profile;
+    use crate::route::Policy;
+
+    /// More completions land at once than the ring's completion queue holds
+    /// (a ring of 8 entries has 16 CQ slots; 64 emulated delays expire
+    /// together), so the kernel keeps the rest on its overflow list. A
+    /// front-end that only ever polls without waiting (ublk, woken by the
+    /// eventfd) must still get every one of them: nothing it submits would
+    /// otherwise enter the kernel to flush the list, and the requests would
+    /// stay in flight forever with the thread asleep.
+    #[test]
+    fn completions_beyond_the_cq_are_not_stranded() {
+        let dir = tempfile::tempdir_in(crate::load::default_replica_dir()).unwrap();
+        let specs = (0..2)
+            .map(|i| {
+                ReplicaSpec::emulated(
+                    Profile::builtin("fast-nvme").unwrap(),
+                    dir.path().join(format!("r{i}")),
+                )
+            })
+            .collect();
+        let mut cfg = ArrayConfig::new(specs);
+        cfg.create_size = Some(1 << 20);
+        let array = Array::open(cfg, Policy::from_name("baseline", None).unwrap()).unwrap();
+        let mut q = array.queue(0, 8).unwrap();
+        const N: usize = 64;
+        for i in 0..N {
+            q.submit(Request {
+                op: Op::Read,
+                offset: (i as u64 % 256) * 4096,
+                len: 4096,
+                buf: Some(AlignedBuf::new(4096)),
+                user: i as u64,
+            });
+        }
+        let mut out: Vec<Completion> = Vec::new();
+        q.poll(&mut out, false, None).unwrap();
+        // Every emulated delay expires while nobody reaps.
+        std::thread::sleep(Duration::from_millis(100));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while out.len() < N && Instant::now() < deadline {
+            q.poll(&mut out, false, None).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            out.len(),
+            N,
+            "{} of {N} reads never completed ({} still in flight)",
+            N - out.len(),
+            q.in_flight()
+        );
+        assert!(out.iter().all(|c| c.result == 0));
     }
 }

@@ -126,6 +126,13 @@ counter_table! {
         pinned_reads,
         /// Writes held back while the sync worker copied their region.
         deferred_writes,
+        /// Times a queue found completions on its io_uring's overflow list
+        /// (more finished at once than its completion queue holds) and
+        /// entered the kernel to collect them.
+        cq_overflows,
+        /// Stall dumps: a queue's oldest request in flight grew older than
+        /// the stall threshold (never on a healthy run).
+        stalls,
     }
 }
 
