@@ -54,6 +54,7 @@ mod replica;
 mod ring;
 mod sim;
 mod slots;
+mod stall;
 mod stats;
 mod sync;
 
@@ -66,6 +67,7 @@ pub use replica::{Backing, ReplicaSpec, SECTOR, open_backing};
 pub use stats::{
     ArrayStats, LAT_BUCKETS, LatencyHist, ReplicaCounts, ReplicaStatus, lat_bucket, lat_bucket_top,
 };
+pub use stall::{DEFAULT_STALL_AFTER, StallDump, StallRequest, StallSub};
 pub use sync::{DEFAULT_SYNC_RATE, ScrubReport, SyncKind, SyncStatus};
 
 use stats::{Counters, LatencyTable, ReplicaCounters};
@@ -104,6 +106,9 @@ pub struct ArrayConfig {
     pub meta: Option<MetaOptions>,
     /// Rate limit of resync, rebuild and scrub, bytes per second (0: none).
     pub sync_rate: u64,
+    /// A request in flight longer than this is a stall: its queue logs one
+    /// dump of its state and counts it (`Duration::ZERO`: never).
+    pub stall_after: std::time::Duration,
 }
 
 /// How a simulated array runs: replicas of `size` bytes that hold no data,
@@ -129,6 +134,7 @@ impl ArrayConfig {
             simulate: None,
             meta: None,
             sync_rate: DEFAULT_SYNC_RATE,
+            stall_after: DEFAULT_STALL_AFTER,
         }
     }
 
@@ -203,6 +209,8 @@ pub(crate) struct Inner {
     pub(crate) meta: Option<MetaOptions>,
     /// The device the array is served as (never accepted as a replica).
     pub(crate) device: Mutex<Option<PathBuf>>,
+    /// Age (ns, on the array's clock) after which a request in flight is a stall.
+    pub(crate) stall_after_ns: u64,
 }
 
 /// A replicated block device in a process: open it, then drive it through
@@ -279,6 +287,7 @@ impl Array {
                 sync,
                 retired: Mutex::new(Vec::new()),
                 device: Mutex::new(None),
+                stall_after_ns: cfg.stall_after.as_nanos().min(u64::MAX as u128) as u64,
                 meta,
                 replicas,
                 size,

@@ -17,6 +17,7 @@ use super::hedge::LatencyWindow;
 use super::parked::{Parked, QueueWake};
 use super::sim::SimEvents;
 use super::slots::{Slot, Sub, SubKind};
+use super::stall::{EventKind, EventLog};
 use super::stats::{Counters, LatencyTable, bump};
 use super::{AlignedBuf, ArrayError, Inner, SECTOR};
 use crate::emu::{Clock, Outcome};
@@ -73,6 +74,12 @@ impl Io {
 /// completions with [`Queue::poll`].
 pub struct Queue {
     pub(super) inner: Arc<Inner>,
+    /// The queue's number (as the front-end gave it), for logs.
+    pub(super) id: u32,
+    /// Recent events, for a stall dump (`stall.rs`).
+    pub(super) events: EventLog,
+    /// The request (slot, generation) a stall was last reported for.
+    pub(super) stall_seen: Option<(usize, u32)>,
     /// This queue's own counters (registered with the array, written only here).
     pub(super) counters: Arc<Counters>,
     /// Its read-latency histograms (per replica), summed by the array.
@@ -154,6 +161,9 @@ impl Queue {
             .push((counters.clone(), latency.clone()));
         Ok(Queue {
             inner,
+            id,
+            events: EventLog::default(),
+            stall_seen: None,
             counters,
             latency,
             io,
@@ -242,6 +252,7 @@ impl Queue {
         s.intent = false;
         s.start_ns = now;
         self.active += 1;
+        self.events.push(EventKind::Submit, req.user, 0);
         self.incoming.push(idx);
     }
 
@@ -324,6 +335,7 @@ impl Queue {
                     expect: 0,
                     buf: None,
                     snap: None,
+                    in_delay: false,
                     ts: Box::new(types::Timespec::new()),
                 });
                 self.subs.len() - 1
@@ -340,6 +352,7 @@ impl Queue {
         s.expect = 0;
         s.buf = None;
         s.snap = None;
+        s.in_delay = false;
         idx
     }
 
@@ -748,6 +761,7 @@ impl Queue {
             bump(&self.counters.failed_requests, 1);
         }
         s.done = true;
+        self.events.push(EventKind::Done, s.user, result);
         let (buf, replica) = match read {
             Some((b, r)) => (Some(b), Some(r)),
             // Failures are only delivered once no copy reads into the buffer.

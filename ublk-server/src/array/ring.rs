@@ -10,6 +10,7 @@ use io_uring::{IoUring, opcode, squeue, types};
 
 use super::parked::{UD_GPU_DEADLINE, UD_GPU_WAKE};
 use super::queue::Io;
+use super::stall::EventKind;
 use super::stats::bump;
 use super::slots::{SubKind, UD_DELAY, UD_HEDGE, UD_IO, UD_RETRY, ud};
 use super::{AlignedBuf, Completion, Queue};
@@ -63,6 +64,7 @@ impl Queue {
         wait: bool,
         timeout_ns: Option<u64>,
     ) -> std::io::Result<usize> {
+        self.events.polls += 1;
         if self.io.is_sim() {
             return Ok(self.poll_sim(out, wait, timeout_ns));
         }
@@ -113,6 +115,7 @@ impl Queue {
             if self.unsubmitted || self.cq_overflowed() {
                 if self.cq_overflowed() {
                     bump(&self.counters.cq_overflows, 1);
+                    self.events.push(EventKind::Overflow, 0, 0);
                 }
                 self.ring().submit()?;
                 self.unsubmitted = false;
@@ -210,6 +213,7 @@ impl Queue {
     }
 
     pub(super) fn on_cqe(&mut self, user: u64, res: i32) {
+        self.events.push(EventKind::Cqe, user, res);
         let idx = (user & 0xFFFF_FFFF) as usize;
         let kind = (user >> 32) & 0xFF;
         let generation = (user >> 40) as u32;
@@ -261,6 +265,7 @@ impl Queue {
             let e = opcode::Timeout::new(&*s.ts as *const types::Timespec)
                 .build()
                 .user_data(ud(UD_DELAY, sub, 0));
+            s.in_delay = true;
             self.push(e);
         } else {
             self.finish_sub(sub, res);

@@ -40,6 +40,8 @@ pub(super) struct Sub {
     pub(super) expect: i32,
     pub(super) buf: Option<AlignedBuf>,
     pub(super) snap: Option<HistorySnapshot>,
+    /// Its emulated delay is running (the I/O itself is done).
+    pub(super) in_delay: bool,
     /// Kernel reads the timespec when the SQE is submitted; boxed so the
     /// address stays put while the sub table grows.
     pub(super) ts: Box<types::Timespec>,

@@ -130,6 +130,9 @@ counter_table! {
         /// (more finished at once than its completion queue holds) and
         /// entered the kernel to collect them.
         cq_overflows,
+        /// Times a front-end's periodic tick found completions waiting that
+        /// no wake-up had reported (never on a healthy run).
+        missed_wakeups,
         /// Stall dumps: a queue's oldest request in flight grew older than
         /// the stall threshold (never on a healthy run).
         stalls,

@@ -378,12 +378,29 @@ pub(crate) struct MetaFlags {
     /// Rate limit of resync, rebuild and scrub, bytes per second (0: none).
     #[arg(long, value_parser = parse_size, default_value = "64m", value_name = "BYTES")]
     pub(crate) sync_rate: u64,
+    /// A request in flight this many seconds is a stall: its queue logs one
+    /// dump of its state and counts it in `stalls` (0: never).
+    #[arg(long, value_parser = parse_stall_after, default_value = "5", value_name = "SECS")]
+    pub(crate) stall_after: std::time::Duration,
+}
+
+/// `--stall-after`: seconds, fractions allowed, 0 for off.
+fn parse_stall_after(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=86_400.0).contains(&v) => {
+            Ok(std::time::Duration::from_secs_f64(v))
+        }
+        _ => Err(format!(
+            "'{s}' is not a number of seconds from 0 (off) to 86400"
+        )),
+    }
 }
 
 impl MetaFlags {
     /// Applies the flags to an array configuration.
     pub(crate) fn apply(&self, cfg: &mut augur::ArrayConfig) {
         cfg.sync_rate = self.sync_rate;
+        cfg.stall_after = self.stall_after;
         cfg.meta = (!self.no_bitmap).then(|| augur::array::MetaOptions {
             dir: self.meta_dir.clone(),
             region_size: self.bitmap_region,

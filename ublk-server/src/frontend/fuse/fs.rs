@@ -127,10 +127,17 @@ impl Worker {
             self.queue.submit(r);
         }
         self.done.clear();
+        // Woken at least every tick while waiting, to see a stall.
+        let tick = self.queue.stall_tick().map(|t| t.as_nanos() as u64);
         while self.done.len() < n {
-            if let Err(e) = self.queue.poll(&mut self.done, true, None) {
+            if let Err(e) = self.queue.poll(&mut self.done, true, tick) {
                 tracing::error!("array queue poll failed: {e}");
                 return Err(Errno::EIO);
+            }
+            if self.done.len() < n && tick.is_some() {
+                let waiting = (n - self.done.len()).to_string();
+                self.queue
+                    .check_stall(&[("frontend", "fuse".into()), ("waiting_for", waiting)]);
             }
         }
         let mut out: Vec<Completion> = self.done.drain(..).collect();

@@ -50,10 +50,20 @@
 //!
 //! The eventfd read empties the counter as it completes and is re-armed
 //! after the reap: a completion that lands later leaves the counter non-zero,
-//! so the new read completes at once. No wake-up is lost. As a safety net
-//! (and a probe) a 100 ms timeout also sits in the libublk ring while array
-//! requests run; a timer wake-up that finds finished requests the eventfd did
-//! not report is counted and logged as a warning.
+//! so the new read completes at once. No wake-up is lost. Completions beyond
+//! the array ring's CQ (the kernel's overflow list) are collected by
+//! [`Queue::poll`] itself, which enters the kernel for them.
+//!
+//! # Stalls
+//! While array requests run, a timeout of a quarter of `--stall-after`
+//! (at most 1 s) also sits in the libublk ring: the stall tick. It reaps
+//! nothing by itself. It calls [`Queue::check_stall`], which logs one JSON
+//! dump (every request in flight and where it is, the array ring's pending
+//! entries, the eventfd's state, the policy, the last events) the first time
+//! a request is older than the threshold, and it counts completions that
+//! have waited a whole tick with no eventfd wake-up (`missed_wakeups`, then
+//! reaped). Both counters are in the stats and the metrics; both stay 0 on a
+//! healthy run, and the soak (`tests/soak/run`) fails on either.
 //!
 //! # Buffers
 //! ublk (without zero copy, which 6.12 lacks) copies data between the block

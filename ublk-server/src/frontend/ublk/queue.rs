@@ -18,12 +18,8 @@ use super::ublk_cause;
 /// `user_data` of the eventfd read in the libublk ring: the target-I/O bit
 /// (so libublk does not count it as a ublk command) and tag 0xffff.
 const EVENTFD_USER_DATA: u64 = UblkUringData::Target as u64 | 0xffff;
-/// `user_data` of the safety timer in the libublk ring (tag 0xfffe).
+/// `user_data` of the stall tick in the libublk ring (tag 0xfffe).
 const TIMER_USER_DATA: u64 = UblkUringData::Target as u64 | 0xfffe;
-/// While array requests run, the queue thread also wakes this often on its
-/// own, so a completion whose eventfd wake-up went missing waits at most
-/// this long (libublk's own idle timeout is 20 s). Such finds are counted.
-const SAFETY_TIMER: Duration = Duration::from_millis(100);
 /// How long a queue waits at exit for array requests still running.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -54,12 +50,17 @@ pub(super) struct QueueLoop {
     cqes: Vec<(u64, i32)>,
     max_io: usize,
     read_armed: bool,
-    /// The safety timer: pending in the ring, and its timespec (read by the
-    /// kernel when the timeout is submitted, boxed so it stays put).
+    /// The stall tick (a plain timeout in the libublk ring while array
+    /// requests run; `None`: stall detection is off): its timespec (read by
+    /// the kernel when the timeout is submitted, boxed so it stays put),
+    /// and whether it is pending.
+    tick: Option<Box<types::Timespec>>,
     timer_armed: bool,
-    timer_ts: Box<types::Timespec>,
-    /// Wake-ups of the safety timer alone that found finished array requests.
-    timer_finds: u64,
+    /// The last tick found completions waiting that no eventfd wake-up had
+    /// reported yet (one more such tick, and the wake-up was lost).
+    suspect: bool,
+    /// Ticks that found a lost wake-up.
+    missed: u64,
     wakeups: u64,
     batches: u64,
     biggest_batch: usize,
@@ -97,6 +98,13 @@ pub(super) fn run_queue(qid: u16, dev: &UblkDev, setup: QueueSetup, shared: &Sha
             return;
         }
     };
+    let tick = setup.array.stall_tick().map(|t| {
+        Box::new(
+            types::Timespec::new()
+                .sec(t.as_secs())
+                .nsec(t.subsec_nanos()),
+        )
+    });
     let mut lp = QueueLoop {
         qid,
         array: setup.array,
@@ -108,13 +116,10 @@ pub(super) fn run_queue(qid: u16, dev: &UblkDev, setup: QueueSetup, shared: &Sha
         cqes: Vec::with_capacity(depth + 1),
         max_io,
         read_armed: false,
+        tick,
         timer_armed: false,
-        timer_ts: Box::new(
-            types::Timespec::new()
-                .sec(SAFETY_TIMER.as_secs())
-                .nsec(SAFETY_TIMER.subsec_nanos()),
-        ),
-        timer_finds: 0,
+        suspect: false,
+        missed: 0,
         wakeups: 0,
         batches: 0,
         biggest_batch: 0,
@@ -129,11 +134,10 @@ pub(super) fn run_queue(qid: u16, dev: &UblkDev, setup: QueueSetup, shared: &Sha
         lp.batches,
         lp.biggest_batch
     );
-    if lp.timer_finds > 0 {
+    if lp.missed > 0 {
         tracing::warn!(
-            "queue {qid}: {} time(s) finished replica I/O was found by the {} ms safety timer, not by its eventfd wake-up",
-            lp.timer_finds,
-            SAFETY_TIMER.as_millis()
+            "queue {qid}: {} time(s) the stall tick found finished replica I/O no eventfd wake-up had reported",
+            lp.missed
         );
     }
     if lp.unanswered > 0 {
@@ -219,36 +223,62 @@ impl QueueLoop {
                 self.batches += 1;
                 self.biggest_batch = self.biggest_batch.max(new);
             }
-            let finished = self.reap(q);
-            if by_timer && !by_eventfd && new == 0 && finished > 0 {
-                self.timer_finds += 1;
-                if self.timer_finds == 1 {
-                    tracing::warn!(
-                        "queue {}: the safety timer found {finished} finished request(s) no eventfd wake-up reported",
-                        self.qid
-                    );
-                }
+            if by_eventfd || new > 0 {
+                self.suspect = false;
+                self.reap(q);
+            } else if by_timer {
+                self.on_tick(q);
             }
             if !q.is_stopping() {
                 if !self.read_armed {
                     self.arm_read(q);
                 }
-                if !self.timer_armed && self.array.in_flight() > 0 {
+                if !self.timer_armed && self.tick.is_some() && self.array.in_flight() > 0 {
                     self.arm_timer(q);
                 }
             }
         }
     }
 
-    /// Queues the safety timer (a plain timeout) in the libublk ring.
+    /// The stall tick fired with nothing else to do: look for a stall, and
+    /// for completions that wait in the array ring with no eventfd wake-up.
+    /// A completion can land just before a tick while its wake-up is still
+    /// on the way, so only completions still unreported one whole tick
+    /// later count as a lost wake-up; those are then reaped (and counted,
+    /// never silently).
+    fn on_tick(&mut self, q: &UblkQueue) {
+        let waiting = self.array.has_completions();
+        let state = [
+            ("frontend", "ublk".to_string()),
+            ("eventfd_read_armed", self.read_armed.to_string()),
+            ("completions_unreported_last_tick", self.suspect.to_string()),
+            ("queue_stopping", q.is_stopping().to_string()),
+        ];
+        self.array.check_stall(&state);
+        if !waiting {
+            self.suspect = false;
+        } else if self.suspect {
+            self.suspect = false;
+            self.missed += 1;
+            self.array.note_missed_wakeup(1);
+            self.reap(q);
+        } else {
+            self.suspect = true;
+        }
+    }
+
+    /// Queues the stall tick (a plain timeout) in the libublk ring.
     fn arm_timer(&mut self, q: &UblkQueue) {
-        let sqe = opcode::Timeout::new(&*self.timer_ts as *const types::Timespec)
+        let Some(ts) = self.tick.as_deref() else {
+            return;
+        };
+        let sqe = opcode::Timeout::new(ts as *const types::Timespec)
             .build()
             .user_data(TIMER_USER_DATA);
         match q.ublk_submit_sqe_sync(sqe) {
             Ok(()) => self.timer_armed = true,
             Err(e) => tracing::error!(
-                "queue {}: cannot arm the safety timer: {}",
+                "queue {}: cannot arm the stall tick: {}",
                 self.qid,
                 ublk_cause(&e)
             ),
