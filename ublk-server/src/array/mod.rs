@@ -64,10 +64,10 @@ pub use members::MemberChange;
 pub use meta::MetaOptions;
 pub use queue::{Completion, Queue, Request};
 pub use replica::{Backing, ReplicaSpec, SECTOR, open_backing};
+pub use stall::{DEFAULT_STALL_AFTER, StallDump, StallRequest, StallSub};
 pub use stats::{
     ArrayStats, LAT_BUCKETS, LatencyHist, ReplicaCounts, ReplicaStatus, lat_bucket, lat_bucket_top,
 };
-pub use stall::{DEFAULT_STALL_AFTER, StallDump, StallRequest, StallSub};
 pub use sync::{DEFAULT_SYNC_RATE, ScrubReport, SyncKind, SyncStatus};
 
 use stats::{Counters, LatencyTable, ReplicaCounters};

@@ -10,9 +10,9 @@ use io_uring::{IoUring, opcode, squeue, types};
 
 use super::parked::{UD_GPU_DEADLINE, UD_GPU_WAKE};
 use super::queue::Io;
+use super::slots::{SubKind, UD_DELAY, UD_HEDGE, UD_IO, UD_RETRY, ud};
 use super::stall::EventKind;
 use super::stats::bump;
-use super::slots::{SubKind, UD_DELAY, UD_HEDGE, UD_IO, UD_RETRY, ud};
 use super::{AlignedBuf, Completion, Queue};
 
 impl Queue {

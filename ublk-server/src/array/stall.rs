@@ -8,10 +8,10 @@
 
 use serde::Serialize;
 
+use super::Queue;
 use super::queue::Io;
 use super::slots::SubKind;
 use super::stats::bump;
-use super::Queue;
 
 /// The default stall threshold: far beyond any healthy request, even on a
 /// loaded host under an emulated GC pause.
@@ -170,7 +170,12 @@ impl Queue {
     /// first of them.
     pub fn note_missed_wakeup(&mut self, found: usize) {
         bump(&self.counters.missed_wakeups, 1);
-        if self.counters.missed_wakeups.load(std::sync::atomic::Ordering::Relaxed) == 1 {
+        if self
+            .counters
+            .missed_wakeups
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+        {
             tracing::warn!(
                 "queue {}: {found} completion(s) waited in the ring with no wake-up reported",
                 self.id

@@ -18,6 +18,7 @@
 //! | `augur_replica_up` | `replica` | 1 live, 0 failed |
 //! | `augur_replica_pending_ios` | `replica` | I/Os in flight now |
 //! | `augur_reroutes_total`, `augur_hedges_total`, `augur_hedge_wins_total` | | routing |
+//! | `augur_stalls_total`, `augur_missed_wakeups_total`, `augur_cq_overflows_total` | | requests older than `--stall-after` (each dumped once to the log), completions no wake-up reported, io_uring CQ overflows collected; the first two stay 0 on a healthy run |
 //! | `augur_predictions_total` | `device` | reads scored by the predictor, on `cpu` or `gpu` |
 //! | `augur_prediction_batches_total` | `device` | predictor batches, on `cpu` or `gpu` (`--predict-on`) |
 //! | `augur_gpu_missed_batches_total`, `augur_gpu_backoffs_total`, `augur_gpu_busy_batches_total` | | GPU batches past their deadline (scored on the CPU); `auto+contention` back-offs; batches kept on the CPU because the GPU's backlog would have made them late |
@@ -343,6 +344,24 @@ impl Collector for Scrape {
             "augur_hedge_wins",
             "Hedged copies that answered first.",
             s.hedge_wins,
+        )?;
+        counter(
+            &mut e,
+            "augur_stalls",
+            "Requests in flight longer than the stall threshold (each logged once with a dump).",
+            s.stalls,
+        )?;
+        counter(
+            &mut e,
+            "augur_missed_wakeups",
+            "Completions a queue's tick found with no wake-up reported.",
+            s.missed_wakeups,
+        )?;
+        counter(
+            &mut e,
+            "augur_cq_overflows",
+            "Times a queue collected completions from its io_uring's overflow list.",
+            s.cq_overflows,
         )?;
         counters_by(
             &mut e,

@@ -247,6 +247,10 @@ pub struct Recorded {
     pub size: u64,
     /// Logical block size in bytes.
     pub block_size: u32,
+    /// The array's identity from its metadata (none with `--no-bitmap`):
+    /// `--recover` accepts only replicas of this array.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array_id: Option<String>,
 }
 
 /// How a [`serve`] run ended.
@@ -321,6 +325,7 @@ mod tests {
             model: "default".into(),
             size: 1 << 30,
             block_size: 4096,
+            array_id: Some("0123456789abcdef0123456789abcdef".into()),
         };
         let v = serde_json::json!({
             "target": {"tgt_type": TARGET_NAME, "dev_size": 1u64 << 30},

@@ -155,6 +155,7 @@ pub(super) fn serve_array(
         },
         size,
         block_size: opts.block_size.unwrap_or(4096),
+        array_id: array.bitmap_status().map(|b| b.array_id),
     };
 
     // Recovery: everything is checked before the driver is told anything.
@@ -305,6 +306,7 @@ pub(super) fn check_recoverable(
             "ublk device {id} cannot be recovered: {why}"
         )));
     }
+    check_identity(id, &v, array)?;
     let dev_size = v["target"]["dev_size"].as_u64().unwrap_or(0);
     if dev_size != array.size() {
         return Err(ServeError::BadInput(format!(
@@ -338,6 +340,92 @@ pub(super) fn check_recoverable(
         }
     }
     Ok(RecoverProbe { info, block_size })
+}
+
+/// The replica file of a spec (`emu:PROFILE:PATH` or `PATH`).
+fn spec_path(spec: &str) -> &str {
+    spec.strip_prefix("emu:")
+        .and_then(|r| r.split_once(':'))
+        .map_or(spec, |(_, p)| p)
+}
+
+/// `--recover` attaches the replicas given to a device whose queued I/O
+/// came from another daemon: they must be that device's replicas. By the
+/// array identity in their metadata when both sides have one, else by the
+/// replica files (in order) and the size.
+fn check_identity(id: u32, v: &serde_json::Value, array: &Array) -> Result<(), ServeError> {
+    let Some(rec) = super::registry::recorded_from_json(v) else {
+        return Err(ServeError::BadInput(format!(
+            "ublk device {id} has no Augur record of its replicas; it cannot be recovered safely (augur stop --id {id})"
+        )));
+    };
+    let have_id = array.bitmap_status().map(|b| b.array_id);
+    if let (Some(want), Some(have)) = (&rec.array_id, &have_id) {
+        if want != have {
+            return Err(ServeError::BadInput(format!(
+                "the replicas given belong to array {}, but ublk device {id} was created with array {}; give that array's replicas",
+                &have[..have.len().min(8)],
+                &want[..want.len().min(8)]
+            )));
+        }
+        return Ok(());
+    }
+    let want: Vec<String> = rec
+        .replicas
+        .iter()
+        .map(|s| spec_path(s).to_string())
+        .collect();
+    let have: Vec<String> = array
+        .replica_status()
+        .iter()
+        .map(|r| spec_path(&absolute_spec(&r.spec)).to_string())
+        .collect();
+    if want != have {
+        return Err(ServeError::BadInput(format!(
+            "the replicas given ({}) are not the ones ublk device {id} was created with ({})",
+            have.join(", "),
+            want.join(", ")
+        )));
+    }
+    if rec.size != array.size() {
+        return Err(ServeError::BadInput(format!(
+            "the replicas hold {} bytes but ublk device {id} was created with {}",
+            array.size(),
+            rec.size
+        )));
+    }
+    Ok(())
+}
+
+/// Held while a device is added with a chosen `--id`: libublk deletes the
+/// device of a failed ADD by its id, so checking that the id is free and
+/// adding it must not interleave with another `augur serve` doing the same
+/// (whose device that id would then be). An flock on a file in /run.
+struct AddLock(#[allow(dead_code)] std::fs::File);
+
+impl AddLock {
+    const PATH: &'static str = "/run/augur-ublk-add.lock";
+
+    fn take() -> Result<AddLock, ServeError> {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(Self::PATH)
+            .map_err(|e| ServeError::Setup {
+                what: "opening /run/augur-ublk-add.lock",
+                source: e,
+            })?;
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(ServeError::Setup {
+                what: "locking /run/augur-ublk-add.lock",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(AddLock(f))
+    }
 }
 
 pub(super) fn block_stop_signals() -> std::io::Result<libc::sigset_t> {
@@ -650,7 +738,10 @@ fn build_ctrl(
                 .nr_queues(p.info.nr_hw_queues)
                 .depth(p.info.queue_depth)
                 .io_buf_bytes(p.info.max_io_buf_bytes)
-                .ctrl_flags(p.info.flags & (sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE) as u64)
+                .ctrl_flags(
+                    p.info.flags
+                        & (sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE) as u64,
+                )
                 .dev_flags(UblkFlags::UBLK_DEV_F_RECOVER_DEV)
                 .build()
                 .map_err(|e| {
@@ -661,7 +752,20 @@ fn build_ctrl(
                     )
                 })?
         }
-        _ => UblkCtrlBuilder::default()
+        _ => {
+            // Every add holds the lock (one without --id takes a free id,
+            // which may be the one another daemon just checked); a chosen
+            // id is checked free under it (the check in serve_array answers
+            // early, this one holds). Released when this function returns.
+            let _lock = AddLock::take().map_err(fail)?;
+            if let Some(id) = opts.id
+                && device_exists(id)
+            {
+                return Err(fail(ServeError::BadInput(format!(
+                    "ublk device {id} already exists (augur list; augur serve --recover --id {id} if its daemon died)"
+                ))));
+            }
+            UblkCtrlBuilder::default()
             .name(TARGET_NAME)
             .id(opts.id.map(|i| i as i32).unwrap_or(-1))
             .nr_queues(geo.queues)
@@ -675,7 +779,8 @@ fn build_ctrl(
                     "ublk device {id} already exists (augur list; augur serve --recover --id {id} if its daemon died)"
                 ))),
                 _ => fail(ServeError::ublk("creating the ublk device", &e)),
-            })?,
+            })?
+        }
     };
     Ok(ctrl)
 }
