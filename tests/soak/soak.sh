@@ -50,12 +50,18 @@ sk_alive() {
   [ -r "/proc/$1/stat" ] || return 1
   [ "$(sed 's/^.*) //' "/proc/$1/stat" | cut -d' ' -f1)" != Z ]
 }
+# sk_ctl ARGS: augur ctl for the soak's daemon. Exit 1 with "degraded" on
+# stderr is a reply that also says a replica is out (expected here): 0.
 sk_ctl() {
   if [ "$SOAK_FRONTEND" = ublk ]; then
-    timeout 60 "$AUGUR" ctl --id "$SOAK_ID" "$@"
+    timeout 60 "$AUGUR" ctl --id "$SOAK_ID" "$@" 2>"$SK_D/ctl.err"
   else
-    timeout 60 "$AUGUR" ctl "$@"
+    timeout 60 "$AUGUR" ctl "$@" 2>"$SK_D/ctl.err"
   fi
+  _crc=$?
+  cat "$SK_D/ctl.err" >&2
+  [ $_crc = 1 ] && grep -q degraded "$SK_D/ctl.err" && _crc=0
+  return $_crc
 }
 
 # sk_replica_args: the --replica flags of the current members.
@@ -169,7 +175,7 @@ sk_action() {
     policy)
       sk_pick baseline random hedge linnos linnos+hedge
       SK_POLICY=$P
-      sk_step "policy $P" sk_ctl policy "$P" || SK_CTL_ERR="policy $P"
+      sk_step "policy $P" sk_ctl policy set "$P" || SK_CTL_ERR="policy $P"
       ;;
     model)
       if [ -n "${SOAK_MODEL2:-}" ]; then sk_pick default "$SOAK_MODEL2"; else P=default; fi
@@ -318,7 +324,8 @@ soak_main() {
   # The end: every replica back, rebuilt and identical.
   sk_replace
   _w=0
-  while sk_ctl --json status >"$SK_D/status.json" 2>/dev/null || [ $? = 1 ]; do
+  # (augur ctl exits 1 while the array is degraded; the reply is there.)
+  while sk_ctl --json status 2>/dev/null | tr -d ' \n' >"$SK_D/status.json"; [ -s "$SK_D/status.json" ]; do
     grep -q '"running":true' "$SK_D/status.json" || break
     [ $_w -lt 3000 ] || break
     sleep 0.2
@@ -327,10 +334,10 @@ soak_main() {
   if grep -q '"running":true' "$SK_D/status.json"; then
     sk_fail rebuild-done "a resync or rebuild still runs after 600 s"
   fi
-  sk_ctl --json stats >"$SK_D/stats.json" 2>&1
-  stalls=$(tr ',{' '\n\n' <"$SK_D/stats.json" | sed -n 's/^"stalls":\([0-9]*\).*/\1/p' | head -n1)
-  missed=$(tr ',{' '\n\n' <"$SK_D/stats.json" | sed -n 's/^"missed_wakeups":\([0-9]*\).*/\1/p' | head -n1)
-  failed_req=$(tr ',{' '\n\n' <"$SK_D/stats.json" | sed -n 's/^"failed_requests":\([0-9]*\).*/\1/p' | head -n1)
+  sk_ctl --json stats 2>&1 | tr -d ' \n' | tr ',{' '\n\n' >"$SK_D/stats.txt"
+  stalls=$(sed -n 's/^"stalls":\([0-9]*\).*/\1/p' "$SK_D/stats.txt" | head -n1)
+  missed=$(sed -n 's/^"missed_wakeups":\([0-9]*\).*/\1/p' "$SK_D/stats.txt" | head -n1)
+  failed_req=$(sed -n 's/^"failed_requests":\([0-9]*\).*/\1/p' "$SK_D/stats.txt" | head -n1)
   if sk_step scrub sk_ctl scrub; then sk_ok scrub-clean; else sk_fail scrub-clean "augur ctl scrub: $(tail -n2 "$SK_D/steps.log" | tr '\n' ' ')"; fi
   if sk_stop; then sk_ok daemon-stop; else sk_fail daemon-stop "$SK_STOP_WHY"; fi
   dumps=$(cat "$SK_D"/daemon.*.log | grep -c 'stall:')

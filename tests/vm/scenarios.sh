@@ -911,3 +911,123 @@ scenario_11() {
   fi
   rm -f /tmp/s11-r*.img /tmp/s11.log
 }
+
+# --- 12: the soak on ublk -------------------------------------------------------------
+# tests/soak/soak.sh against `augur serve` (block size 512, depth 128): fio
+# verify jobs and augur stamp while host load, policy switches, model swaps,
+# a failed and replaced replica and SIGKILL + --recover arrive at seeded
+# moments. augur_soak=MINUTES,SEED,ROUND_S on the kernel command line.
+scenario_12() {
+  _a=$(sed -n 's/.*augur_soak=\([0-9,]*\).*/\1/p' /proc/cmdline)
+  SOAK_MINUTES=${_a%%,*}
+  _a=${_a#*,}
+  SOAK_SEED=${_a%%,*}
+  SOAK_ROUND_S=${_a#*,}
+  [ -n "$SOAK_MINUTES" ] || SOAK_MINUTES=2
+  [ -n "$SOAK_SEED" ] || SOAK_SEED=1
+  [ -n "$SOAK_ROUND_S" ] || SOAK_ROUND_S=30
+  echo "    | scenario 12: soak seed $SOAK_SEED (replay: tests/soak/run --frontend ublk --minutes $SOAK_MINUTES --seed $SOAK_SEED)"
+  SOAK_FRONTEND=ublk SOAK_DIR=/tmp/soak SOAK_SIZE_MB=96 SOAK_MODEL2=/vm/base2.augm SOAK_ID=12 SOAK_LOAD_VM_MB=64 AUGUR=augur
+  . /vm/soak.sh
+  soak_main
+  rm -rf /tmp/soak
+}
+
+# --- 13: the ublk front-end's races ---------------------------------------------------
+# Four `augur serve --id 13` at once: exactly one device comes up, the others
+# exit 2 saying the id is taken, and none of them deletes the winner's device
+# (libublk deletes the device of a failed ADD by its id). Then --recover of a
+# killed daemon's device with another array's replicas (same size) is
+# refused, by array identity and, without metadata, by file; with the right
+# replicas it recovers and serves.
+scenario_13() {
+  rm -f /tmp/s13-*.img /tmp/s13-*.img.augur-meta
+  pids=
+  for i in 1 2 3 4; do
+    augur serve --id 13 --size 32M --replica /tmp/s13-$i-a.img --replica /tmp/s13-$i-b.img \
+      >/tmp/s13-$i.out 2>/tmp/s13-$i.err &
+    pids="$pids $!"
+  done
+  _w=0
+  while [ $_w -lt 300 ]; do
+    _n=0
+    for p in $pids; do alive "$p" && _n=$((_n + 1)); done
+    [ $_n -le 1 ] && [ -b /dev/ublkb13 ] && break
+    sleep 0.1
+    _w=$((_w + 1))
+  done
+  sleep 1
+  winner=
+  losers=0
+  i=1
+  for p in $pids; do
+    if alive "$p"; then
+      winner=$p
+      PID=$p
+      DEV=$(head -n1 /tmp/s13-$i.out)
+    else
+      wait "$p"
+      rc=$?
+      if [ $rc = 2 ] && grep -q "already exists" /tmp/s13-$i.err; then
+        losers=$((losers + 1))
+      else
+        echo "    | serve $i exited $rc: $(tail -n1 /tmp/s13-$i.err)"
+      fi
+    fi
+    i=$((i + 1))
+  done
+  if [ -n "$winner" ] && [ $losers = 3 ] && [ -b /dev/ublkb13 ] && [ "$DEV" = /dev/ublkb13 ]; then
+    ok id-race-one-device
+  else
+    fail id-race-one-device "winner '$winner', $losers of 3 refused with 'already exists', /dev/ublkb13 $([ -b /dev/ublkb13 ] && echo present || echo missing)"
+  fi
+  if [ -n "$winner" ] && fio_verify s13 /tmp/s13.fio /dev/ublkb13 --rw=randwrite --size=16M; then
+    ok id-race-survivor-serves
+  else
+    fail id-race-survivor-serves "${REASON:-no device left}"
+  fi
+  [ -n "$winner" ] && serve_kill
+  cleanup_devices
+
+  rm -f /tmp/s13-*.img /tmp/s13-*.img.augur-meta
+  truncate -s 32M /tmp/s13-o0.img /tmp/s13-o1.img
+  # Another array of the same size, with its own identity.
+  if ! serve_start /tmp/s13o --id 13 --replica /tmp/s13-o0.img --replica /tmp/s13-o1.img; then
+    echo "    | $REASON"
+  else
+    serve_stop /tmp/s13o || echo "    | $REASON"
+  fi
+  set -- --id 13 --replica /tmp/s13-r0.img --replica /tmp/s13-r1.img
+  if ! serve_start /tmp/s13a --size 32M "$@"; then
+    fail recover-refuses-other-array "$REASON"
+    fail recover-refuses-other-files "no device"
+    fail recover-right-replicas "no device"
+    return
+  fi
+  fio_verify s13b /tmp/s13b.fio "$DEV" --rw=randwrite --size=8M >/dev/null || echo "    | $REASON"
+  kill -9 "$PID"
+  wait "$PID" 2>/dev/null
+  sleep 0.5
+  timeout 60 augur serve --recover --id 13 --replica /tmp/s13-o0.img --replica /tmp/s13-o1.img >/tmp/s13c.out 2>/tmp/s13c.err
+  rc=$?
+  if [ $rc = 2 ] && grep -q "belong to array" /tmp/s13c.err; then
+    ok recover-refuses-other-array
+  else
+    fail recover-refuses-other-array "exit $rc (want 2 naming the array): $(tail -n1 /tmp/s13c.err)"
+  fi
+  timeout 60 augur serve --recover --id 13 --no-bitmap --replica /tmp/s13-o0.img --replica /tmp/s13-o1.img >/tmp/s13d.out 2>/tmp/s13d.err
+  rc=$?
+  if [ $rc = 2 ] && grep -q "not the ones ublk device 13 was created with" /tmp/s13d.err; then
+    ok recover-refuses-other-files
+  else
+    fail recover-refuses-other-files "exit $rc (want 2 naming the files): $(tail -n1 /tmp/s13d.err)"
+  fi
+  if serve_start /tmp/s13e --recover "$@" && fio_verify s13e /tmp/s13e.fio "$DEV" --rw=randwrite --size=8M \
+    && serve_stop /tmp/s13e; then
+    ok recover-right-replicas
+  else
+    fail recover-right-replicas "$REASON"
+    serve_kill
+  fi
+  rm -f /tmp/s13-*.img /tmp/s13-*.img.augur-meta /tmp/s13*.log
+}

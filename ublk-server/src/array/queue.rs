@@ -140,9 +140,13 @@ impl Queue {
             Clock::Sim(time) => Io::Sim(SimEvents::new(time.clone())),
             // COOP_TASKRUN: completions are run when this thread enters the
             // kernel anyway, instead of interrupting it (5.19+; plain otherwise).
+            // A CQ of four times the SQ: stale hedge timers and emulated
+            // delays can finish together after a long descheduling, and
+            // the overflow list (which poll collects) is the slow path.
             Clock::Real(_) => Io::Ring(
                 IoUring::builder()
                     .setup_coop_taskrun()
+                    .setup_cqsize(entries.max(8) * 4)
                     .build(entries.max(8))
                     .or_else(|_| IoUring::new(entries.max(8)))
                     .map_err(ArrayError::Ring)?,
