@@ -75,8 +75,14 @@ sk_replica_args() {
 }
 
 # sk_start [--recover]: starts the daemon and waits for its device. Sets
-# SK_PID and SK_DEV; logs to daemon.N.log.
+# SK_PID and SK_DEV; logs to daemon.N.log. A replica failed before the kill
+# missed writes: it comes back with --resync-stale, as an operator would
+# bring it back, and is brought up to date in the background.
 sk_start() {
+  if [ -n "$SK_FAILED_REPLICA" ]; then
+    set -- "$@" --resync-stale
+    SK_FAILED_REPLICA=
+  fi
   SK_STARTS=$((SK_STARTS + 1))
   _log=$SK_D/daemon.$SK_STARTS.log
   sk_replica_args
@@ -113,7 +119,7 @@ sk_start() {
     sk_show "$_log"
     return 1
   }
-  echo "SOAK t=$(sk_t) daemon start $SK_STARTS ${1:-} pid $SK_PID ($(($(sk_now_ms) - _s)) ms)"
+  echo "SOAK t=$(sk_t) daemon start $SK_STARTS $* pid $SK_PID ($(($(sk_now_ms) - _s)) ms)"
 }
 
 # sk_kill: SIGKILL the daemon (FUSE: and detach its mount).
