@@ -89,8 +89,13 @@ sk_start() {
   _s=$(sk_now_ms)
   # shellcheck disable=SC2086
   if [ "$SOAK_FRONTEND" = ublk ]; then
-    "$AUGUR" serve --id "$SOAK_ID" $SK_RARGS --size "${SOAK_SIZE_MB}M" --block-size 512 \
-      --depth 128 --policy "$SK_POLICY" --stall-after 5 "$@" >"$_log.out" 2>"$_log" &
+    # --recover takes the geometry from the device.
+    case " $* " in
+      *" --recover "*) _geo= ;;
+      *) _geo="--size ${SOAK_SIZE_MB}M --block-size 512 --depth 128" ;;
+    esac
+    "$AUGUR" serve --id "$SOAK_ID" $SK_RARGS $_geo --policy "$SK_POLICY" --stall-after 5 "$@" \
+      >"$_log.out" 2>"$_log" &
   else
     "$AUGUR" fuse --mount "$SK_D/mnt" $SK_RARGS --size "${SOAK_SIZE_MB}M" \
       --policy "$SK_POLICY" --stall-after 5 "$@" >"$_log.out" 2>"$_log" &
@@ -204,7 +209,12 @@ sk_action() {
       if [ "$SOAK_FRONTEND" = ublk ]; then
         sk_kill
         sleep 0.5
-        sk_start --recover || SK_RECOVER_ERR="recovery failed at t=$(sk_t)"
+        if ! sk_start --recover; then
+          SK_RECOVER_ERR="recovery failed at t=$(sk_t)"
+          # The device's I/O waits for a daemon that will not come: end it.
+          timeout 60 "$AUGUR" stop --id "$SOAK_ID" >>"$SK_D/steps.log" 2>&1
+          kill -9 "$SK_FIO" 2>/dev/null
+        fi
       else
         SK_KILL_AFTER=1
       fi
