@@ -928,8 +928,11 @@ scenario_12() {
   [ -n "$SOAK_ROUND_S" ] || SOAK_ROUND_S=30
   echo "    | scenario 12: soak seed $SOAK_SEED (replay: tests/soak/run --frontend ublk --minutes $SOAK_MINUTES --seed $SOAK_SEED)"
   SOAK_FRONTEND=ublk SOAK_DIR=/tmp/soak SOAK_SIZE_MB=96 SOAK_MODEL2=/vm/base2.augm SOAK_ID=12 SOAK_LOAD_VM_MB=64 AUGUR=augur
-  . /vm/soak.sh
-  soak_main
+  # In a subshell: the soak's variables stay out of /init's loop.
+  (
+    . /vm/soak.sh
+    soak_main
+  )
   rm -rf /tmp/soak
 }
 
