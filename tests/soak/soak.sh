@@ -272,16 +272,16 @@ soak_main() {
   SK_SPEC0=$SK_D/r0.img
   SK_SPEC1=emu:gc-heavy:$SK_D/r1.img
   SK_SPEC2=emu:noisy-neighbor:$SK_D/r2.img
-  rounds=$(((SOAK_MINUTES * 60 + SOAK_ROUND_S - 1) / SOAK_ROUND_S))
-  [ $rounds -ge 1 ] || rounds=1
-  echo "SOAK seed $SOAK_SEED: $rounds round(s) of $SOAK_ROUND_S s on $SOAK_FRONTEND, ${SOAK_SIZE_MB} MiB (replay: --seed $SOAK_SEED)"
+  # Rounds start until SOAK_MINUTES of wall time have passed (at least one).
+  sk_end_ms=$((SK_T0 + SOAK_MINUTES * 60000))
+  echo "SOAK seed $SOAK_SEED: rounds of $SOAK_ROUND_S s for $SOAK_MINUTES min on $SOAK_FRONTEND, ${SOAK_SIZE_MB} MiB (replay: --seed $SOAK_SEED)"
   if ! sk_start; then
     sk_fail soak-start "the daemon did not come up"
     return
   fi
   half=$((SOAK_SIZE_MB / 2 * 1048576))
   k=1
-  while [ $k -le $rounds ]; do
+  while [ $k = 1 ] || [ "$(sk_now_ms)" -lt "$sk_end_ms" ]; do
     SK_KILL_AFTER=0
     SK_CTL_ERR=
     SK_RECOVER_ERR=
