@@ -246,7 +246,7 @@ sk_fio() {
   _jobs=$((R + 1))
   _region=$((SOAK_SIZE_MB / 2 / _jobs))
   echo "SOAK t=$(sk_t) round $1 fio randwrite+verify bs=$_bs iodepth=$_qd jobs=$_jobs x ${_region}M, randread bs=$_bs"
-  fio --output="$2" --eta=never --filename="$SK_DEV" --ioengine="$SK_FIO_ENGINE" --direct=1 \
+  fio --output="$2" --eta=never --verify_state_save=0 --filename="$SK_DEV" --ioengine="$SK_FIO_ENGINE" --direct=1 \
     --time_based --runtime="$SOAK_ROUND_S" --randrepeat=0 --exitall_on_error \
     --name=w --rw=randwrite --bsrange="$_bs" --iodepth="$_qd" --numjobs="$_jobs" \
     --size="${_region}M" --offset_increment="${_region}M" \
