@@ -12,7 +12,8 @@
 # Settings (environment): SOAK_FRONTEND fuse|ublk, SOAK_MINUTES, SOAK_SEED,
 # SOAK_DIR (work directory, emptied), SOAK_SIZE_MB (device size), SOAK_ROUND_S
 # (seconds per round), SOAK_MODEL2 (a second model file to swap in),
-# SOAK_ID (ublk device id), AUGUR (the binary, default augur).
+# SOAK_ID (ublk device id), SOAK_STALL_AFTER (the daemon's --stall-after,
+# default 5), AUGUR (the binary, default augur).
 
 # sk_rand N: sets R to a number in [0, N) from the seeded LCG in SK_RNG (the
 # same sequence in every shell with 64-bit arithmetic).
@@ -94,11 +95,11 @@ sk_start() {
       *" --recover "*) _geo= ;;
       *) _geo="--size ${SOAK_SIZE_MB}M --block-size 512 --depth 128" ;;
     esac
-    "$AUGUR" serve --id "$SOAK_ID" $SK_RARGS $_geo --policy "$SK_POLICY" --stall-after 5 "$@" \
+    "$AUGUR" serve --id "$SOAK_ID" $SK_RARGS $_geo --policy "$SK_POLICY" --stall-after "$SOAK_STALL_AFTER" "$@" \
       >"$_log.out" 2>"$_log" &
   else
     "$AUGUR" fuse --mount "$SK_D/mnt" $SK_RARGS --size "${SOAK_SIZE_MB}M" \
-      --policy "$SK_POLICY" --stall-after 5 "$@" >"$_log.out" 2>"$_log" &
+      --policy "$SK_POLICY" --stall-after "$SOAK_STALL_AFTER" "$@" >"$_log.out" 2>"$_log" &
   fi
   SK_PID=$!
   _w=0
@@ -258,6 +259,7 @@ sk_fio() {
 soak_main() {
   SK_D=$SOAK_DIR
   AUGUR=${AUGUR:-augur}
+  SOAK_STALL_AFTER=${SOAK_STALL_AFTER:-5}
   SOAK_ID=${SOAK_ID:-12}
   SK_FAILED=0
   SK_RNG=$SOAK_SEED

@@ -162,3 +162,75 @@ fn replace_during_fio_verify_then_scrub_finds_and_repairs_a_flipped_region() {
         "replicas differ after repair"
     );
 }
+
+/// The stall detector on a real daemon: replicas whose every read takes
+/// 1.5 s, a threshold of 0.5 s. The one stalled read is dumped once (its
+/// replica I/O in its emulated delay, the policy, the FUSE worker's state),
+/// counted in `stalls`, and still answered with the right data; writes,
+/// which finish fast, are never dumped.
+#[test]
+fn a_read_stalled_past_the_threshold_is_dumped_once_and_still_answered() {
+    if !ready() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut fx = Fixture::new();
+    let profile = fx.tmp.path().join("slow.toml");
+    std::fs::write(
+        &profile,
+        "name = \"stall-test\"\nchannels = 4\nread_base_us = 1500000.0\nread_us_per_kib = 0.0\n\
+         write_base_us = 20.0\nwrite_us_per_kib = 0.0\nflush_us = 10.0\ndiscard_us = 10.0\njitter = 0.0\n",
+    )
+    .unwrap();
+    fx.spec_prefix = format!("emu:{}:", profile.display());
+    let file = fx
+        .start_with("baseline", false, &["--stall-after", "0.5"])
+        .file
+        .clone();
+    let data = pattern(7, 8192);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&file)
+        .unwrap();
+    f.write_all_at(&data, 1 << 20).unwrap();
+    f.sync_all().unwrap();
+    // Past the page cache: the read goes to a replica.
+    let g = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&file)
+            .unwrap()
+    };
+    let mut buf = augur::AlignedBuf::new(8192);
+    g.read_exact_at(&mut buf, 1 << 20).unwrap();
+    assert!(buf[..] == data[..], "the stalled read returned other data");
+    let o = ctl(&fx, &["--json", "stats"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let c = &v["result"]["counters"];
+    let log = std::fs::read_to_string(&fx.daemon.as_ref().unwrap().stderr).unwrap();
+    let dumps: Vec<&str> = log.lines().filter(|l| l.contains("stall:")).collect();
+    assert_eq!(c["stalls"], 1, "{c}\n{log}");
+    assert_eq!(c["missed_wakeups"], 0, "{c}");
+    assert_eq!(dumps.len(), 1, "{log}");
+    let json = &dumps[0][dumps[0].find('{').unwrap()..];
+    let d: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(d["policy"], "baseline", "{d}");
+    assert_eq!(d["threshold_ms"], 500, "{d}");
+    let r = &d["requests"][0];
+    assert_eq!(
+        (r["op"].as_str(), r["state"].as_str()),
+        (Some("Read"), Some("replica_io")),
+        "{d}"
+    );
+    assert_eq!(r["subs"][0]["state"], "delay", "{d}");
+    assert!(r["age_us"].as_u64().unwrap() >= 500_000, "{d}");
+    assert_eq!(
+        d["frontend"][0],
+        serde_json::json!(["frontend", "fuse"]),
+        "{d}"
+    );
+    fx.stop();
+}

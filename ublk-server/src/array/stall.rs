@@ -183,7 +183,7 @@ impl Queue {
         }
     }
 
-    /// The age (ns) of this queue's oldest request in flight, if any.
+    /// The age (ns) of this queue's oldest request not yet answered, if any.
     pub fn oldest_in_flight_ns(&self) -> Option<u64> {
         if self.active == 0 {
             return None;
@@ -191,7 +191,7 @@ impl Queue {
         let now = self.inner.now_ns();
         self.slots
             .iter()
-            .filter(|s| s.active)
+            .filter(|s| s.active && !s.done)
             .map(|s| now.saturating_sub(s.start_ns))
             .max()
     }
@@ -211,7 +211,9 @@ impl Queue {
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.active)
+            // Answered requests whose slower hedged copy still runs are
+            // nobody's wait: only unanswered ones can stall.
+            .filter(|(_, s)| s.active && !s.done)
             .map(|(i, s)| (i, s.start_ns))
             .min_by_key(|&(_, t)| t)?;
         let age = now.saturating_sub(start);
