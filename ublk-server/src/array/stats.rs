@@ -370,7 +370,7 @@ mod tests {
         assert_eq!((d.reads, d.rerouted), (5, 2));
         let names: Vec<&str> = d.fields().iter().map(|f| f.0).collect();
         assert_eq!(names, ArrayStats::NAMES);
-        assert_eq!(names.len(), 25);
+        assert_eq!(names.len(), 28);
         let mut sum = a.clone();
         sum.add(&d);
         assert_eq!(sum, b);
