@@ -294,11 +294,9 @@ soak_main() {
     # The round's schedule: 2 to 4 actions at seeded moments.
     sk_rand 3
     n=$((R + 2))
-    elapsed=0
     while [ $n -gt 0 ]; do
       sk_rand $((SOAK_ROUND_S * 1000 / (n + 1)))
       sleep "$((R / 1000)).$(printf '%03d' $((R % 1000)))"
-      elapsed=$((elapsed + R))
       sk_alive "$SK_FIO" || break
       sk_action
       n=$((n - 1))

@@ -112,8 +112,9 @@ impl Queue {
             // list, which only an io_uring_enter with GETEVENTS moves into
             // the ring (and while it is non-empty new completions queue
             // behind it): enter the kernel for them, never leave them there.
-            if self.unsubmitted || self.cq_overflowed() {
-                if self.cq_overflowed() {
+            let overflowed = self.cq_overflowed();
+            if self.unsubmitted || overflowed {
+                if overflowed {
                     bump(&self.counters.cq_overflows, 1);
                     self.events.push(EventKind::Overflow, 0, 0);
                 }
