@@ -325,7 +325,13 @@ soak_main() {
       sk_show "$SK_D/fio.$k.log"
     fi
     [ -z "$SK_CTL_ERR" ] || sk_fail "round-$k-control" "augur ctl $SK_CTL_ERR failed: $(tail -n1 "$SK_D/steps.log")"
-    [ -z "$SK_RECOVER_ERR" ] || sk_fail "round-$k-recover" "$SK_RECOVER_ERR"
+    if [ -n "$SK_RECOVER_ERR" ]; then
+      sk_fail "round-$k-recover" "$SK_RECOVER_ERR"
+      # No device is left to run rounds on: stop here (the final checks
+      # report on what is left) rather than fail every later round.
+      echo "SOAK t=$(sk_t) stopping the rounds: no device after the failed recovery"
+      break
+    fi
     # augur stamp: every acknowledged write still there (after any kill).
     if [ $src != 0 ]; then
       sk_fail "round-$k-stamp" "augur stamp write exit $src: $(tail -n1 "$SK_D/stamp.out")"

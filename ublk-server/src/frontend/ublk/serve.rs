@@ -59,7 +59,8 @@ pub(super) struct QueueSetup {
 /// the counters.
 ///
 /// Opens the array first (bad input comes back as [`ServeError::Array`] with
-/// nothing created), then checks for ublk. Prints the device path as the
+/// nothing created), then checks for ublk; with `--recover`, the device and
+/// its daemon's exit are checked before the array is opened. Prints the device path as the
 /// first line on stdout once the device is live. Replica files this call
 /// created are removed again when the device never came up.
 pub fn serve(
@@ -68,6 +69,14 @@ pub fn serve(
     opts: &ServeOptions,
 ) -> Result<ServeSummary, ServeError> {
     check_options(opts)?;
+    // A device whose daemon still runs is refused before its replicas are
+    // opened: opening them starts a resync, which must never race a live
+    // daemon's writes.
+    if let (true, Some(id)) = (opts.recover, opts.id) {
+        check_available()?;
+        augur_json(id)?;
+        wait_quiesced(id)?;
+    }
     let created = cfg.files_to_create();
     let array = Array::open(cfg, policy)?;
     let result = serve_array(&array, opts);
@@ -277,35 +286,7 @@ pub(super) fn check_recoverable(
     opts: &ServeOptions,
 ) -> Result<RecoverProbe, ServeError> {
     let v = augur_json(id)?;
-    let ctrl = UblkCtrl::new_simple(id as i32)
-        .map_err(|e| ServeError::ublk(format!("reading ublk device {id}"), &e))?;
-    let mut info = ctrl.dev_info();
-    if info.flags & sys::UBLK_F_USER_RECOVERY as u64 == 0 {
-        return Err(ServeError::BadInput(format!(
-            "ublk device {id} was created without user recovery; remove it with augur stop --id {id}"
-        )));
-    }
-    // The driver notices a dead daemon shortly after it exits.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while info.state as u32 == sys::UBLK_S_DEV_LIVE
-        && !pid_alive(info.ublksrv_pid)
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(100));
-        if ctrl.read_dev_info().is_ok() {
-            info = ctrl.dev_info();
-        }
-    }
-    if info.state as u32 != sys::UBLK_S_DEV_QUIESCED {
-        let why = if info.state as u32 == sys::UBLK_S_DEV_LIVE {
-            format!("its daemon (pid {}) is running", info.ublksrv_pid)
-        } else {
-            format!("it is {}", state_name(info.state))
-        };
-        return Err(ServeError::BadInput(format!(
-            "ublk device {id} cannot be recovered: {why}"
-        )));
-    }
+    let info = wait_quiesced(id)?;
     check_identity(id, &v, array)?;
     let dev_size = v["target"]["dev_size"].as_u64().unwrap_or(0);
     if dev_size != array.size() {
@@ -340,6 +321,68 @@ pub(super) fn check_recoverable(
         }
     }
     Ok(RecoverProbe { info, block_size })
+}
+
+/// How long `--recover` waits for the ublk driver to quiesce a device whose
+/// daemon died. The driver cancels the dead daemon's commands and waits for
+/// the requests it held; under load (a TCG guest under stress-ng at depth
+/// 64 took more than 5 s) that takes seconds.
+const QUIESCE_WAIT: Duration = Duration::from_secs(30);
+
+/// For `--recover`: device `id` was created with user recovery and its
+/// daemon is gone. Waits up to [`QUIESCE_WAIT`] for the driver to move the
+/// device from LIVE to QUIESCED once that daemon has exited; a device whose
+/// daemon still runs is refused at once. Returns the device's info.
+pub(super) fn wait_quiesced(id: u32) -> Result<sys::ublksrv_ctrl_dev_info, ServeError> {
+    let ctrl = UblkCtrl::new_simple(id as i32)
+        .map_err(|e| ServeError::ublk(format!("reading ublk device {id}"), &e))?;
+    let mut info = ctrl.dev_info();
+    if info.flags & sys::UBLK_F_USER_RECOVERY as u64 == 0 {
+        return Err(ServeError::BadInput(format!(
+            "ublk device {id} was created without user recovery; remove it with augur stop --id {id}"
+        )));
+    }
+    let start = Instant::now();
+    let mut told = false;
+    while info.state as u32 == sys::UBLK_S_DEV_LIVE
+        && !pid_alive(info.ublksrv_pid)
+        && start.elapsed() < QUIESCE_WAIT
+    {
+        if !told && start.elapsed() >= Duration::from_secs(2) {
+            tracing::info!(
+                "waiting for the ublk driver to quiesce device {id} (its daemon, pid {}, has exited)",
+                info.ublksrv_pid
+            );
+            told = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if ctrl.read_dev_info().is_ok() {
+            info = ctrl.dev_info();
+        }
+    }
+    if told && info.state as u32 == sys::UBLK_S_DEV_QUIESCED {
+        tracing::info!(
+            "ublk device {id} quiesced after {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+    }
+    if info.state as u32 != sys::UBLK_S_DEV_QUIESCED {
+        let why = match info.state as u32 {
+            sys::UBLK_S_DEV_LIVE if pid_alive(info.ublksrv_pid) => {
+                format!("its daemon (pid {}) is running", info.ublksrv_pid)
+            }
+            sys::UBLK_S_DEV_LIVE => format!(
+                "its daemon (pid {}) has exited, but the driver still shows the device live after {} s",
+                info.ublksrv_pid,
+                QUIESCE_WAIT.as_secs()
+            ),
+            _ => format!("it is {}", state_name(info.state)),
+        };
+        return Err(ServeError::BadInput(format!(
+            "ublk device {id} cannot be recovered: {why}"
+        )));
+    }
+    Ok(info)
 }
 
 /// The replica file of a spec (`emu:PROFILE:PATH` or `PATH`).
