@@ -324,10 +324,11 @@ pub(super) fn check_recoverable(
 }
 
 /// How long `--recover` waits for the ublk driver to quiesce a device whose
-/// daemon died. The driver cancels the dead daemon's commands and waits for
-/// the requests it held; under load (a TCG guest under stress-ng at depth
-/// 64 took more than 5 s) that takes seconds.
-const QUIESCE_WAIT: Duration = Duration::from_secs(30);
+/// daemon died. Usually the driver sees the death when it cancels the dead
+/// daemon's pending commands (seconds); in the guest soak some kills were
+/// seen only after about 30 s, the block layer's request timeout, so the
+/// wait must outlast that.
+const QUIESCE_WAIT: Duration = Duration::from_secs(60);
 
 /// For `--recover`: device `id` was created with user recovery and its
 /// daemon is gone. Waits up to [`QUIESCE_WAIT`] for the driver to move the
