@@ -60,8 +60,8 @@ pub(super) struct QueueSetup {
 ///
 /// Opens the array first (bad input comes back as [`ServeError::Array`] with
 /// nothing created), then checks for ublk; with `--recover`, the device and
-/// its daemon's exit are checked before the array is opened. Prints the device path as the
-/// first line on stdout once the device is live. Replica files this call
+/// its daemon's exit are checked before the array is opened. Prints the
+/// device path as the first line on stdout once the device is live. Replica files this call
 /// created are removed again when the device never came up.
 pub fn serve(
     cfg: ArrayConfig,
