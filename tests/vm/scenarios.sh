@@ -771,7 +771,7 @@ scenario_10() {
   fi
 }
 
-# --- 11: kill -9 at 20 random moments under writes; restart; resync ------------
+# --- 11: kill -9 at N random moments under writes; restart; resync -------------
 # Each cycle, on the device: `augur stamp write` on the second half and fio
 # randwrite (4-64 KiB) on the first; SIGKILL the daemon at a seeded random
 # moment; `augur stop` deletes the dead device (the writers then see I/O
@@ -780,8 +780,10 @@ scenario_10() {
 # running, `augur stamp check` must find every acknowledged stamp. The next
 # cycle kills that daemon. At the end it stops and the replicas must be
 # byte-identical. The seed is printed; augur_seed=N on the kernel command
-# line (tests/vm/run: AUGUR_VM_SEED=N) replays it.
-S11_CYCLES=20
+# line (tests/vm/run: AUGUR_VM_SEED=N) replays it; augur_cycles=N
+# (AUGUR_VM_CYCLES) sets the number of kills, 10 by default.
+S11_CYCLES=$(sed -n 's/.*augur_cycles=\([0-9]*\).*/\1/p' /proc/cmdline)
+[ -n "$S11_CYCLES" ] || S11_CYCLES=10
 S11_ID=11
 # s11_rand N: sets R to a number in [0, N) from the seeded LCG in S11_RNG.
 s11_rand() {

@@ -617,6 +617,14 @@ fn serve_rejects_bad_input_before_any_device() {
         "0",
     ]);
     assert_bad_input(&o, "--queues 0 must be between 1 and");
+    // A flag clap checks: its own error, naming the value and the range.
+    let o = augur(&["serve", "--replica", b_s, "--io-timeout", "1.5"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("'1.5' is not a whole number of seconds from 0 (the kernel's) to 3600"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(files_in(d.path()), vec!["b.img"]);
 }
 

@@ -89,6 +89,12 @@ pub(crate) struct ServeArgs {
     /// Attach to device --id N whose daemon died; the I/O waiting on it then completes.
     #[arg(long, requires = "id")]
     pub(crate) recover: bool,
+    /// The block layer's request timeout on the device, seconds (0: the
+    /// kernel's, 30). The driver notices a killed daemon whose tags were all
+    /// in flight only when a request times out, so this bounds how soon
+    /// `--recover` can take over; a live daemon's slow requests just wait on.
+    #[arg(long, value_parser = parse_io_timeout, default_value = "5", value_name = "SECS")]
+    pub(crate) io_timeout: Duration,
     /// Most I/Os in flight to one replica from one queue.
     #[arg(long, default_value_t = 64)]
     pub(crate) replica_depth: u32,
@@ -258,6 +264,7 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
         block_size: a.block_size,
         id: a.id,
         recover: a.recover,
+        io_timeout: (!a.io_timeout.is_zero()).then_some(a.io_timeout),
         model,
         control: Some(entry),
         metrics: a.metrics,
@@ -266,6 +273,16 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
     let summary = augur::frontend::ublk::serve(cfg, policy, &opts)?;
     eprintln!("{}", summary.line());
     Ok(())
+}
+
+/// `--io-timeout`: whole seconds from 0 (the kernel's) to 3600.
+fn parse_io_timeout(s: &str) -> Result<Duration, String> {
+    match s.parse::<u64>() {
+        Ok(v) if v <= 3600 => Ok(Duration::from_secs(v)),
+        _ => Err(format!(
+            "'{s}' is not a whole number of seconds from 0 (the kernel's) to 3600"
+        )),
+    }
 }
 
 /// The model a daemon starts with (loaded for every policy, so that `augur

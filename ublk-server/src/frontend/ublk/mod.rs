@@ -219,6 +219,10 @@ pub struct ServeOptions {
     pub id: Option<u32>,
     /// Attach to the existing device `id`, whose daemon died.
     pub recover: bool,
+    /// The device's request timeout (`/sys/block/ublkbN/queue/io_timeout`),
+    /// set once it is live; `None` keeps the kernel's 30 s. With every tag in
+    /// flight, the driver sees a killed daemon only at a request's timeout.
+    pub io_timeout: Option<std::time::Duration>,
     /// The model the policy uses (recorded for `augur list` and recovery).
     pub model: String,
     /// Listen on a control socket ([`crate::control`]), with this as the

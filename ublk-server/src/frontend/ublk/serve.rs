@@ -325,9 +325,10 @@ pub(super) fn check_recoverable(
 
 /// How long `--recover` waits for the ublk driver to quiesce a device whose
 /// daemon died. Usually the driver sees the death when it cancels the dead
-/// daemon's pending commands (seconds); in the guest soak some kills were
-/// seen only after about 30 s, the block layer's request timeout, so the
-/// wait must outlast that.
+/// daemon's pending commands (at once); with every tag in flight there are
+/// none, and it sees it only when a request times out ([`set_io_timeout`]:
+/// 5 s by default, the kernel's 30 s on a device made without it), so the
+/// wait must outlast the kernel's default.
 const QUIESCE_WAIT: Duration = Duration::from_secs(60);
 
 /// For `--recover`: device `id` was created with user recovery and its
@@ -704,7 +705,11 @@ pub(super) fn run_device(
     let rec_for_json = rec.clone();
     let path_slot = Arc::new(Mutex::new(String::new()));
     let path_out = path_slot.clone();
+    let io_timeout = opts.io_timeout;
     let device_fn = move |c: &UblkCtrl| {
+        if let Some(t) = io_timeout {
+            set_io_timeout(c.dev_info().dev_id, t);
+        }
         let path = announce_live(c, recovering.then_some(&rec_for_json), &dev_shared);
         *path_out.lock().unwrap_or_else(|p| p.into_inner()) = path;
     };
@@ -856,6 +861,20 @@ fn announce_live(c: &UblkCtrl, recovered: Option<&Recorded>, shared: &Shared) ->
         tracing::error!("stopping the device: {}", ublk_cause(&e));
     }
     path
+}
+
+/// Sets device `id`'s block-layer request timeout. The 6.12 driver cancels
+/// a dead daemon's pending commands at once, but when every tag was in flight
+/// there are none, and only a request timing out makes it quiesce the device
+/// (or reset the timer while the daemon lives); the kernel's default of 30 s
+/// would hold `--recover` off that long. Kept across a recovery (same disk).
+pub(super) fn set_io_timeout(id: u32, t: Duration) {
+    let path = format!("/sys/block/ublkb{id}/queue/io_timeout");
+    let ms = t.as_millis().max(1);
+    match std::fs::write(&path, format!("{ms}\n")) {
+        Ok(()) => tracing::debug!("{path}: {ms} ms"),
+        Err(e) => tracing::warn!("setting the request timeout ({path}, {ms} ms): {e}"),
+    }
 }
 
 /// Lets go of the control handle: a new device is deleted by its drop; a
