@@ -238,6 +238,10 @@ sk_replace() {
 }
 
 # sk_fio ROUND LOG: one seeded verify job set on the device for SOAK_ROUND_S.
+# serialize_overlap: once a job's random map is used up (time_based), fio
+# may put a write in flight over one still in flight, whose order no block
+# device promises; fio then reports a verify failure that is its own (seen
+# with 4 jobs x 12M, 64k-1m blocks, depth 32: more tags than blocks).
 sk_fio() {
   sk_pick 512-4k 4k-64k 64k-1m 512-1m 4k-256k
   _bs=$P
@@ -250,7 +254,7 @@ sk_fio() {
   fio --output="$2" --eta=never --verify_state_save=0 --filename="$SK_DEV" --ioengine="$SK_FIO_ENGINE" --direct=1 \
     --time_based --runtime="$SOAK_ROUND_S" --randrepeat=0 --exitall_on_error \
     --name=w --rw=randwrite --bsrange="$_bs" --iodepth="$_qd" --numjobs="$_jobs" \
-    --size="${_region}M" --offset_increment="${_region}M" \
+    --size="${_region}M" --offset_increment="${_region}M" --serialize_overlap=1 \
     --verify=crc32c --verify_backlog=64 --verify_fatal=1 \
     --name=r --rw=randread --bsrange="$_bs" --iodepth="$_qd" --size="$((SOAK_SIZE_MB / 2))M" &
   SK_FIO=$!
