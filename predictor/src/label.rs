@@ -201,6 +201,35 @@ impl PeriodRule {
     }
 }
 
+/// Gap left between two logs by [`join_logs`]: longer than any period
+/// window can reach (twice the largest `window_us`, in ns).
+pub const LOG_GAP_NS: u64 = 2 * u32::MAX as u64 * 1000;
+
+/// Joins training logs into one record list for [`PeriodRule`] labels:
+/// each log's issue times are moved to start [`LOG_GAP_NS`] after the
+/// previous log's last one. Every log counts its time from its own start
+/// and numbers its own replicas from 0, so concatenated as they are,
+/// replica 0 of one device and replica 0 of another would share one
+/// timeline, and a slow period of the one would label the other's reads.
+pub fn join_logs<I>(logs: I) -> Vec<augur_feature_store::TrainingRecord>
+where
+    I: IntoIterator<Item = Vec<augur_feature_store::TrainingRecord>>,
+{
+    let mut all = Vec::new();
+    let mut start = 0u64;
+    for log in logs {
+        let first = log.iter().map(|r| r.time_ns).min().unwrap_or(0);
+        let mut end = start;
+        for mut r in log {
+            r.time_ns = r.time_ns - first + start;
+            end = end.max(r.time_ns);
+            all.push(r);
+        }
+        start = end.saturating_add(LOG_GAP_NS);
+    }
+    all
+}
+
 /// Errors from threshold computation.
 #[derive(Debug, Error, PartialEq)]
 pub enum LabelError {
@@ -553,6 +582,51 @@ mod tests {
                 assert_eq!(got2[k], got[(r.1 / 100_000) as usize]);
             }
         }
+    }
+
+    #[test]
+    fn joined_logs_keep_each_devices_periods_apart() {
+        use augur_feature_store::{Op, TrainingRecord};
+        let rule = PeriodRule {
+            window_us: 4000,
+            min_slow_fraction: 0.1,
+        };
+        // Two logs, each of replica 0 from its own t = 0: the first slow for
+        // its first 5 ms, the second fast throughout.
+        let log = |slow: bool| -> Vec<TrainingRecord> {
+            (0..100u64)
+                .map(|k| TrainingRecord {
+                    time_ns: 1_000 + k * 100_000,
+                    replica: 0,
+                    op: Op::Read,
+                    latency_us: if slow && k < 50 { 5_000 } else { 100 },
+                    ..TrainingRecord::default()
+                })
+                .collect()
+        };
+        let label = |recs: &[TrainingRecord]| -> Vec<bool> {
+            let keyed: Vec<(u16, u64, bool)> = recs
+                .iter()
+                .map(|r| (r.replica, r.time_ns, is_slow(r.latency_us, 1000)))
+                .collect();
+            rule.apply(&keyed)
+        };
+        let fast_alone = label(&log(false)).iter().filter(|&&y| y).count();
+        assert_eq!(fast_alone, 0);
+        // Concatenated as they are, the first log's slow period spills over.
+        let mut naive = log(true);
+        naive.extend(log(false));
+        assert!(label(&naive)[100..].iter().any(|&y| y));
+        // Joined, the second log's reads stay fast, and each log keeps its
+        // order and spacing.
+        let joined = join_logs([log(true), log(false)]);
+        let got = label(&joined);
+        assert_eq!(got[..100], label(&log(true))[..]);
+        assert!(got[100..].iter().all(|&y| !y));
+        assert_eq!(joined[0].time_ns, 0);
+        assert_eq!(joined[1].time_ns, 100_000);
+        assert_eq!(joined[100].time_ns, joined[99].time_ns + LOG_GAP_NS);
+        assert!(join_logs(Vec::<Vec<TrainingRecord>>::new()).is_empty());
     }
 
     #[test]

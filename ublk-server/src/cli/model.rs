@@ -287,14 +287,18 @@ pub fn load_model(spec: &str) -> anyhow::Result<Model> {
         .map_err(|e| anyhow::Error::new(CliError::BadFlag(format!("model {spec}: {e}"))))
 }
 
+/// The records of `paths`, laid end to end in time (each log's replicas
+/// are their own devices: see [`augur_predictor::label::join_logs`]).
 fn load_logs(paths: &[PathBuf]) -> anyhow::Result<Vec<TrainingRecord>> {
-    let mut all = Vec::new();
+    let mut logs = Vec::with_capacity(paths.len());
     for p in paths {
-        let recs = read_log(p)
-            .map_err(|e| anyhow::Error::new(CliError::BadFlag(format!("{}: {e}", p.display()))))?;
-        all.extend(recs);
+        logs.push(
+            read_log(p).map_err(|e| {
+                anyhow::Error::new(CliError::BadFlag(format!("{}: {e}", p.display())))
+            })?,
+        );
     }
-    Ok(all)
+    Ok(augur_predictor::label::join_logs(logs))
 }
 
 /// `augur train`.
