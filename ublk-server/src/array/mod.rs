@@ -64,13 +64,23 @@ pub use members::MemberChange;
 pub use meta::MetaOptions;
 pub use queue::{Completion, Queue, Request};
 pub use replica::{Backing, ReplicaSpec, SECTOR, open_backing};
-pub use stall::{DEFAULT_STALL_AFTER, StallDump, StallRequest, StallSub};
+pub use stall::{DEFAULT_STALL_AFTER, StallDump, StallRequest, StallSub, Watchdog};
 pub use stats::{
     ArrayStats, LAT_BUCKETS, LatencyHist, ReplicaCounts, ReplicaStatus, lat_bucket, lat_bucket_top,
 };
 pub use sync::{DEFAULT_SYNC_RATE, ScrubReport, SyncKind, SyncStatus};
 
+use stall::Heartbeat;
 use stats::{Counters, LatencyTable, ReplicaCounters};
+
+/// What an open queue shares with the rest of the array: the counters and
+/// histograms it alone writes (summed by [`Array::stats`]) and its
+/// heartbeat (watched by the [`Watchdog`]).
+pub(crate) struct QueueTables {
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) latency: Arc<LatencyTable>,
+    pub(crate) beat: Arc<Heartbeat>,
+}
 
 /// A fault to inject into one replica, for tests and demonstrations: from the
 /// given point on, every I/O to it fails with `EIO`.
@@ -195,8 +205,8 @@ pub(crate) struct Inner {
     /// Events that are no queue's (a replica marked failed) and the totals
     /// of queues that have closed.
     pub(crate) counters: Counters,
-    /// The counter tables of the open queues.
-    pub(crate) queue_counters: Mutex<Vec<(Arc<Counters>, Arc<LatencyTable>)>>,
+    /// The shared tables of the open queues.
+    pub(crate) queue_counters: Mutex<Vec<QueueTables>>,
     /// The read-latency histograms of queues that have closed.
     pub(crate) latency: LatencyTable,
     /// The write-intent bitmap and pending regions (arrays with metadata).
@@ -404,7 +414,7 @@ impl Array {
             .unwrap_or_else(|p| p.into_inner());
         let mut s = self.inner.counters.snapshot();
         for q in open.iter() {
-            s.add(&q.0.snapshot());
+            s.add(&q.counters.snapshot());
         }
         s
     }
@@ -454,7 +464,7 @@ impl Array {
             .map(|i| {
                 let mut h = self.inner.latency.snapshot(i);
                 for q in open.iter() {
-                    h.add(&q.1.snapshot(i));
+                    h.add(&q.latency.snapshot(i));
                 }
                 h
             })

@@ -17,9 +17,9 @@ use super::hedge::LatencyWindow;
 use super::parked::{Parked, QueueWake};
 use super::sim::SimEvents;
 use super::slots::{Slot, Sub, SubKind};
-use super::stall::{EventKind, EventLog};
+use super::stall::{EventKind, EventLog, Heartbeat};
 use super::stats::{Counters, LatencyTable, bump};
-use super::{AlignedBuf, ArrayError, Inner, SECTOR};
+use super::{AlignedBuf, ArrayError, Inner, QueueTables, SECTOR};
 use crate::emu::{Clock, Outcome};
 use crate::route::{PendingRead, PolicyKind, Route, RouteScratch, ScoredOn, next_after};
 
@@ -80,6 +80,8 @@ pub struct Queue {
     pub(super) events: EventLog,
     /// The request (slot, generation) a stall was last reported for.
     pub(super) stall_seen: Option<(usize, u32)>,
+    /// Its progress, for the watchdog (`stall.rs`).
+    pub(super) beat: Arc<Heartbeat>,
     /// This queue's own counters (registered with the array, written only here).
     pub(super) counters: Arc<Counters>,
     /// Its read-latency histograms (per replica), summed by the array.
@@ -158,16 +160,22 @@ impl Queue {
         let hedging = hedges(inner.policy.load().kind());
         let counters = Arc::new(Counters::default());
         let latency = Arc::new(LatencyTable::new(n));
+        let beat = Arc::new(Heartbeat::new(id));
         inner
             .queue_counters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((counters.clone(), latency.clone()));
+            .push(QueueTables {
+                counters: counters.clone(),
+                latency: latency.clone(),
+                beat: beat.clone(),
+            });
         Ok(Queue {
             inner,
             id,
             events: EventLog::default(),
             stall_seen: None,
+            beat,
             counters,
             latency,
             io,
@@ -230,6 +238,7 @@ impl Queue {
         if let Err(msg) = self.check(&req) {
             tracing::debug!("rejected request: {msg}");
             self.active += 1;
+            self.beat.in_flight(self.active);
             self.ready.push(Completion {
                 user: req.user,
                 result: -libc::EINVAL,
@@ -256,6 +265,7 @@ impl Queue {
         s.intent = false;
         s.start_ns = now;
         self.active += 1;
+        self.beat.in_flight(self.active);
         self.events.push(EventKind::Submit, req.user, 0);
         self.incoming.push(idx);
     }

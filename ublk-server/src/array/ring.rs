@@ -65,6 +65,7 @@ impl Queue {
         timeout_ns: Option<u64>,
     ) -> std::io::Result<usize> {
         self.events.polls += 1;
+        self.beat.beat(self.active);
         if self.io.is_sim() {
             return Ok(self.poll_sim(out, wait, timeout_ns));
         }
@@ -128,6 +129,7 @@ impl Queue {
         }
         let n = self.ready.len();
         self.active -= n.min(self.active);
+        self.beat.in_flight(self.active);
         out.append(&mut self.ready);
         Ok(n)
     }
@@ -390,7 +392,7 @@ impl Drop for Queue {
             .unwrap_or_else(|p| p.into_inner());
         self.inner.counters.absorb(&self.counters.snapshot());
         self.inner.latency.absorb(&self.latency);
-        open.retain(|c| !std::sync::Arc::ptr_eq(&c.0, &self.counters));
+        open.retain(|c| !std::sync::Arc::ptr_eq(&c.counters, &self.counters));
     }
 }
 

@@ -126,6 +126,7 @@ impl Queue {
         }
         let n = self.ready.len();
         self.active -= n.min(self.active);
+        self.beat.in_flight(self.active);
         out.append(&mut self.ready);
         n
     }

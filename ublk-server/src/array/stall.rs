@@ -5,13 +5,24 @@
 //! in [`ArrayStats::stalls`](super::ArrayStats). Front-ends call
 //! [`Queue::check_stall`] from a periodic tick of their own, so a queue
 //! whose wake-ups went missing is seen even while nothing else wakes it.
+//!
+//! A queue whose thread is stuck (in a system call that does not return,
+//! on a lock) runs no tick, so it cannot report itself: the [`Watchdog`],
+//! a thread of its own, watches every queue's [`Heartbeat`] and reports a
+//! queue with requests in flight whose thread has shown no sign of life
+//! for the threshold, with where the kernel says that thread sleeps.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::Queue;
 use super::queue::Io;
 use super::slots::SubKind;
 use super::stats::bump;
+use super::{Array, Inner, Queue};
 
 /// The default stall threshold: far beyond any healthy request, even on a
 /// loaded host under an emulated GC pause.
@@ -157,12 +168,17 @@ pub struct StallDump {
     events: Vec<Event>,
 }
 
+/// A quarter of the stall threshold, between 10 ms and 1 s.
+fn tick_of(stall_after_ns: u64) -> Duration {
+    Duration::from_nanos((stall_after_ns / 4).clamp(10_000_000, 1_000_000_000))
+}
+
 impl Queue {
     /// How often a front-end should call [`Queue::check_stall`]: a quarter
     /// of the threshold, between 10 ms and 1 s (`None`: detection is off).
-    pub fn stall_tick(&self) -> Option<std::time::Duration> {
+    pub fn stall_tick(&self) -> Option<Duration> {
         let t = self.inner.stall_after_ns;
-        (t > 0).then(|| std::time::Duration::from_nanos((t / 4).clamp(10_000_000, 1_000_000_000)))
+        (t > 0).then(|| tick_of(t))
     }
 
     /// Counts completions a front-end's tick found waiting in the ring that
@@ -202,6 +218,7 @@ impl Queue {
     /// counts it and returns it. Cheap when nothing is stalled (one pass
     /// over the slots); meant for a tick of a second or so.
     pub fn check_stall(&mut self, frontend: &[(&str, String)]) -> Option<StallDump> {
+        self.beat.beat(self.active);
         let threshold = self.inner.stall_after_ns;
         if threshold == 0 || self.active == 0 {
             return None;
@@ -330,6 +347,225 @@ impl Queue {
     }
 }
 
+/// A queue's signs of life, for the [`Watchdog`]: written by the queue's
+/// own thread (a load and a store each, no locked instruction), read by
+/// the watchdog.
+#[derive(Debug)]
+pub(crate) struct Heartbeat {
+    /// The queue's number.
+    queue: u32,
+    /// Polls and stall checks so far: it moves while the thread runs.
+    beats: AtomicU64,
+    /// Requests taken and not yet handed back.
+    in_flight: AtomicU64,
+    /// The thread's id (`gettid`) from its first beat; 0 before.
+    tid: AtomicI32,
+}
+
+impl Heartbeat {
+    pub(crate) fn new(queue: u32) -> Self {
+        Heartbeat {
+            queue,
+            beats: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            tid: AtomicI32::new(0),
+        }
+    }
+
+    /// The queue's thread is running (a poll or a stall check).
+    #[inline]
+    pub(crate) fn beat(&self, in_flight: usize) {
+        bump(&self.beats, 1);
+        self.in_flight.store(in_flight as u64, Relaxed);
+        if self.tid.load(Relaxed) == 0 {
+            // SAFETY: gettid has no arguments and cannot fail.
+            self.tid.store(unsafe { libc::gettid() }, Relaxed);
+        }
+    }
+
+    /// The queue took or handed back requests.
+    #[inline]
+    pub(crate) fn in_flight(&self, n: usize) {
+        self.in_flight.store(n as u64, Relaxed);
+    }
+}
+
+/// What the watchdog says of a queue whose thread stopped beating.
+#[derive(Debug, Serialize)]
+pub struct StuckQueue {
+    /// The queue's number.
+    pub queue: u32,
+    /// The stall threshold.
+    pub threshold_ms: u64,
+    /// How long its thread has shown no sign of life with requests in flight.
+    pub silent_ms: u64,
+    /// Requests in flight.
+    pub in_flight: u64,
+    /// The thread's id (0: it never polled).
+    pub tid: i32,
+    /// Its scheduler state (`R` running, `S` sleeping, `D` in
+    /// uninterruptible I/O wait, ...), from `/proc`.
+    pub state: String,
+    /// The kernel function it sleeps in (`/proc/.../wchan`).
+    pub wchan: String,
+    /// The system call it is in, with its arguments (`/proc/.../syscall`).
+    pub syscall: String,
+    /// Its kernel stack, where the kernel shows it (root).
+    pub stack: Vec<String>,
+}
+
+impl StuckQueue {
+    fn of(beat: &Heartbeat, threshold_ns: u64, silent: Duration) -> Self {
+        let tid = beat.tid.load(Relaxed);
+        let read = |what: &str| -> String {
+            if tid == 0 {
+                return String::new();
+            }
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/{what}"))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|e| format!("({e})"))
+        };
+        // stat: "tid (comm) S ...": the state follows the last ')'.
+        let stat = read("stat");
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or("")
+            .to_string();
+        StuckQueue {
+            queue: beat.queue,
+            threshold_ms: threshold_ns / 1_000_000,
+            silent_ms: silent.as_millis() as u64,
+            in_flight: beat.in_flight.load(Relaxed),
+            tid,
+            state,
+            wchan: read("wchan"),
+            syscall: read("syscall"),
+            stack: read("stack").lines().map(str::to_string).collect(),
+        }
+    }
+}
+
+/// Watches every queue's [`Heartbeat`] from a thread of its own: a queue
+/// with requests in flight whose thread has not polled or checked for a
+/// stall for the array's stall threshold (its tick is a quarter of that)
+/// is stuck where it cannot report itself. The watchdog logs one ERROR line
+/// for it, `queue N: stall: its thread has shown no sign of life ...
+/// {json}` ([`StuckQueue`]), counts it in `stalls`, and reports that queue
+/// again only after its thread has beaten once more. Stops when dropped.
+pub struct Watchdog {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Array {
+    /// Starts the [`Watchdog`] of a real-clock array with stall detection
+    /// on (`None` otherwise: simulated time has no threads to watch).
+    pub fn watchdog(&self) -> Option<Watchdog> {
+        let threshold = self.inner.stall_after_ns;
+        if threshold == 0 || !matches!(self.inner.clock, crate::emu::Clock::Real(_)) {
+            return None;
+        }
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let weak = Arc::downgrade(&self.inner);
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("augur-watchdog".into())
+            .spawn(move || watch(weak, threshold, &flag))
+            .map_err(|e| tracing::error!("cannot start the stall watchdog: {e}"))
+            .ok()?;
+        Some(Watchdog {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        *self.stop.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.stop.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What the watchdog remembers of one queue (holding its heartbeat, so
+/// that the address it is keyed by stays its own).
+struct Seen {
+    _beat: Arc<Heartbeat>,
+    beats: u64,
+    busy: bool,
+    since: Instant,
+    reported: bool,
+}
+
+fn watch(inner: Weak<Inner>, threshold_ns: u64, stop: &(Mutex<bool>, Condvar)) {
+    let threshold = Duration::from_nanos(threshold_ns);
+    let tick = tick_of(threshold_ns);
+    let mut seen: HashMap<*const Heartbeat, Seen> = HashMap::new();
+    loop {
+        {
+            let guard = stop.0.lock().unwrap_or_else(|p| p.into_inner());
+            let (guard, _) = stop
+                .1
+                .wait_timeout_while(guard, tick, |stopped| !*stopped)
+                .unwrap_or_else(|p| p.into_inner());
+            if *guard {
+                return;
+            }
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let beats: Vec<Arc<Heartbeat>> = inner
+            .queue_counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|q| q.beat.clone())
+            .collect();
+        let now = Instant::now();
+        seen.retain(|k, _| beats.iter().any(|b| Arc::as_ptr(b) == *k));
+        for b in &beats {
+            let n = b.beats.load(Relaxed);
+            let busy = b.in_flight.load(Relaxed) > 0;
+            let e = seen.entry(Arc::as_ptr(b)).or_insert_with(|| Seen {
+                _beat: b.clone(),
+                beats: n,
+                busy,
+                since: now,
+                reported: false,
+            });
+            // Silence counts from the last beat, or from when requests
+            // arrived at a queue that was idle (an idle thread may sleep).
+            if e.beats != n || (busy && !e.busy) {
+                e.since = now;
+                e.reported = false;
+            }
+            e.beats = n;
+            e.busy = busy;
+            let silent = now.duration_since(e.since);
+            if busy && !e.reported && silent >= threshold {
+                e.reported = true;
+                bump(&inner.counters.stalls, 1);
+                let stuck = StuckQueue::of(b, threshold_ns, silent);
+                match serde_json::to_string(&stuck) {
+                    Ok(json) => tracing::error!(
+                        "queue {}: stall: its thread has shown no sign of life for {} ms with {} request(s) in flight (threshold {} ms): {json}",
+                        stuck.queue,
+                        stuck.silent_ms,
+                        stuck.in_flight,
+                        stuck.threshold_ms
+                    ),
+                    Err(e) => tracing::error!("queue {}: stall (dump failed: {e})", b.queue),
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -421,6 +657,66 @@ mod tests {
         assert_eq!(out[0].result, 0);
         assert!(q.check_stall(&[]).is_none());
         assert_eq!(array.stats().stalls, 1);
+    }
+
+    #[test]
+    fn a_queue_whose_thread_stops_is_reported_by_the_watchdog() {
+        // The report shows in the test's output (`--nocapture`).
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        let dir = tempfile::tempdir_in(crate::load::default_replica_dir()).unwrap();
+        let array = open(dir.path(), Duration::from_millis(40));
+        let wd = array
+            .watchdog()
+            .expect("a real-clock array with a threshold");
+        let mut q = array.queue(5, 64).unwrap();
+        let mut out = Vec::new();
+        // Idle: nothing in flight, however long nobody polls.
+        q.poll(&mut out, false, None).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(array.stats().stalls, 0);
+        // A request taken, one poll, then the thread does nothing (as one
+        // stuck in a system call would): its own stall check never runs,
+        // the watchdog reports it, once.
+        q.submit(read(9));
+        q.poll(&mut out, false, None).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            array.stats().stalls,
+            1,
+            "the watchdog reports a silent queue once"
+        );
+        // Its thread runs again: the request completes, nothing more is said.
+        while q.in_flight() > 0 {
+            q.poll(&mut out, true, Some(1_000_000)).unwrap();
+        }
+        assert_eq!(out.len(), 1);
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(array.stats().stalls, 1);
+        drop(wd);
+    }
+
+    #[test]
+    fn a_queue_that_keeps_checking_is_not_stuck() {
+        let dir = tempfile::tempdir_in(crate::load::default_replica_dir()).unwrap();
+        let array = open(dir.path(), Duration::from_millis(40));
+        let _wd = array.watchdog().unwrap();
+        let mut q = array.queue(0, 64).unwrap();
+        // A request that never leaves the queue (never polled), on a
+        // thread that keeps ticking: the queue's own check reports the
+        // stall once; the watchdog sees a live thread and says nothing.
+        q.submit(read(4));
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < Duration::from_millis(300) {
+            q.check_stall(&[]);
+            std::thread::sleep(q.stall_tick().unwrap());
+        }
+        assert_eq!(array.stats().stalls, 1);
+    }
+
+    #[test]
+    fn no_watchdog_without_a_threshold() {
+        let dir = tempfile::tempdir_in(crate::load::default_replica_dir()).unwrap();
+        assert!(open(dir.path(), Duration::ZERO).watchdog().is_none());
     }
 
     #[test]

@@ -171,7 +171,9 @@ pub fn serve(cfg: ArrayConfig, policy: Policy, opts: &FuseOptions) -> Result<(),
         }
     };
     let handle = array.clone();
+    let watchdog = handle.watchdog();
     let served = serve_array(array, &mount, opts);
+    drop(watchdog);
     handle.close();
     drop(handle);
     match served {

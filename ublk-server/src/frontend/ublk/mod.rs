@@ -63,7 +63,11 @@
 //! a request is older than the threshold, and it counts completions that
 //! have waited a whole tick with no eventfd wake-up (`missed_wakeups`, then
 //! reaped). Both counters are in the stats and the metrics; both stay 0 on a
-//! healthy run, and the soak (`tests/soak/run`) fails on either.
+//! healthy run, and the soak (`tests/soak/run`) fails on either. A queue
+//! thread stuck where no tick reaches it (a system call that does not
+//! return) is reported by the array's [`Watchdog`](crate::array::Watchdog)
+//! instead, from its own thread, with where the kernel says the stuck
+//! thread sleeps.
 //!
 //! # Buffers
 //! ublk (without zero copy, which 6.12 lacks) copies data between the block

@@ -79,7 +79,9 @@ pub fn serve(
     }
     let created = cfg.files_to_create();
     let array = Array::open(cfg, policy)?;
+    let watchdog = array.watchdog();
     let result = serve_array(&array, opts);
+    drop(watchdog);
     array.close();
     if matches!(result, Err((false, _))) {
         drop(array);
