@@ -52,6 +52,7 @@ mod parked;
 mod queue;
 mod replica;
 mod ring;
+pub(crate) mod signals;
 mod sim;
 mod slots;
 mod stall;

@@ -502,6 +502,9 @@ struct Seen {
 }
 
 fn watch(inner: Weak<Inner>, threshold_ns: u64, stop: &(Mutex<bool>, Condvar)) {
+    if let Err(e) = super::signals::block_stop_signals() {
+        tracing::error!("stall watchdog: cannot block SIGINT/SIGTERM: {e}");
+    }
     let threshold = Duration::from_nanos(threshold_ns);
     let tick = tick_of(threshold_ns);
     let mut seen: HashMap<*const Heartbeat, Seen> = HashMap::new();
@@ -711,6 +714,28 @@ mod tests {
             std::thread::sleep(q.stall_tick().unwrap());
         }
         assert_eq!(array.stats().stalls, 1);
+    }
+
+    #[test]
+    fn the_watchdog_leaves_the_stop_signals_to_the_daemon() {
+        // ublk's daemon takes SIGTERM with sigwait; a thread that does not
+        // block it would die of it instead (seen once in a soak: exit 143).
+        let dir = tempfile::tempdir_in(crate::load::default_replica_dir()).unwrap();
+        let array = open(dir.path(), Duration::from_millis(40));
+        let _wd = array.watchdog().unwrap();
+        let mut found = None;
+        for _ in 0..100 {
+            found = crate::array::signals::thread_blocks_stop_signals("augur-watchdog");
+            if found.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            found,
+            Some(true),
+            "the watchdog thread must block SIGINT and SIGTERM"
+        );
     }
 
     #[test]

@@ -175,23 +175,10 @@ pub(crate) fn start(inner: &Arc<Inner>) {
     }
 }
 
-/// Blocks the stop signals in the calling thread: a process-directed
-/// SIGTERM must reach the front-end's signal handling (ublk waits for it
-/// with sigwait in its own thread), never kill the process from here.
-fn block_stop_signals() {
-    // SAFETY: sigset_t is plain data, initialised by sigemptyset/sigaddset;
-    // pthread_sigmask only reads `set` and affects this thread alone.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-}
-
 fn run(weak: Weak<Inner>, shared: Arc<SyncShared>) {
-    block_stop_signals();
+    if let Err(e) = super::signals::block_stop_signals() {
+        tracing::error!("sync thread: cannot block SIGINT/SIGTERM: {e}");
+    }
     loop {
         let scrub = {
             let mut s = shared.lock();

@@ -12,6 +12,7 @@ use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::io::UblkDev;
 use libublk::{UblkError, UblkFlags, sys};
 
+use crate::array::signals::{block_stop_signals, restore_signals};
 use crate::array::{Array, ArrayConfig, Queue};
 use crate::control::DaemonInfo;
 use crate::route::Policy;
@@ -475,30 +476,6 @@ impl AddLock {
     }
 }
 
-pub(super) fn block_stop_signals() -> std::io::Result<libc::sigset_t> {
-    // SAFETY: sigset_t is plain data, initialised by sigemptyset/sigaddset;
-    // pthread_sigmask only reads `set` and writes `old`.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
-        if rc != 0 {
-            return Err(std::io::Error::from_raw_os_error(rc));
-        }
-        Ok(old)
-    }
-}
-
-pub(super) fn restore_signals(old: &libc::sigset_t) {
-    // SAFETY: `old` came from pthread_sigmask; a null `oldset` is allowed.
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut());
-    }
-}
-
 /// The signal thread: waits for SIGINT/SIGTERM (blocked in every other
 /// thread), then stops the device once it is live; a second signal exits.
 pub(super) fn spawn_signal_thread(shared: Arc<Shared>) -> std::io::Result<()> {
@@ -507,7 +484,7 @@ pub(super) fn spawn_signal_thread(shared: Arc<Shared>) -> std::io::Result<()> {
         .spawn(move || {
             let mut first = true;
             loop {
-                // SAFETY: as in block_stop_signals; sigwait writes `sig`.
+                // SAFETY: as in array::signals::block_stop_signals; sigwait writes `sig`.
                 let sig = unsafe {
                     let mut set: libc::sigset_t = std::mem::zeroed();
                     libc::sigemptyset(&mut set);
