@@ -126,11 +126,28 @@ sk_start() {
     return 1
   }
   echo "SOAK t=$(sk_t) daemon start $SK_STARTS $* pid $SK_PID ($(($(sk_now_ms) - _s)) ms)"
+  # The daemon keeps itself out of the OOM killer's reach (the soak's
+  # memory pressure once had the guest's OOM killer choose it).
+  _adj=$(cat "/proc/$SK_PID/oom_score_adj" 2>/dev/null)
+  if [ "$_adj" != -1000 ]; then
+    sk_fail daemon-oom-protected "daemon start $SK_STARTS: oom_score_adj is '$_adj', not -1000"
+  elif [ $SK_STARTS = 1 ]; then
+    sk_ok daemon-oom-protected
+  fi
+}
+
+# sk_died: the daemon exited when nothing stopped it (the OOM killer, a
+# crash): a failure, with the kernel's word on it.
+sk_died() {
+  sk_fail daemon-died "daemon pid $SK_PID (start $SK_STARTS) exited on its own"
+  dmesg 2>/dev/null | grep -iE 'out of memory|killed process|segfault' | tail -n 3 | sed 's/^/    | /'
+  sk_show "$SK_D/daemon.$SK_STARTS.log" 3
 }
 
 # sk_kill: SIGKILL the daemon (FUSE: and detach its mount).
 sk_kill() {
   _s=$(sk_now_ms)
+  sk_alive "$SK_PID" || sk_died
   kill -9 "$SK_PID" 2>/dev/null
   wait "$SK_PID" 2>/dev/null
   [ "$SOAK_FRONTEND" = fuse ] && { fusermount3 -uz "$SK_D/mnt" 2>/dev/null || umount -l "$SK_D/mnt" 2>/dev/null; }
@@ -229,8 +246,12 @@ sk_replace() {
   [ -n "$SK_FAILED_REPLICA" ] || return 0
   SK_GEN=$((SK_GEN + 1))
   _new=$SK_D/r$SK_FAILED_REPLICA.g$SK_GEN.img
+  eval "_old=\$SK_SPEC$SK_FAILED_REPLICA"
   if sk_step "replica replace $SK_FAILED_REPLICA $_new" sk_ctl replica replace "$SK_FAILED_REPLICA" "$_new"; then
     eval "SK_SPEC$SK_FAILED_REPLICA=\$_new"
+    # The replaced file goes, as an operator's would (in the guest the
+    # replicas are in RAM; its space returns once the daemon lets go).
+    rm -f "${_old##*:}" "${_old##*:}.augur-meta"
     SK_FAILED_REPLICA=
   else
     SK_CTL_ERR="replica replace $SK_FAILED_REPLICA"
@@ -250,7 +271,7 @@ sk_fio() {
   sk_rand 4
   _jobs=$((R + 1))
   _region=$((SOAK_SIZE_MB / 2 / _jobs))
-  echo "SOAK t=$(sk_t) round $1 fio randwrite+verify bs=$_bs iodepth=$_qd jobs=$_jobs x ${_region}M, randread bs=$_bs"
+  echo "SOAK t=$(sk_t) round $1 fio randwrite+verify bs=$_bs iodepth=$_qd jobs=$_jobs x ${_region}M, randread bs=$_bs ($(awk '/^MemAvailable/ { printf "%d", $2 / 1024 }' /proc/meminfo) MiB available)"
   fio --output="$2" --eta=never --verify_state_save=0 --filename="$SK_DEV" --ioengine="$SK_FIO_ENGINE" --direct=1 \
     --time_based --runtime="$SOAK_ROUND_S" --randrepeat=0 --exitall_on_error \
     --name=w --rw=randwrite --bsrange="$_bs" --iodepth="$_qd" --numjobs="$_jobs" \
@@ -307,6 +328,7 @@ soak_main() {
     done
     wait "$SK_FIO"
     frc=$?
+    [ "$SK_KILL_AFTER" = 1 ] || sk_alive "$SK_PID" || sk_died
     # FUSE: the kill lands while augur stamp still writes (fio would only
     # report the lost mount); its acknowledged writes must survive it.
     if [ "$SK_KILL_AFTER" = 1 ]; then

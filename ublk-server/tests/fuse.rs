@@ -37,6 +37,72 @@ fn fio_verify_every_policy_on_file_and_loop() {
     }
 }
 
+/// The daemon is in the I/O path of what it serves: the OOM killer must not
+/// choose it (oom_score_adj -1000 by default, --oom-score-adj changes it),
+/// and its allocations must not wait on writeback (PR_SET_IO_FLUSHER sets
+/// PF_MEMALLOC_NOIO, 0x80000 in the task flags of /proc/PID/stat).
+#[test]
+fn the_daemon_protects_itself_from_the_oom_killer_and_reclaim() {
+    if !ready() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // Both need CAP_SYS_RESOURCE, which some containers withhold even from
+    // root: there the daemon must say so and serve on (the qemu guest's
+    // soak checks the settings themselves on `augur serve`).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    let can = cap_eff & (1 << 24) != 0;
+    let mut fx = Fixture::new();
+    for (extra, want) in [(&[][..], "-1000"), (&["--oom-score-adj", "-17"][..], "-17")] {
+        let d = fx.start_with("baseline", false, extra);
+        let pid = d.child.id();
+        let file = d.file.to_str().unwrap().to_string();
+        let log = std::fs::read_to_string(&d.stderr).unwrap();
+        let adj = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+        if can {
+            assert_eq!(adj.trim(), want, "oom_score_adj with {extra:?}:\n{log}");
+        } else {
+            assert!(
+                log.contains(&format!("cannot set /proc/self/oom_score_adj to {want}"))
+                    && log.contains("cannot mark the daemon an I/O flusher"),
+                "without CAP_SYS_RESOURCE the daemon must warn:\n{log}"
+            );
+        }
+        // Every thread carries PF_MEMALLOC_NOIO, each made after the daemon set it.
+        for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap();
+            // Fields after the parenthesised name: state is the 1st, flags the 7th.
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            let flags: u64 = rest.split(' ').nth(6).unwrap().parse().unwrap();
+            assert_eq!(flags & 0x80000 != 0, can, "PF_MEMALLOC_NOIO: {stat}");
+        }
+        fio_verify(&file, "protected");
+        fx.stop();
+    }
+    let o = Command::new(BIN)
+        .args([
+            "fuse",
+            "--replica",
+            "/nonexistent/r",
+            "--mount",
+            "/nonexistent",
+        ])
+        .args(["--oom-score-adj", "-1001"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not a whole number from -1000 to 1000"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 #[test]
 fn ext4_on_loop_survives_remount_and_restart() {
     if !ready() {

@@ -51,6 +51,11 @@ pub(crate) struct FuseArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (a bare port: on loopback).
     #[arg(long, value_name = "ADDR", value_parser = augur::metrics::parse_addr)]
     pub(crate) metrics: Option<std::net::SocketAddr>,
+    /// The daemon's OOM score adjustment, -1000 (never chosen by the OOM
+    /// killer, as other block I/O daemons are set) to 1000; the daemon also
+    /// marks itself an I/O flusher (PR_SET_IO_FLUSHER).
+    #[arg(long, default_value_t = augur::frontend::process::DEFAULT_OOM_SCORE_ADJ, value_parser = augur::frontend::process::parse_oom_score_adj, allow_hyphen_values = true, value_name = "N")]
+    pub(crate) oom_score_adj: i32,
     #[command(flatten)]
     pub(crate) adapt: AdaptFlags,
     #[command(flatten)]
@@ -109,6 +114,11 @@ pub(crate) struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (a bare port: on loopback).
     #[arg(long, value_name = "ADDR", value_parser = augur::metrics::parse_addr)]
     pub(crate) metrics: Option<std::net::SocketAddr>,
+    /// The daemon's OOM score adjustment, -1000 (never chosen by the OOM
+    /// killer, as other block I/O daemons are set) to 1000; the daemon also
+    /// marks itself an I/O flusher (PR_SET_IO_FLUSHER).
+    #[arg(long, default_value_t = augur::frontend::process::DEFAULT_OOM_SCORE_ADJ, value_parser = augur::frontend::process::parse_oom_score_adj, allow_hyphen_values = true, value_name = "N")]
+    pub(crate) oom_score_adj: i32,
     #[command(flatten)]
     pub(crate) adapt: AdaptFlags,
     #[command(flatten)]
@@ -201,6 +211,7 @@ pub(crate) fn cmd_fuse(args: FuseArgs) -> anyhow::Result<()> {
     let Some(mount) = args.mount else {
         return Err(CliError::BadFlag("--mount DIR is required".into()).into());
     };
+    protect_daemon(args.oom_score_adj);
     let replicas = args
         .replica
         .iter()
@@ -227,6 +238,7 @@ pub(crate) fn cmd_fuse(args: FuseArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
+    protect_daemon(a.oom_score_adj);
     // With --recover, what is left out comes from the device's record.
     let stored = match (a.recover, a.id) {
         (true, Some(id)) => Some(augur::frontend::ublk::recorded(id)?),
@@ -273,6 +285,13 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
     let summary = augur::frontend::ublk::serve(cfg, policy, &opts)?;
     eprintln!("{}", summary.line());
     Ok(())
+}
+
+/// Before any thread starts: see [`augur::frontend::process`].
+fn protect_daemon(oom_score_adj: i32) {
+    for w in augur::frontend::process::protect_daemon(oom_score_adj) {
+        tracing::warn!("{w}");
+    }
 }
 
 /// `--io-timeout`: whole seconds from 0 (the kernel's) to 3600.

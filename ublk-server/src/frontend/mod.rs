@@ -4,8 +4,11 @@
 //!   one thread per ublk queue, each owning its own array queue.
 //! - [`fuse`]: one file, `disk.img`, in a FUSE mount (with an optional loop
 //!   device on top), where the kernel has no ublk.
+//! - [`process`]: what either daemon asks of the kernel for itself (OOM
+//!   score, I/O flusher).
 
 pub mod fuse;
+pub mod process;
 pub mod ublk;
 
 use std::net::SocketAddr;
