@@ -211,7 +211,8 @@ pub(crate) fn cmd_fuse(args: FuseArgs) -> anyhow::Result<()> {
     let Some(mount) = args.mount else {
         return Err(CliError::BadFlag("--mount DIR is required".into()).into());
     };
-    protect_daemon(args.oom_score_adj);
+    // Before any thread starts; what is refused is said once serving.
+    augur::frontend::process::protect_daemon(args.oom_score_adj);
     let replicas = args
         .replica
         .iter()
@@ -238,7 +239,8 @@ pub(crate) fn cmd_fuse(args: FuseArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
-    protect_daemon(a.oom_score_adj);
+    // Before any thread starts; what is refused is said once serving.
+    augur::frontend::process::protect_daemon(a.oom_score_adj);
     // With --recover, what is left out comes from the device's record.
     let stored = match (a.recover, a.id) {
         (true, Some(id)) => Some(augur::frontend::ublk::recorded(id)?),
@@ -285,13 +287,6 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
     let summary = augur::frontend::ublk::serve(cfg, policy, &opts)?;
     eprintln!("{}", summary.line());
     Ok(())
-}
-
-/// Before any thread starts: see [`augur::frontend::process`].
-fn protect_daemon(oom_score_adj: i32) {
-    for w in augur::frontend::process::protect_daemon(oom_score_adj) {
-        tracing::warn!("{w}");
-    }
 }
 
 /// `--io-timeout`: whole seconds from 0 (the kernel's) to 3600.

@@ -5,6 +5,7 @@
 //! allocation starts writeback to its own device can deadlock.
 
 use std::io::Write;
+use std::sync::Mutex;
 
 /// `--oom-score-adj`'s default: never chosen by the OOM killer, as other
 /// daemons in the block I/O path (multipathd, iscsid) are set.
@@ -14,16 +15,20 @@ pub const DEFAULT_OOM_SCORE_ADJ: i32 = -1000;
 /// Linux constants.
 const PR_SET_IO_FLUSHER: libc::c_int = 57;
 
+/// What [`protect_daemon`] could not do, held until the daemon is serving:
+/// a command that fails on bad input still prints its one line only.
+static REFUSED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
 /// Protects the calling process; call it before the daemon starts threads
 /// (both settings are inherited by threads made later). Sets the OOM score
 /// adjustment (-1000 to 1000) and marks the process an I/O flusher, whose
-/// allocations do not wait on I/O (`PR_SET_IO_FLUSHER`). Both need root
-/// (CAP_SYS_RESOURCE): what the kernel refuses comes back as a warning, one
-/// line each, and the daemon serves on without it.
-pub fn protect_daemon(oom_score_adj: i32) -> Vec<String> {
-    let mut warnings = Vec::new();
+/// allocations do not wait on I/O (`PR_SET_IO_FLUSHER`). Both need
+/// CAP_SYS_RESOURCE: what the kernel refuses is kept, one line each, for
+/// [`warn_refused`] once the device is up, and the daemon serves on.
+pub fn protect_daemon(oom_score_adj: i32) {
+    let mut refused = Vec::new();
     if let Err(e) = set_oom_score_adj(oom_score_adj) {
-        warnings.push(format!(
+        refused.push(format!(
             "cannot set /proc/self/oom_score_adj to {oom_score_adj}: {e}; the OOM killer may choose this daemon"
         ));
     }
@@ -31,12 +36,20 @@ pub fn protect_daemon(oom_score_adj: i32) -> Vec<String> {
     // arg2 (1: set) and requires the rest to be 0.
     let r = unsafe { libc::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) };
     if r != 0 {
-        warnings.push(format!(
+        refused.push(format!(
             "cannot mark the daemon an I/O flusher (PR_SET_IO_FLUSHER): {}; under memory pressure its allocations may wait on writeback",
             std::io::Error::last_os_error()
         ));
     }
-    warnings
+    *REFUSED.lock().unwrap_or_else(|p| p.into_inner()) = refused;
+}
+
+/// Logs, once, what [`protect_daemon`] could not do; the front-ends call it
+/// when their device is up.
+pub fn warn_refused() {
+    for w in std::mem::take(&mut *REFUSED.lock().unwrap_or_else(|p| p.into_inner())) {
+        tracing::warn!("{w}");
+    }
 }
 
 fn set_oom_score_adj(v: i32) -> std::io::Result<()> {

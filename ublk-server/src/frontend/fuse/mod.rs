@@ -306,6 +306,7 @@ fn serve_array(array: Array, mount: &Path, opts: &FuseOptions) -> Result<Served,
             }
         }
     }
+    super::process::warn_refused();
     println!("file {}", disk.display());
     if let Some(dev) = &loop_dev {
         println!("loop {dev}");

@@ -826,6 +826,7 @@ fn announce_live(c: &UblkCtrl, recovered: Option<&Recorded>, shared: &Shared) ->
     while !Path::new(&path).exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+    crate::frontend::process::warn_refused();
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{path}");
