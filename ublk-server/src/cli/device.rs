@@ -51,11 +51,8 @@ pub(crate) struct FuseArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (a bare port: on loopback).
     #[arg(long, value_name = "ADDR", value_parser = augur::metrics::parse_addr)]
     pub(crate) metrics: Option<std::net::SocketAddr>,
-    /// The daemon's OOM score adjustment, -1000 (never chosen by the OOM
-    /// killer, as other block I/O daemons are set) to 1000; the daemon also
-    /// marks itself an I/O flusher (PR_SET_IO_FLUSHER).
-    #[arg(long, default_value_t = augur::frontend::process::DEFAULT_OOM_SCORE_ADJ, value_parser = augur::frontend::process::parse_oom_score_adj, allow_hyphen_values = true, value_name = "N")]
-    pub(crate) oom_score_adj: i32,
+    #[command(flatten)]
+    pub(crate) process: ProcessFlags,
     #[command(flatten)]
     pub(crate) adapt: AdaptFlags,
     #[command(flatten)]
@@ -114,17 +111,32 @@ pub(crate) struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (a bare port: on loopback).
     #[arg(long, value_name = "ADDR", value_parser = augur::metrics::parse_addr)]
     pub(crate) metrics: Option<std::net::SocketAddr>,
-    /// The daemon's OOM score adjustment, -1000 (never chosen by the OOM
-    /// killer, as other block I/O daemons are set) to 1000; the daemon also
-    /// marks itself an I/O flusher (PR_SET_IO_FLUSHER).
-    #[arg(long, default_value_t = augur::frontend::process::DEFAULT_OOM_SCORE_ADJ, value_parser = augur::frontend::process::parse_oom_score_adj, allow_hyphen_values = true, value_name = "N")]
-    pub(crate) oom_score_adj: i32,
+    #[command(flatten)]
+    pub(crate) process: ProcessFlags,
     #[command(flatten)]
     pub(crate) adapt: AdaptFlags,
     #[command(flatten)]
     pub(crate) predict: PredictOnArgs,
     #[command(flatten)]
     pub(crate) meta: MetaFlags,
+}
+
+/// What the daemon asks of the kernel for its own process, shared by serve and fuse.
+#[derive(Args)]
+pub(crate) struct ProcessFlags {
+    /// The daemon's OOM score adjustment, -1000 (never chosen by the OOM
+    /// killer, as other block I/O daemons are set) to 1000; the daemon also
+    /// marks itself an I/O flusher (PR_SET_IO_FLUSHER).
+    #[arg(long, default_value_t = augur::frontend::process::DEFAULT_OOM_SCORE_ADJ, value_parser = augur::frontend::process::parse_oom_score_adj, allow_hyphen_values = true, value_name = "N")]
+    pub(crate) oom_score_adj: i32,
+}
+
+impl ProcessFlags {
+    /// Before any thread starts; what the kernel refuses is said once the
+    /// device is up (see [`augur::frontend::process`]).
+    fn protect(&self) {
+        augur::frontend::process::protect_daemon(self.oom_score_adj);
+    }
 }
 
 /// `--adapt` and its settings, shared by serve and fuse.
@@ -211,8 +223,7 @@ pub(crate) fn cmd_fuse(args: FuseArgs) -> anyhow::Result<()> {
     let Some(mount) = args.mount else {
         return Err(CliError::BadFlag("--mount DIR is required".into()).into());
     };
-    // Before any thread starts; what is refused is said once serving.
-    augur::frontend::process::protect_daemon(args.oom_score_adj);
+    args.process.protect();
     let replicas = args
         .replica
         .iter()
@@ -239,8 +250,7 @@ pub(crate) fn cmd_fuse(args: FuseArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
-    // Before any thread starts; what is refused is said once serving.
-    augur::frontend::process::protect_daemon(a.oom_score_adj);
+    a.process.protect();
     // With --recover, what is left out comes from the device's record.
     let stored = match (a.recover, a.id) {
         (true, Some(id)) => Some(augur::frontend::ublk::recorded(id)?),
