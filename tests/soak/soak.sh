@@ -212,7 +212,7 @@ sk_action() {
   sk_pick policy policy model load load fail replace kill
   case $P in
     policy)
-      sk_pick baseline random hedge linnos linnos+hedge
+      sk_pick primary least-pending augur random hedge linnos linnos+hedge
       SK_POLICY=$P
       sk_step "policy $P" sk_ctl policy set "$P" || SK_CTL_ERR="policy $P"
       ;;

@@ -10,7 +10,7 @@ VERIFY_SIZE=24M
 # Measurement runs: seconds per fio run (after 1 s of ramp) and rounds.
 MEASURE_S=4
 ROUNDS=2
-POLICIES="baseline random hedge linnos linnos+hedge greedy-oracle"
+POLICIES="primary least-pending augur random hedge linnos linnos+hedge greedy-oracle"
 
 ok() { echo "CHECK $1 ok"; }
 fail() {

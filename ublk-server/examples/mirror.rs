@@ -32,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<Vec<_>, _>>()?;
     let mut cfg = ArrayConfig::new(specs);
     cfg.create_size = Some(16 << 20);
-    let array = Array::open(cfg, Policy::from_name("baseline", None)?)?;
+    let array = Array::open(cfg, Policy::from_name("primary", None)?)?;
     let mut q = array.queue(0, 64)?;
 
     // Eight 4 KiB blocks, each filled with its own byte, one per 128 KiB stripe

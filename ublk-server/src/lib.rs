@@ -38,7 +38,7 @@
 //! let replicas = vec![ReplicaSpec::parse("/tmp/a.img")?, ReplicaSpec::parse("/tmp/b.img")?];
 //! let mut cfg = ArrayConfig::new(replicas);
 //! cfg.create_size = Some(64 << 20);
-//! let array = Array::open(cfg, Policy::from_name("baseline", None)?)?;
+//! let array = Array::open(cfg, Policy::from_name("primary", None)?)?;
 //! let mut queue = array.queue(0, 64)?;
 //!
 //! let mut data = AlignedBuf::new(4096);

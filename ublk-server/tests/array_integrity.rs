@@ -205,7 +205,7 @@ fn every_policy_reads_back_what_was_written() {
         let st = array.stats();
         assert_eq!(st.failed_requests, 0, "{policy}");
         match *policy {
-            "baseline" => assert_eq!(st.rerouted + st.hedges, 0),
+            "primary" => assert_eq!(st.rerouted + st.hedges, 0),
             "random" | "greedy-oracle" => {
                 assert!(st.rerouted > 0, "{policy} never left the primary")
             }
@@ -217,7 +217,7 @@ fn every_policy_reads_back_what_was_written() {
 
 #[test]
 fn replica_failing_mid_run_loses_nothing() {
-    for policy in ["baseline", "hedge", "linnos"] {
+    for policy in ["primary", "hedge", "linnos"] {
         let dir = scratch_dir();
         let fault = FaultPlan {
             after_ios: Some(700),
@@ -243,7 +243,7 @@ fn no_replica_left_means_eio_not_wrong_data() {
     };
     let array = open(
         dir.path(),
-        "baseline",
+        "primary",
         vec![(0, f(200)), (1, f(300)), (2, f(400))],
     );
     let (_, o) = drive(&array, 9, 2000, false);
@@ -255,7 +255,7 @@ fn no_replica_left_means_eio_not_wrong_data() {
 #[test]
 fn bad_requests_are_rejected_with_einval() {
     let dir = scratch_dir();
-    let array = open(dir.path(), "baseline", Vec::new());
+    let array = open(dir.path(), "primary", Vec::new());
     let mut q = array.queue(0, 32).unwrap();
     let bad = [
         (SIZE, 4096u32), // beyond the end

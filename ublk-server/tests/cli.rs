@@ -84,7 +84,7 @@ fn unknown_profile_policy_and_workload() {
     let o = augur(&[
         "bench",
         "--policy",
-        "baseline,fastest",
+        "primary,fastest",
         "--duration",
         "100ms",
     ]);
@@ -121,7 +121,7 @@ fn bench_json_has_one_object_per_policy() {
     let o = augur(&[
         "bench",
         "--policy",
-        "baseline,hedge,oracle",
+        "primary,hedge,oracle",
         "--duration",
         "400ms",
         "--size",
@@ -135,7 +135,7 @@ fn bench_json_has_one_object_per_policy() {
     let arr = v.as_array().expect("a JSON array");
     assert_eq!(arr.len(), 3);
     // `oracle`, the old name, still selects greedy-oracle.
-    for (obj, name) in arr.iter().zip(["baseline", "hedge", "greedy-oracle"]) {
+    for (obj, name) in arr.iter().zip(["primary", "hedge", "greedy-oracle"]) {
         assert_eq!(obj["policy"], name);
         assert!(obj["iops"].as_f64().unwrap() > 0.0);
         for k in ["avg", "p50", "p99", "p999", "p9999"] {
@@ -183,7 +183,7 @@ fn fault_injection_flag_fails_a_replica_and_bench_still_serves() {
     let o = augur(&[
         "bench",
         "--policy",
-        "baseline",
+        "primary",
         "--duration",
         "400ms",
         "--size",
@@ -244,7 +244,7 @@ fn record_train_eval_show_and_linnos_bench() {
     let o = augur(&[
         "bench",
         "--policy",
-        "baseline,linnos,linnos+hedge",
+        "primary,linnos,linnos+hedge",
         "--model",
         model.to_str().unwrap(),
         "--duration",
@@ -477,7 +477,7 @@ fn bench_replays_an_msr_trace_and_names_a_bad_line() {
         t,
         "--skip-bad",
         "--policy",
-        "baseline,oracle",
+        "primary,oracle",
         "--size",
         "64M",
         "--dir",
@@ -682,8 +682,8 @@ fn adapt_timeline_switches_profile_and_reports_rounds() {
     );
     assert_eq!(augur(&args).stdout, o.stdout, "not the same output twice");
     // Bad flags: one line, exit 2.
-    let o = augur(&["adapt", "--clock", "sim", "--policy", "baseline"]);
-    assert_bad_input(&o, "needs a linnos policy");
+    let o = augur(&["adapt", "--clock", "sim", "--policy", "primary"]);
+    assert_bad_input(&o, "needs a policy that asks one");
     let o = augur(&["adapt", "--clock", "sim", "--min-differ", "2"]);
     assert_bad_input(&o, "--min-differ");
     let o = augur(&[

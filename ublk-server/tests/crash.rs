@@ -181,7 +181,7 @@ fn kill_9_at_30_points_then_resync_identical_and_nothing_lost() {
     fx.spec_prefix = String::new();
     let log = fx.tmp.path().join("stamp.log");
     for cycle in 1..=CYCLES {
-        let file = fx.start_with("baseline", false, &[]).file.clone();
+        let file = fx.start_with("primary", false, &[]).file.clone();
         fx.size = None;
         let fio = Command::new("fio")
             .arg(format!("--filename={}", file.display()))
@@ -248,7 +248,7 @@ fn kill_9_at_30_points_then_resync_identical_and_nothing_lost() {
             .to_string();
         fx.cleanup();
         // Restart on the same replicas; wait for the resync.
-        let file = fx.start_with("baseline", false, &[]).file.clone();
+        let file = fx.start_with("primary", false, &[]).file.clone();
         let sync = match wait_sync(&fx.socket()) {
             Ok(s) => s,
             Err(e) => fail(cycle, seed, e),

@@ -206,7 +206,7 @@ fn fio_run_on_a_plain_file_records_one_run_and_reports_it() {
     ];
     // Two policies with no daemon to switch them: refused in one line.
     let mut two = common.to_vec();
-    two.extend(["--policy", "baseline,linnos", "--out", r]);
+    two.extend(["--policy", "primary,linnos", "--out", r]);
     let o = augur(&two);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
@@ -289,7 +289,7 @@ fn fio_run_switches_policies_live_on_a_fuse_daemon() {
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     let mut fx = common::fuse::Fixture::new();
-    let file = fx.start("baseline", false).file.clone();
+    let file = fx.start("primary", false).file.clone();
     let res = fx.tmp.path().join("results");
     // No --socket: the run finds the daemon serving the target itself.
     ok(&augur(&[
@@ -298,7 +298,7 @@ fn fio_run_switches_policies_live_on_a_fuse_daemon() {
         "--target",
         file.to_str().unwrap(),
         "--policy",
-        "baseline,linnos",
+        "primary,linnos",
         "--jobs",
         "randread-qd16",
         "--runtime",
@@ -313,7 +313,7 @@ fn fio_run_switches_policies_live_on_a_fuse_daemon() {
     assert_ne!(m["model"], "unknown", "the daemon's model is recorded");
     let runs = m["runs"].as_array().unwrap();
     let policies: Vec<&str> = runs.iter().map(|r| r["policy"].as_str().unwrap()).collect();
-    assert_eq!(policies, ["baseline", "linnos"]);
+    assert_eq!(policies, ["primary", "linnos"]);
     // The switch happened in the daemon: baseline never reroutes, linnos
     // on gc-heavy replicas does; both jobs' reads were counted by it.
     let c = |i: usize, k: &str| runs[i]["counters"][k].as_u64().unwrap();

@@ -59,7 +59,7 @@ fn the_daemon_protects_itself_from_the_oom_killer_and_reclaim() {
     let can = cap_eff & (1 << 24) != 0;
     let mut fx = Fixture::new();
     for (extra, want) in [(&[][..], "-1000"), (&["--oom-score-adj", "-17"][..], "-17")] {
-        let d = fx.start_with("baseline", false, extra);
+        let d = fx.start_with("primary", false, extra);
         let pid = d.child.id();
         let file = d.file.to_str().unwrap().to_string();
         let log = std::fs::read_to_string(&d.stderr).unwrap();
@@ -181,7 +181,7 @@ fn killed_daemon_reports_errors_and_keeps_acknowledged_data() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut fx = Fixture::new();
-    let d = fx.start("baseline", true);
+    let d = fx.start("primary", true);
     let file = d.file.clone();
     let dev = d.loop_dev.clone().unwrap();
     // Acknowledged data: written and fsynced before the crash.

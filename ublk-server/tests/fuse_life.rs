@@ -184,7 +184,7 @@ fn a_read_stalled_past_the_threshold_is_dumped_once_and_still_answered() {
     .unwrap();
     fx.spec_prefix = format!("emu:{}:", profile.display());
     let file = fx
-        .start_with("baseline", false, &["--stall-after", "0.5"])
+        .start_with("primary", false, &["--stall-after", "0.5"])
         .file
         .clone();
     let data = pattern(7, 8192);
@@ -217,7 +217,7 @@ fn a_read_stalled_past_the_threshold_is_dumped_once_and_still_answered() {
     assert_eq!(dumps.len(), 1, "{log}");
     let json = &dumps[0][dumps[0].find('{').unwrap()..];
     let d: serde_json::Value = serde_json::from_str(json).unwrap();
-    assert_eq!(d["policy"], "baseline", "{d}");
+    assert_eq!(d["policy"], "primary", "{d}");
     assert_eq!(d["threshold_ms"], 500, "{d}");
     let r = &d["requests"][0];
     assert_eq!(

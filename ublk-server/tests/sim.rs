@@ -16,7 +16,7 @@ const SIM_BENCH: &[&str] = &[
     "--predict-cost-ns",
     "400,150",
     "--policy",
-    "baseline,random,hedge,linnos,linnos+hedge,greedy-oracle",
+    "primary,least-pending,random,hedge,linnos,augur,greedy-oracle",
     "--duration",
     "1s",
     "--json",
@@ -74,7 +74,7 @@ fn same_flags_same_bytes_even_under_load() {
     );
     let v: serde_json::Value = serde_json::from_slice(&quiet.stdout).expect("JSON");
     let arr = v.as_array().expect("array");
-    assert_eq!(arr.len(), 6);
+    assert_eq!(arr.len(), 7);
     for obj in arr {
         assert_eq!(obj["clock"], "sim");
         assert_eq!(obj["predict_cost"]["per_batch_ns"], 400);
@@ -130,7 +130,7 @@ fn simulated_record_writes_the_same_log_twice_and_no_replica_files() {
 }
 
 #[test]
-fn demo_table_shows_linnos_beating_baseline_and_hedge() {
+fn demo_table_shows_augur_beating_mds_rule_and_hedge() {
     let o = augur(&[
         "demo",
         "--json",
@@ -141,20 +141,24 @@ fn demo_table_shows_linnos_beating_baseline_and_hedge() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
-    let p999 = |name: &str| -> u64 {
+    let lat = |name: &str, pct: &str| -> u64 {
         v["sim"]
             .as_array()
             .unwrap()
             .iter()
             .find(|r| r["policy"] == name)
-            .unwrap_or_else(|| panic!("no {name} row"))["read_lat_us"]["p999"]
+            .unwrap_or_else(|| panic!("no {name} row"))["read_lat_us"][pct]
             .as_u64()
             .unwrap()
     };
-    let (base, hedge, linnos) = (p999("baseline"), p999("hedge"), p999("linnos"));
+    let (md, hedge, augur) = (
+        lat("least-pending", "p999"),
+        lat("hedge", "p999"),
+        lat("augur", "p999"),
+    );
     assert!(
-        linnos < base && linnos < hedge,
-        "linnos {linnos} vs baseline {base} / hedge {hedge}"
+        augur < md && augur < hedge,
+        "augur p99.9 {augur} vs md's least-pending {md} / hedge {hedge}"
     );
     let real = v["real"].as_array().unwrap();
     assert!(!real.is_empty());
@@ -213,6 +217,7 @@ fn bad_clock_flags_are_refused_in_one_line() {
 /// One policy row of a simulated `augur bench --json` run.
 struct Row {
     iops: f64,
+    mean: f64,
     p50: f64,
     p99: f64,
     p999: f64,
@@ -244,6 +249,7 @@ fn sim_rows(args: &[&str]) -> std::collections::HashMap<String, Row> {
                 r["policy"].as_str().expect("policy").to_string(),
                 Row {
                     iops: f(&r["iops"]),
+                    mean: f(&r["read_lat_us"]["avg"]),
                     p50: f(&r["read_lat_us"]["p50"]),
                     p99: f(&r["read_lat_us"]["p99"]),
                     p999: f(&r["read_lat_us"]["p999"]),
@@ -268,61 +274,98 @@ fn sim_table(profile: &str, policies: &str) -> std::collections::HashMap<String,
     ])
 }
 
-/// The regression gate for every model and routing change, on the simulated
-/// clock (deterministic, so this is no wall-clock assertion): with the
-/// shipped model, linnos cuts read p99.9 to at most 0.4x baseline and below
-/// hedge on the stalling profiles, with no extra replica I/O, and costs a
-/// healthy array at most 3% of IOPS and p50. Beyond p99.9: noisy-neighbor's
-/// p99.99 at most 0.6x baseline (the target); gc-heavy's p99.99 is held at
-/// today's level, at most 0.95x baseline (the 0.6x target is not met: the
-/// reads that arrive on an erasing die in the first few hundred µs of each
-/// GC window are slow before any signal of the window exists).
-#[test]
-fn shipped_model_meets_the_policy_targets() {
-    for (profile, p9999_ratio) in [("gc-heavy", 0.95), ("noisy-neighbor", 0.6)] {
-        let t = sim_table(profile, "baseline,hedge,linnos");
-        let (base, hedge, linnos) = (&t["baseline"], &t["hedge"], &t["linnos"]);
-        assert!(
-            linnos.p9999 <= p9999_ratio * base.p9999,
-            "{profile}: linnos p99.99 {} > {p9999_ratio} x baseline {}",
-            linnos.p9999,
-            base.p9999
-        );
-        assert!(
-            linnos.p999 <= 0.4 * base.p999,
-            "{profile}: linnos p99.9 {} > 0.4 x baseline {}",
-            linnos.p999,
-            base.p999
-        );
-        assert!(
-            linnos.p999 < hedge.p999,
-            "{profile}: linnos p99.9 {} not below hedge {}",
-            linnos.p999,
-            hedge.p999
-        );
-        assert_eq!(linnos.extra_io_pct, 0.0, "{profile}: linnos sent extra I/O");
+/// The best of the rules mirrors run today (`primary`, `round-robin`,
+/// md's `least-pending`, dm-multipath's `service-time`, `hedge`), metric by
+/// metric: the least latency and the most IOPS any of them reached.
+fn best_heuristic(t: &std::collections::HashMap<String, Row>) -> Row {
+    let rows: Vec<&Row> = HEURISTICS.split(',').map(|p| &t[p]).collect();
+    let min = |f: fn(&Row) -> f64| rows.iter().map(|r| f(r)).fold(f64::MAX, f64::min);
+    Row {
+        iops: rows.iter().map(|r| r.iops).fold(0.0, f64::max),
+        mean: min(|r| r.mean),
+        p50: min(|r| r.p50),
+        p99: min(|r| r.p99),
+        p999: min(|r| r.p999),
+        p9999: min(|r| r.p9999),
+        extra_io_pct: 0.0,
     }
-    let t = sim_table("fast-nvme", "baseline,linnos");
-    let (base, linnos) = (&t["baseline"], &t["linnos"]);
-    assert!(
-        linnos.iops >= 0.97 * base.iops,
-        "fast-nvme: linnos {} IOPS < 0.97 x baseline {}",
-        linnos.iops,
-        base.iops
-    );
-    assert!(
-        linnos.p50 <= 1.03 * base.p50,
-        "fast-nvme: linnos p50 {} > 1.03 x baseline {}",
-        linnos.p50,
-        base.p50
-    );
+}
+
+const HEURISTICS: &str = "primary,round-robin,least-pending,service-time,hedge";
+
+/// The regression gate for every model and routing change, on the simulated
+/// clock (deterministic, so this is no wall-clock assertion), with the
+/// shipped model on the three shipped profiles (mixed 70/30, depth 32, 30 s,
+/// the demo's prediction cost). Augur's default policy against md RAID1's
+/// rule (`least-pending`): read mean, p50, p99 and p99.9 no worse (2%
+/// slack), IOPS no lower (2%), at most 6% extra replica I/O. Where garbage
+/// collection stalls a replica (gc-heavy), read p99 and p99.9 at least
+/// halfway from the best heuristic to greedy-oracle; where there is nothing
+/// to avoid (fast-nvme), no extra I/O and the best heuristic's IOPS (2%).
+/// What the issue asked beyond this and is not met (the best heuristic's
+/// p50 everywhere, noisy-neighbor's tail halfway to the oracle) is in the
+/// README's policy section.
+#[test]
+fn augur_beats_mds_rule_on_the_shipped_profiles() {
+    for profile in ["gc-heavy", "noisy-neighbor", "fast-nvme"] {
+        let t = sim_table(profile, &format!("{HEURISTICS},augur,greedy-oracle"));
+        let (md, a, oracle) = (&t["least-pending"], &t["augur"], &t["greedy-oracle"]);
+        for (what, ours, theirs) in [
+            ("mean", a.mean, md.mean),
+            ("p50", a.p50, md.p50),
+            ("p99", a.p99, md.p99),
+            ("p99.9", a.p999, md.p999),
+        ] {
+            assert!(
+                ours <= 1.02 * theirs,
+                "{profile}: augur read {what} {ours} > 1.02 x least-pending {theirs}"
+            );
+        }
+        assert!(
+            a.iops >= 0.98 * md.iops,
+            "{profile}: augur {} IOPS < 0.98 x least-pending {}",
+            a.iops,
+            md.iops
+        );
+        assert!(
+            a.extra_io_pct <= 6.0,
+            "{profile}: {}% extra I/O",
+            a.extra_io_pct
+        );
+        let best = best_heuristic(&t);
+        match profile {
+            "gc-heavy" => {
+                for (what, ours, b, o) in [
+                    ("p99", a.p99, best.p99, oracle.p99),
+                    ("p99.9", a.p999, best.p999, oracle.p999),
+                ] {
+                    let half = b - (b - o) / 2.0;
+                    assert!(
+                        ours <= half,
+                        "{profile}: augur read {what} {ours} > {half}, halfway from the best heuristic {b} to greedy-oracle {o}"
+                    );
+                }
+            }
+            "fast-nvme" => {
+                assert_eq!(a.extra_io_pct, 0.0, "{profile}: augur hedged");
+                assert!(
+                    a.iops >= 0.98 * best.iops,
+                    "{profile}: augur {} IOPS < 0.98 x the best heuristic's {}",
+                    a.iops,
+                    best.iops
+                );
+            }
+            _ => {}
+        }
+    }
 }
 
 /// A replica that is slow all the time (a degraded drive, a remote leg:
 /// here `fast-nvme` with its read base time raised to 1, 3 or 8 ms) beside
-/// two healthy ones: with the shipped model, linnos sends its reads to the
-/// others, on a read-only and on a mixed workload, so read p99 and p99.9
-/// fall to at most a fifth of baseline's. (Models trained with period labels
+/// two healthy ones: with the shipped model, linnos and augur send its reads
+/// to the others, on a read-only and on a mixed workload, so read p99 and
+/// p99.9 fall to at most a fifth of primary's (md's least-pending rule alone
+/// does not: at depth 4 the slow replica is often the emptiest). (Models trained with period labels
 /// that mixed up replicas of different logs read such a replica as fast
 /// whenever its write history was empty or unusual.)
 #[test]
@@ -374,17 +417,20 @@ fn shipped_model_avoids_a_persistently_slow_replica() {
                 "--duration",
                 "5s",
                 "--policy",
-                "baseline,linnos",
+                "primary,linnos,augur",
             ]);
-            let (base, linnos) = (&t["baseline"], &t["linnos"]);
-            assert!(
-                linnos.p99 <= 0.2 * base.p99 && linnos.p999 <= 0.2 * base.p999,
-                "{read_us} us replica, {workload}: linnos p99/p99.9 {}/{} vs baseline {}/{}",
-                linnos.p99,
-                linnos.p999,
-                base.p99,
-                base.p999
-            );
+            let base = &t["primary"];
+            for policy in ["linnos", "augur"] {
+                let r = &t[policy];
+                assert!(
+                    r.p99 <= 0.2 * base.p99 && r.p999 <= 0.2 * base.p999,
+                    "{read_us} us replica, {workload}: {policy} p99/p99.9 {}/{} vs primary {}/{}",
+                    r.p99,
+                    r.p999,
+                    base.p99,
+                    base.p999
+                );
+            }
         }
     }
 }

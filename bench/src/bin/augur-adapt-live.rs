@@ -113,7 +113,7 @@ fn load(a: &Args, file: &Path, secs: u64) -> anyhow::Result<augur_bench::live::F
 
 /// A reference recording on gc-heavy replicas under baseline routing.
 fn reference(a: &Args, augur: &Path, dir: &Path, out: &Path) -> anyhow::Result<()> {
-    let d = FuseDaemon::start(augur, dir, "gc-heavy", &a.size, &["--policy", "baseline"])?;
+    let d = FuseDaemon::start(augur, dir, "gc-heavy", &a.size, &["--policy", "primary"])?;
     load(a, &d.file, 5)?; // past the start
     ok(request(
         &d.socket,

@@ -59,7 +59,7 @@ fn run(files: &[PathBuf], region: Option<u64>, load: &LoadSpec) -> anyhow::Resul
     let mut cfg = ArrayConfig::new(specs);
     cfg.replica_depth = load.depth;
     cfg.meta = meta;
-    let array = Array::open(cfg, Policy::from_name("baseline", None)?)?;
+    let array = Array::open(cfg, Policy::from_name("primary", None)?)?;
     let r = run_load(&array, load, &mut |_| {})?;
     let marked = array.bitmap_status().map_or(0, |b| b.marked_total);
     Ok((

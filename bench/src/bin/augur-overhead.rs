@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
     let spec = ReplicaSpec::parse(path.to_str().context("path is not UTF-8")?)?;
     let mut cfg = ArrayConfig::new(vec![spec]);
     cfg.replica_depth = a.depth;
-    let array = Array::open(cfg, Policy::from_name("baseline", None)?)?;
+    let array = Array::open(cfg, Policy::from_name("primary", None)?)?;
     let load = LoadSpec {
         workload: Workload::RandRead,
         block_size: a.bs,

@@ -30,6 +30,12 @@ impl LatencyWindow {
         }
     }
 
+    /// Follows a new percentile from the next recomputation on (a policy
+    /// with a percentile of its own was swapped in).
+    pub(super) fn set_pct(&mut self, pct: f64) {
+        self.pct = pct;
+    }
+
     pub(super) fn record(&mut self, ns: u64) {
         self.samples[self.next] = ns;
         self.next = (self.next + 1) % WINDOW;

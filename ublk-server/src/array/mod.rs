@@ -789,6 +789,9 @@ impl ReplicaView for Inner {
     fn snapshot(&self, i: usize, now_ns: u64) -> HistorySnapshot {
         self.replicas[i].history.snapshot_at(now_ns)
     }
+    fn pending_ios(&self, i: usize) -> u32 {
+        self.replicas[i].history.pending().1
+    }
     fn forecast_read_ns(&self, i: usize, now_ns: u64, offset: u64, len: u32) -> Option<u64> {
         let b = self.replicas[i].backend.load();
         let emu = b.emu.as_ref()?;

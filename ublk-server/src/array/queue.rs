@@ -21,7 +21,7 @@ use super::stall::{EventKind, EventLog, Heartbeat};
 use super::stats::{Counters, LatencyTable, bump};
 use super::{AlignedBuf, ArrayError, Inner, QueueTables, SECTOR};
 use crate::emu::{Clock, Outcome};
-use crate::route::{PendingRead, PolicyKind, Route, RouteScratch, ScoredOn, next_after};
+use crate::route::{PendingRead, Policy, PolicyKind, Route, RouteScratch, ScoredOn, next_after};
 
 /// One block request handed to a [`Queue`].
 #[derive(Debug)]
@@ -109,6 +109,14 @@ pub struct Queue {
     pub(super) cqes: Vec<(u64, i32)>,
     /// The policy may hedge, so the latency window is kept.
     pub(super) hedging: bool,
+    /// The policy hedges to the untried replica with the fewest I/Os in
+    /// flight (`augur`), not the next one after the primary.
+    pub(super) hedge_to_least: bool,
+    /// Hedges the policy may send per 100 reads (`augur`), `None`: no limit.
+    pub(super) hedge_budget_pct: Option<u32>,
+    /// Hedges left in the budget, in hundredths (each read adds the
+    /// budget, each hedge takes 100, at most [`HEDGE_BURST`] hedges' worth).
+    pub(super) hedge_tokens: u32,
     /// Request buffers not handed back in a completion, kept for the caller
     /// (see [`Queue::keep_released`]).
     pub(super) released: Vec<AlignedBuf>,
@@ -126,12 +134,16 @@ pub struct Queue {
     pub(super) retry_ts: Box<types::Timespec>,
 }
 
+/// The most hedges a budgeted policy saves up for a burst.
+const HEDGE_BURST: u32 = 256;
+
 /// Whether a policy sends hedged copies (so the queue keeps a latency window).
-fn hedges(kind: &PolicyKind) -> bool {
-    matches!(
-        kind,
-        PolicyKind::Hedge | PolicyKind::Linnos { hedge: true, .. }
-    )
+fn hedges(policy: &Policy) -> bool {
+    policy.hedge_percentile().is_some()
+        || matches!(
+            policy.kind(),
+            PolicyKind::Hedge | PolicyKind::Linnos { hedge: true, .. }
+        )
 }
 
 impl Queue {
@@ -157,7 +169,7 @@ impl Queue {
         let n = inner.replicas.len();
         let seed = inner.seed ^ ((id as u64 + 1) << 48);
         let pct = inner.hedge_percentile;
-        let hedging = hedges(inner.policy.load().kind());
+        let hedging = hedges(&inner.policy.load());
         let counters = Arc::new(Counters::default());
         let latency = Arc::new(LatencyTable::new(n));
         let beat = Arc::new(Heartbeat::new(id));
@@ -199,6 +211,9 @@ impl Queue {
             unsubmitted: false,
             cqes: Vec::new(),
             hedging,
+            hedge_to_least: false,
+            hedge_budget_pct: None,
+            hedge_tokens: 0,
             released: Vec::new(),
             keep_released: false,
             parked: Vec::new(),
@@ -396,7 +411,11 @@ impl Queue {
             // lands meanwhile is seen by the next batch. A guard, not a
             // clone: no allocation, no lock.
             let policy = inner.policy.load();
-            self.hedging = hedges(policy.kind());
+            self.hedging = hedges(&policy);
+            self.hedge_to_least = policy.hedges_to_least_pending();
+            self.hedge_budget_pct = policy.hedge_budget_pct();
+            self.window
+                .set_pct(policy.hedge_percentile().unwrap_or(inner.hedge_percentile));
             let slow_us = policy.slow_threshold_us().unwrap_or(0);
             // Predictions on another thread (the GPU): the reads wait
             // parked, this thread goes on.
@@ -490,23 +509,38 @@ impl Queue {
             if r.all_slow {
                 bump(&self.counters.all_slow, 1);
             }
-            let said_slow = r.predictions.saturating_sub(u16::from(!r.all_slow));
-            if said_slow > 0 {
-                bump(&self.counters.predicted_slow, u64::from(said_slow));
+            if r.slow_verdicts > 0 {
+                bump(&self.counters.predicted_slow, u64::from(r.slow_verdicts));
             }
             let s = &mut self.slots[idx];
             s.primary = r.replica;
-            s.pred = match (r.predictions > 0, r.all_slow) {
-                (false, _) => 0,
-                (true, false) => 1,
-                (true, true) => 2,
+            s.pred = match r.verdict {
+                None => 0,
+                Some(false) => 1,
+                Some(true) => 2,
             };
             s.slow_us = slow_us;
             self.start_read(idx, r.replica, SubKind::Main);
+            if let Some(pct) = self.hedge_budget_pct {
+                self.hedge_tokens = (self.hedge_tokens + pct).min(HEDGE_BURST * 100);
+            }
             if r.hedge && next_after(inner.as_ref(), r.replica).is_some() {
                 self.arm_hedge(idx);
             }
         }
+    }
+
+    /// Whether the policy's hedge budget allows one more hedge (always,
+    /// for a policy without one), taking it.
+    fn take_hedge_token(&mut self) -> bool {
+        if self.hedge_budget_pct.is_none() {
+            return true;
+        }
+        let ok = self.hedge_tokens >= 100;
+        if ok {
+            self.hedge_tokens -= 100;
+        }
+        ok
     }
 
     pub(super) fn start_read(&mut self, idx: usize, replica: u16, kind: SubKind) {
@@ -630,10 +664,17 @@ impl Queue {
         let (primary, tried) = (self.slots[idx].primary as usize, self.slots[idx].tried);
         let (offset, len) = (self.slots[idx].offset, self.slots[idx].len);
         let n = inner.replicas.len();
-        let target = (1..n)
-            .map(|k| (primary + k) % n)
-            .find(|&i| tried & (1 << i) == 0 && inner.readable(i, offset, len));
-        if let Some(t) = target {
+        let mut untried = (1..n).map(|k| (primary + k) % n).filter(|&i| {
+            tried & (1 << i) == 0 && inner.is_live(i) && inner.readable(i, offset, len)
+        });
+        let target = if self.hedge_to_least {
+            untried.min_by_key(|&i| inner.replicas[i].history.pending().1)
+        } else {
+            untried.next()
+        };
+        if let Some(t) = target
+            && self.take_hedge_token()
+        {
             self.slots[idx].hedged = true;
             bump(&self.counters.hedges, 1);
             self.start_read(idx, t as u16, SubKind::Hedge);

@@ -426,7 +426,7 @@ mod tests {
             .collect();
         let mut cfg = ArrayConfig::new(specs);
         cfg.create_size = Some(1 << 20);
-        let array = Array::open(cfg, Policy::from_name("baseline", None).unwrap()).unwrap();
+        let array = Array::open(cfg, Policy::from_name("primary", None).unwrap()).unwrap();
         let mut q = array.queue(0, 8).unwrap();
         const N: usize = 64;
         for i in 0..N {

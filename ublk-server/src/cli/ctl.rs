@@ -110,7 +110,7 @@ enum ModelCtl {
 
 #[derive(Subcommand)]
 enum PolicyCtl {
-    /// Route reads by NAME from now on (baseline, hedge, linnos, ...).
+    /// Route reads by NAME from now on (augur, least-pending, primary, hedge, linnos, ...).
     Set { name: String },
 }
 

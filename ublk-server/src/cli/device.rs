@@ -20,10 +20,11 @@ pub(crate) struct FuseArgs {
     /// Empty directory to mount on; it will hold disk.img.
     #[arg(long, required_unless_present = "cleanup")]
     pub(crate) mount: Option<PathBuf>,
-    /// Read routing policy.
-    #[arg(long, default_value = "baseline")]
+    /// Read routing policy (`augur`: md's least-pending rule priced by the
+    /// model; `least-pending` is md RAID1's own).
+    #[arg(long, default_value = "augur")]
     pub(crate) policy: String,
-    /// Model for the linnos policies: a file, or `default` for the shipped one.
+    /// Model for the learned policies (augur, linnos): a file, or `default` for the shipped one.
     #[arg(long, default_value = "default")]
     pub(crate) model: String,
     /// FUSE worker threads, each with its own array queue. Each handles one
@@ -69,10 +70,10 @@ pub(crate) struct ServeArgs {
     /// Create missing --replica files with this size.
     #[arg(long, value_parser = parse_size, conflicts_with = "recover")]
     pub(crate) size: Option<u64>,
-    /// Read routing policy [default: baseline; with --recover: the recorded one].
+    /// Read routing policy [default: augur; with --recover: the recorded one].
     #[arg(long)]
     pub(crate) policy: Option<String>,
-    /// Model for the linnos policies: a file, or `default` for the shipped one
+    /// Model for the learned policies (augur, linnos): a file, or `default` for the shipped one
     /// [default: default; with --recover: the recorded one].
     #[arg(long)]
     pub(crate) model: Option<String>,
@@ -263,7 +264,7 @@ pub(crate) fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
     let policy_name = a
         .policy
         .or_else(|| stored.as_ref().map(|r| r.policy.clone()))
-        .unwrap_or_else(|| "baseline".into());
+        .unwrap_or_else(|| "augur".into());
     let model = a
         .model
         .or_else(|| stored.as_ref().map(|r| r.model.clone()))

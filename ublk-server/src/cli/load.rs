@@ -40,12 +40,15 @@ pub(crate) struct BenchArgs {
     #[command(flatten)]
     pub(crate) load: LoadArgs,
     /// Policies to compare, comma-separated.
-    #[arg(long, default_value = "baseline,random,hedge,greedy-oracle")]
+    #[arg(
+        long,
+        default_value = "primary,round-robin,least-pending,service-time,hedge,augur,greedy-oracle"
+    )]
     pub(crate) policy: String,
     /// Print one JSON array (an object per policy) instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
-    /// Model for the linnos policies: a file, or `default` for the shipped one.
+    /// Model for the learned policies (augur, linnos): a file, or `default` for the shipped one.
     #[arg(long, default_value = "default")]
     pub(crate) model: String,
     #[command(flatten)]
@@ -57,12 +60,12 @@ pub(crate) struct RecordArgs {
     #[command(flatten)]
     pub(crate) load: LoadArgs,
     /// Policy to run.
-    #[arg(long, default_value = "baseline")]
+    #[arg(long, default_value = "primary")]
     pub(crate) policy: String,
     /// Training-log file to write.
     #[arg(long)]
     pub(crate) out: PathBuf,
-    /// Model for the linnos policies: a file, or `default` for the shipped one.
+    /// Model for the learned policies (augur, linnos): a file, or `default` for the shipped one.
     #[arg(long, default_value = "default")]
     pub(crate) model: String,
 }
@@ -131,7 +134,7 @@ pub(crate) fn predictor_for(
 
 /// The model, loaded only when a policy needs one.
 fn model_for(pols: &[String], model: &str) -> anyhow::Result<Option<Arc<ModelPredictor>>> {
-    if !pols.iter().any(|p| p.starts_with("linnos")) {
+    if !pols.iter().any(|p| augur::route::needs_model(p)) {
         return Ok(None);
     }
     let m = super::model::load_model(model)?;
@@ -299,20 +302,21 @@ pub(crate) fn cmd_demo(args: DemoArgs) -> anyhow::Result<()> {
     // The learned policies join when this build ships a model.
     let model = augur_predictor::Model::default_model().ok();
     let all = if model.is_some() {
-        "baseline,random,hedge,linnos,linnos+hedge,greedy-oracle"
+        "primary,round-robin,least-pending,service-time,hedge,linnos,augur,greedy-oracle"
     } else {
-        "baseline,random,hedge,greedy-oracle"
+        "primary,round-robin,least-pending,service-time,hedge,greedy-oracle"
     };
     let real_pols = policies(if model.is_some() {
-        "baseline,linnos"
+        "least-pending,augur"
     } else {
-        "baseline"
+        "least-pending"
     });
     let pols = policies(all);
     let predictor = model.map(|m| ModelPredictor::new(m, "default").into_dyn());
     if !args.json {
         println!(
-            "Augur demo: 3 emulated gc-heavy replicas, 70/30 random 4 KiB read/write, depth 32, seed 1.\n\
+            "Augur demo: Augur against what md RAID1 would do with the same three replicas\n\
+             (3 emulated gc-heavy replicas, 70/30 random 4 KiB read/write, depth 32, seed 1).\n\
              Read latency in microseconds.\n\n\
              1. Routing quality, on the simulated clock: the product's own array, router, feature\n\
              store, model and emulator in simulated time, {} per policy. No host noise: the same\n\
@@ -328,10 +332,15 @@ pub(crate) fn cmd_demo(args: DemoArgs) -> anyhow::Result<()> {
     if !args.json {
         print!("{}", render_table(&sim_reports));
         println!(
-            "\nbaseline reads the primary replica even while it garbage-collects; hedge sends a\n\
-             second copy after p95; linnos asks the shipped model whether the replica is about\n\
-             to be slow and, if so, reads elsewhere; greedy-oracle sends each read where the\n\
-             emulator forecasts it finishes first.\n\n\
+            "\nleast-pending is md RAID1's read balancing on SSDs (the member with the fewest I/Os\n\
+             in flight; DRBD and SPDK raid1 do the same); round-robin is Mayastor's and Longhorn's;\n\
+             service-time is dm-multipath's historical-service-time; primary reads the stripe's\n\
+             primary replica even while it garbage-collects; hedge sends a second copy after p95;\n\
+             linnos asks the shipped model whether the replica is about to be slow and, if so,\n\
+             reads elsewhere; augur, Augur's default, takes md's rule and, when the model says the\n\
+             replica it picked is about to be slow, hedges that read early (at p90, to the least\n\
+             busy other replica, at most 3 copies per 100 reads); greedy-oracle sends each read\n\
+             where the emulator forecasts it finishes first (a reference no real system has).\n\n\
              2. The real data path: the same array on replica files in {} through io_uring,\n\
              {} per policy.\n",
             augur::load::default_replica_dir().display(),
@@ -399,7 +408,7 @@ fn simulate_one(profile: &Profile) -> anyhow::Result<PolicyReport> {
         faults: Vec::new(),
         clock: ClockChoice::Sim(PredictCost::default()),
     };
-    let mut r = run_bench(&setup, &["baseline".to_string()], None, &mut |_, _| {})?;
+    let mut r = run_bench(&setup, &["primary".to_string()], None, &mut |_, _| {})?;
     r.pop()
         .ok_or_else(|| anyhow::anyhow!("the simulation produced no report"))
 }
@@ -477,9 +486,9 @@ pub(crate) struct AdaptArgs {
 
 pub(crate) fn cmd_adapt(args: AdaptArgs) -> anyhow::Result<()> {
     refuse_gpu_curve(&args.load, "adapt")?;
-    if !args.policy.starts_with("linnos") {
+    if !augur::route::needs_model(&args.policy) {
         return Err(CliError::BadFlag(format!(
-            "--policy {}: adaptation changes the model, so it needs a linnos policy",
+            "--policy {}: adaptation changes the model, so it needs a policy that asks one (augur, linnos)",
             args.policy
         ))
         .into());

@@ -324,7 +324,7 @@ mod tests {
             .collect();
         let mut cfg = ArrayConfig::new(specs);
         cfg.create_size = Some(1 << 20);
-        Array::open(cfg, Policy::from_name("baseline", None).unwrap()).unwrap()
+        Array::open(cfg, Policy::from_name("primary", None).unwrap()).unwrap()
     }
 
     /// `n` reads and `n` writes, one at a time (the log holds the reads).

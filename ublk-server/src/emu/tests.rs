@@ -362,7 +362,7 @@ fn sim_run(
 fn print_builtin_profile_latencies() {
     for name in Profile::builtin_names() {
         let p = Profile::builtin(name).unwrap();
-        let r = sim_run(&p, 1, "baseline", 16, None, 2);
+        let r = sim_run(&p, 1, "primary", 16, None, 2);
         let l = &r.read_lat_us;
         println!(
             "| `{name}` | {} | {} | {} | {} | {:.0} |",
@@ -384,7 +384,7 @@ fn array_oracle_halves_baseline_tail() {
     for name in Profile::builtin_names() {
         let p = Profile::builtin(name).unwrap();
         for iops in [30_000.0, 60_000.0] {
-            let base = sim_run(&p, 3, "baseline", 32, Some(iops), 6);
+            let base = sim_run(&p, 3, "primary", 32, Some(iops), 6);
             let oracle = sim_run(&p, 3, "greedy-oracle", 32, Some(iops), 6);
             let (b, o) = (&base.read_lat_us, &oracle.read_lat_us);
             println!(

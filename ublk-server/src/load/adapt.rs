@@ -178,7 +178,7 @@ impl Reference {
         let log = Arc::new(TrainingLog::new(1 << 18));
         let (array, _dir) = open_array(
             &setup,
-            Policy::from_name("baseline", None)?,
+            Policy::from_name("primary", None)?,
             Some(log.clone()),
         )?;
         let mut reads = Vec::new();

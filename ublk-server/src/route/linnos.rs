@@ -15,6 +15,7 @@ use std::sync::Arc;
 use augur_feature_store::HistorySnapshot;
 use augur_predictor::{PendingScores, ReadInfo, Wake};
 
+use super::augur::AugurBatch;
 use super::{
     MAX_REPLICAS, PendingRead, Policy, PolicyKind, PredictInput, ReplicaView, Route, RouteScratch,
     ScoredOn, SlowPredictor, next_after, primary_for,
@@ -32,6 +33,9 @@ pub struct OffloadPlan {
     /// The primary of each read.
     primaries: Vec<u16>,
     hedge: bool,
+    /// Set when the batch is `augur`'s, routed by `batch` instead.
+    augur: bool,
+    batch: AugurBatch,
     inputs: Vec<PredictInput>,
     scores: Vec<i64>,
 }
@@ -39,7 +43,11 @@ pub struct OffloadPlan {
 impl OffloadPlan {
     /// Reads in the batch.
     pub fn reads(&self) -> usize {
-        self.primaries.len()
+        if self.augur {
+            self.batch.reads()
+        } else {
+            self.primaries.len()
+        }
     }
 
     /// The inputs sent, and room for their scores: what
@@ -53,6 +61,9 @@ impl OffloadPlan {
     /// candidate predicted fast, else the lowest-scored one; a read counts
     /// one prediction per round it would have taken part in.
     pub fn finish(&self, out: &mut Vec<Route>) {
+        if self.augur {
+            return self.batch.finish(&self.scores, out);
+        }
         out.clear();
         let m = self.per_read;
         for (k, &p) in self.primaries.iter().enumerate() {
@@ -67,6 +78,8 @@ impl OffloadPlan {
                 Some(j) => {
                     r.replica = cands[j];
                     r.predictions = j as u16 + 1;
+                    r.slow_verdicts = j as u16;
+                    r.verdict = Some(false);
                 }
                 None => {
                     let mut best = (i64::MAX, p);
@@ -77,6 +90,8 @@ impl OffloadPlan {
                     }
                     r.replica = best.1;
                     r.predictions = m as u16;
+                    r.slow_verdicts = m as u16;
+                    r.verdict = Some(true);
                     r.all_slow = true;
                 }
             }
@@ -100,17 +115,33 @@ impl Policy {
         wake: &Arc<dyn Wake>,
         plan: &mut OffloadPlan,
     ) -> Option<Box<dyn PendingScores>> {
-        let PolicyKind::Linnos { predictor, hedge } = &self.kind else {
-            return None;
-        };
         let n = view.replica_count();
         let live = (0..n).filter(|&i| view.is_live(i)).count();
-        if live == 0
-            || reads.is_empty()
-            || !predictor.offload_pays(now_ns, reads.len(), reads.len() * live)
-        {
+        if live == 0 || reads.is_empty() {
             return None;
         }
+        let (predictor, hedge) = match &self.kind {
+            PolicyKind::Linnos { predictor, hedge } => (predictor, hedge),
+            PolicyKind::Augur { predictor, rule } => {
+                plan.augur = true;
+                plan.batch
+                    .start(view, now_ns, reads, *rule, &mut plan.inputs);
+                // One call scores the whole batch here too: offload only
+                // where the device pays for that many.
+                let n = plan.inputs.len();
+                if !predictor.offload_pays(now_ns, n, n) {
+                    return None;
+                }
+                plan.scores.clear();
+                plan.scores.resize(n, 0);
+                return predictor.submit_batch(now_ns, &plan.inputs, wake);
+            }
+            _ => return None,
+        };
+        if !predictor.offload_pays(now_ns, reads.len(), reads.len() * live) {
+            return None;
+        }
+        plan.augur = false;
         let mut snaps: [Option<HistorySnapshot>; MAX_REPLICAS] = [None; MAX_REPLICAS];
         plan.per_read = live;
         plan.hedge = *hedge;
@@ -202,8 +233,10 @@ impl Policy {
                     // out[k].replica still holds the primary here.
                     out[k].rerouted = c != out[k].replica;
                     out[k].replica = c;
+                    out[k].verdict = Some(false);
                     continue;
                 }
+                out[k].slow_verdicts += 1;
                 if score < s.best[k].0 {
                     s.best[k] = (score, c);
                 }
@@ -224,6 +257,7 @@ impl Policy {
         for &k in &s.which {
             let b = s.best[k].1;
             out[k].all_slow = true;
+            out[k].verdict = Some(true);
             out[k].rerouted = out[k].replica != b;
             out[k].replica = b;
         }
@@ -326,11 +360,7 @@ mod tests {
             live[rng.below(n as u64) as usize] = true;
             let view = View { live };
             let p = Policy::from_name(
-                if case % 2 == 0 {
-                    "linnos"
-                } else {
-                    "linnos+hedge"
-                },
+                ["linnos", "linnos+hedge", "augur", "augur:3:90"][case as usize % 4],
                 Some(Arc::new(Hashed { salt: case })),
             )
             .unwrap();
@@ -372,7 +402,7 @@ mod tests {
             offset: 0,
             len: 4096,
         }];
-        for name in ["baseline", "hedge", "random"] {
+        for name in ["primary", "least-pending", "hedge", "random"] {
             let p = Policy::from_name(name, None).unwrap();
             let started = p.start_offloaded(&view, 0, &reads, &wake, &mut OffloadPlan::default());
             assert!(started.is_none(), "{name}");

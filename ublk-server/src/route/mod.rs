@@ -6,7 +6,11 @@
 //!
 //! | policy         | what it does |
 //! |----------------|--------------|
-//! | `baseline`     | the primary replica for the offset (128 KiB stripes, round-robin), no prediction |
+//! | `augur` (`default`) | Augur's own: md's least-pending rule with the predictor's verdict as a price of `P` I/Os in flight, and a read that still goes to a replica predicted slow hedged early (`augur:P:H`, default `3:90`); see `augur.rs` |
+//! | `primary` (`baseline`) | the primary replica for the offset (128 KiB stripes, round-robin), no prediction |
+//! | `round-robin`  | each read to the next live replica in turn (Mayastor, Longhorn) |
+//! | `least-pending` | the live replica with the fewest I/Os in flight (md RAID1 on SSDs, DRBD, SPDK raid1) |
+//! | `service-time` | the least `(in flight + 1) x` mean recent read latency (dm-multipath `historical-service-time`) |
 //! | `random`       | a uniformly random live replica |
 //! | `hedge`        | the primary; a second copy to the next replica if the first has not completed by a percentile (default p95) of recent read latency; first completion wins |
 //! | `linnos`       | ask the predictor about the primary; predicted slow, try the next live replica, up to N-1 times; all slow, the one with the lowest score |
@@ -22,9 +26,12 @@ use augur_rng::Rng;
 
 use crate::array::ArrayError;
 
+mod augur;
 mod cost;
 mod linnos;
+mod rules;
 
+pub use augur::AugurRule;
 pub use cost::PredictCost;
 pub use linnos::OffloadPlan;
 
@@ -34,7 +41,11 @@ pub const MAX_REPLICAS: usize = 8;
 pub const STRIPE_BYTES: u64 = 128 * 1024;
 /// Names accepted by [`Policy::from_name`].
 pub const POLICY_NAMES: &[&str] = &[
-    "baseline",
+    "augur",
+    "primary",
+    "round-robin",
+    "least-pending",
+    "service-time",
     "random",
     "hedge",
     "linnos",
@@ -42,6 +53,13 @@ pub const POLICY_NAMES: &[&str] = &[
     "greedy-oracle",
     "stall-bound",
 ];
+
+/// Whether the policy named `name` asks a model (`augur`, its alias
+/// `default`, and the `linnos` policies), so a model must be loaded for it.
+pub fn needs_model(name: &str) -> bool {
+    let base = name.split(':').next().unwrap_or(name);
+    matches!(base, "augur" | "default") || base.starts_with("linnos")
+}
 
 /// What the router may ask of the array about its replicas.
 pub trait ReplicaView {
@@ -51,6 +69,11 @@ pub trait ReplicaView {
     fn is_live(&self, i: usize) -> bool;
     /// A consistent copy of the replica's history at `now_ns` (array clock).
     fn snapshot(&self, i: usize, now_ns: u64) -> HistorySnapshot;
+    /// I/Os (any op) in flight on the replica now: what `least-pending`
+    /// reads, without the cost of a whole snapshot.
+    fn pending_ios(&self, i: usize) -> u32 {
+        self.snapshot(i, 0).pending_ios
+    }
     /// The emulator's forecast of a read's latency (ns), `None` if not emulated.
     fn forecast_read_ns(&self, i: usize, now_ns: u64, offset: u64, len: u32) -> Option<u64>;
     /// How long the emulator's current stall (GC window or noisy-neighbour
@@ -83,13 +106,33 @@ pub struct Route {
     pub predictions: u16,
     /// True when every candidate was predicted slow.
     pub all_slow: bool,
+    /// How many of this read's predictions said slow.
+    pub slow_verdicts: u16,
+    /// What the predictor said of the replica the read went to: `None`
+    /// when it was not asked, else `Some(slow)`, judged against the
+    /// latency the replica then gives.
+    pub verdict: Option<bool>,
 }
 
 /// Which routing rule a [`Policy`] applies.
 #[derive(Clone)]
 pub enum PolicyKind {
     /// Primary by offset.
-    Baseline,
+    Primary,
+    /// Each read to the next live replica in turn.
+    RoundRobin,
+    /// The live replica with the fewest I/Os in flight (md RAID1).
+    LeastPending,
+    /// The least `(in flight + 1) x` mean recent read latency (dm-multipath).
+    ServiceTime,
+    /// Augur's own: least `in flight + penalty x [predicted slow]`, a read
+    /// sent to a replica predicted slow hedged early.
+    Augur {
+        /// The model.
+        predictor: Arc<dyn SlowPredictor>,
+        /// Its penalty and hedge percentile.
+        rule: AugurRule,
+    },
     /// Random live replica.
     Random,
     /// Primary, hedged after a latency percentile.
@@ -133,6 +176,9 @@ pub struct RouteScratch {
     scores: Vec<i64>,
     best: Vec<(i64, u16)>,
     cand: Vec<u16>,
+    /// `round-robin`'s turn (per queue).
+    turn: u64,
+    augur: augur::AugurBatch,
 }
 
 impl RouteScratch {
@@ -150,6 +196,29 @@ pub fn primary_for(view: &dyn ReplicaView, offset: u64) -> Option<u16> {
     let n = view.replica_count();
     let first = ((offset / STRIPE_BYTES) % n as u64) as usize;
     next_live(view, first, 0)
+}
+
+/// `augur`'s knobs: `P` (penalty, I/Os) or `P:H` (and hedge percentile,
+/// 0 for none).
+fn parse_augur(knobs: &str) -> Result<AugurRule, ArrayError> {
+    let bad = || {
+        ArrayError::BadSpec(format!(
+            "augur: '{knobs}' is not PENALTY or PENALTY:HEDGE_PCT (I/Os in flight and a percentile, like augur:0:90)"
+        ))
+    };
+    let (p, h) = match knobs.split_once(':') {
+        Some((p, h)) => (p, Some(h)),
+        None => (knobs, None),
+    };
+    let penalty = p.parse().map_err(|_| bad())?;
+    let hedge_pct = match h {
+        Some(h) => h.parse::<f64>().map_err(|_| bad())?,
+        None => AugurRule::default().hedge_pct,
+    };
+    if !(0.0..100.0).contains(&hedge_pct) {
+        return Err(bad());
+    }
+    Ok(AugurRule { penalty, hedge_pct })
 }
 
 /// The detector delay of `stall-bound:D` (`D` as `200us`, `1ms`, ...).
@@ -185,18 +254,34 @@ impl Policy {
         name: &str,
         predictor: Option<Arc<dyn SlowPredictor>>,
     ) -> Result<Policy, ArrayError> {
+        let model = |name: &str| {
+            predictor
+                .clone()
+                .ok_or_else(|| ArrayError::BadSpec(format!("policy '{name}' needs a model")))
+        };
         let kind = match name {
-            "baseline" => PolicyKind::Baseline,
+            // `baseline` was its name before it was called what it is.
+            "primary" | "baseline" => PolicyKind::Primary,
+            "round-robin" => PolicyKind::RoundRobin,
+            "least-pending" => PolicyKind::LeastPending,
+            "service-time" => PolicyKind::ServiceTime,
+            "augur" | "default" => PolicyKind::Augur {
+                predictor: model(name)?,
+                rule: AugurRule::default(),
+            },
             "random" => PolicyKind::Random,
             "hedge" => PolicyKind::Hedge,
             // `oracle` was its name before it was called what it is.
             "greedy-oracle" | "oracle" => PolicyKind::Oracle,
             "linnos" | "linnos+hedge" => PolicyKind::Linnos {
-                predictor: predictor
-                    .ok_or_else(|| ArrayError::BadSpec(format!("policy '{name}' needs a model")))?,
+                predictor: model(name)?,
                 hedge: name == "linnos+hedge",
             },
             other => match other.split_once(':') {
+                Some(("augur", knobs)) => PolicyKind::Augur {
+                    predictor: model("augur")?,
+                    rule: parse_augur(knobs)?,
+                },
                 Some(("stall-bound", d)) => PolicyKind::StallBound {
                     delay_ns: parse_delay(d)?,
                 },
@@ -205,6 +290,9 @@ impl Policy {
             },
         };
         let name = match kind {
+            PolicyKind::Primary => "primary".to_string(),
+            PolicyKind::Augur { rule, .. } if rule == AugurRule::default() => "augur".to_string(),
+            PolicyKind::Augur { rule, .. } => format!("augur:{}:{}", rule.penalty, rule.hedge_pct),
             PolicyKind::Oracle => "greedy-oracle".to_string(),
             PolicyKind::StallBound { delay_ns } => format!(
                 "stall-bound:{}",
@@ -225,18 +313,48 @@ impl Policy {
         &self.kind
     }
 
-    /// The predictor's slow threshold (µs), for judging its decisions.
-    pub fn slow_threshold_us(&self) -> Option<u32> {
+    /// The percentile of recent read latency after which this policy's
+    /// hedged reads send their copy, where the policy sets its own
+    /// (`augur`); `None`: the array's `--hedge-pct`.
+    pub fn hedge_percentile(&self) -> Option<f64> {
         match &self.kind {
-            PolicyKind::Linnos { predictor, .. } => predictor.slow_threshold_us(),
+            PolicyKind::Augur { rule, .. } if rule.hedge_pct > 0.0 => Some(rule.hedge_pct),
             _ => None,
         }
     }
 
-    /// The predictor, for the `linnos` policies.
+    /// Hedged copies this policy may send per 100 reads (`augur`: its
+    /// budget), `None` for no limit.
+    pub fn hedge_budget_pct(&self) -> Option<u32> {
+        match &self.kind {
+            PolicyKind::Augur { .. } => Some(augur::HEDGE_BUDGET_PCT),
+            _ => None,
+        }
+    }
+
+    /// Whether this policy's hedged copy goes to the live replica with the
+    /// fewest I/Os in flight not yet tried (`augur`), rather than to the
+    /// next one after the primary.
+    pub fn hedges_to_least_pending(&self) -> bool {
+        matches!(self.kind, PolicyKind::Augur { .. })
+    }
+
+    /// The predictor's slow threshold (µs), for judging its decisions.
+    pub fn slow_threshold_us(&self) -> Option<u32> {
+        match &self.kind {
+            PolicyKind::Linnos { predictor, .. } | PolicyKind::Augur { predictor, .. } => {
+                predictor.slow_threshold_us()
+            }
+            _ => None,
+        }
+    }
+
+    /// The predictor, for the policies that ask one (`augur`, `linnos`).
     pub fn predictor(&self) -> Option<&Arc<dyn SlowPredictor>> {
         match &self.kind {
-            PolicyKind::Linnos { predictor, .. } => Some(predictor),
+            PolicyKind::Linnos { predictor, .. } | PolicyKind::Augur { predictor, .. } => {
+                Some(predictor)
+            }
             _ => None,
         }
     }
@@ -259,7 +377,23 @@ impl Policy {
             return false;
         }
         match &self.kind {
-            PolicyKind::Baseline | PolicyKind::Hedge => {
+            PolicyKind::RoundRobin => rules::round_robin(view, reads, &mut scratch.turn, out),
+            PolicyKind::LeastPending => rules::least_pending(view, reads, out),
+            PolicyKind::ServiceTime => rules::service_time(view, now_ns, reads, out),
+            PolicyKind::Augur { predictor, rule } => {
+                let b = &mut scratch.augur;
+                b.start(view, now_ns, reads, *rule, &mut scratch.inputs);
+                scratch.scores.clear();
+                scratch.scores.resize(scratch.inputs.len(), 0);
+                if !scratch.inputs.is_empty() {
+                    predictor.score_batch(&scratch.inputs, &mut scratch.scores);
+                    scratch
+                        .placed
+                        .push((scratch.inputs.len() as u32, ScoredOn::Cpu));
+                }
+                b.finish(&scratch.scores, out);
+            }
+            PolicyKind::Primary | PolicyKind::Hedge => {
                 let hedge = matches!(self.kind, PolicyKind::Hedge);
                 for r in reads {
                     let p = primary_for(view, r.offset).unwrap_or(0);
@@ -411,6 +545,7 @@ mod tests {
             forecast: vec![0; 3],
         };
         let p = Policy::from_name("baseline", None).unwrap();
+        assert_eq!(p.name(), "primary");
         let r = route(
             &p,
             &v,
@@ -514,7 +649,7 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains("fastest") && e.contains("baseline"), "{e}");
+        assert!(e.contains("fastest") && e.contains("least-pending"), "{e}");
         assert!(Policy::from_name("linnos", None).is_err());
     }
 }
