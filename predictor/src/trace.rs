@@ -1,4 +1,5 @@
-//! Importing block I/O traces: MSR-Cambridge CSV and `blkparse` text.
+//! Importing block I/O traces: MSR-Cambridge CSV, `blkparse` text and
+//! FlashNet replay output.
 //!
 //! A parsed trace ([`ImportedTrace`]) is a list of completed I/Os per disk,
 //! each with its issue time and latency. From it come
@@ -30,6 +31,18 @@
 //! prints at the end (from the first line starting with `CPU` or `Total`).
 //! The `rwbs` field maps to an op: `D` discard, `W` write, `R` read, `F`
 //! flush. Each `maj,min` is one disk.
+//!
+//! **FlashNet replay** (the per-I/O output of the FlashNet/Heimdall
+//! replayer, e.g. `tencent.*.trace` recordings of a real NVMe SSD): seven
+//! comma-separated numbers `arrival_ms,latency_us,op,size,offset,submit_ms,
+//! returned` — the I/O's arrival time in the original trace (ms), its
+//! observed latency (µs), `1` read or `0` write, size and offset in bytes,
+//! the time the replayer actually submitted it (ms) and the bytes the system
+//! call returned. Lines are in completion order; the submit time (column 6,
+//! up to 6 decimals) is the issue time and column 2 the latency. Columns 1
+//! and 7 are checked to be numbers and otherwise unused (the arrival time
+//! of the source trace has 1 s resolution). The whole file is one disk,
+//! named `replay`.
 //!
 //! Malformed lines are errors naming the line and the field
 //! (`line 17: field 5 (Offset) is not a number: 'x12'`), or, with
@@ -80,23 +93,36 @@ pub enum TraceFormat {
     MsrCsv,
     /// `blkparse` default text output.
     Blkparse,
+    /// FlashNet replayer output (7 numeric columns, one disk).
+    Flashnet,
 }
 
 impl TraceFormat {
-    /// Parses `msr`/`msr-csv`/`csv` or `blkparse`/`blktrace`.
+    /// The names [`TraceFormat::parse`] knows, one per format, for help and
+    /// error text.
+    pub const KNOWN: &'static str = "msr, blkparse, flashnet";
+
+    /// Parses `msr`/`msr-csv`/`csv`, `blkparse`/`blktrace` or
+    /// `flashnet`/`flashnet-replay`/`replay`.
     pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().as_str() {
             "msr" | "msr-csv" | "csv" => Some(TraceFormat::MsrCsv),
             "blkparse" | "blktrace" => Some(TraceFormat::Blkparse),
+            "flashnet" | "flashnet-replay" | "replay" => Some(TraceFormat::Flashnet),
             _ => None,
         }
     }
 
-    /// Guesses the format from the first non-empty line: MSR lines have six
-    /// commas; blkparse lines start with `maj,min` followed by whitespace.
+    /// Guesses the format from the first non-empty line: FlashNet replay
+    /// lines are seven comma-separated numbers; MSR lines also have seven
+    /// fields, but the second is a host name and the fourth `Read`/`Write`;
+    /// blkparse lines start with `maj,min` followed by whitespace.
     pub fn detect(first_line: &str) -> Option<Self> {
         let l = first_line.trim();
-        if l.starts_with("Timestamp,") || l.matches(',').count() == 6 {
+        let fields: Vec<&str> = l.split(',').map(str::trim).collect();
+        if fields.len() == 7 && fields.iter().all(|f| is_decimal(f)) {
+            Some(TraceFormat::Flashnet)
+        } else if l.starts_with("Timestamp,") || fields.len() == 7 {
             Some(TraceFormat::MsrCsv)
         } else if l
             .split_whitespace()
@@ -125,7 +151,8 @@ pub const MAX_KEPT_ERRORS: usize = 10;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ImportedTrace {
     /// Disk names in order of first appearance (`host/disk` for MSR,
-    /// `maj,min` for blkparse); an event's `disk` indexes this.
+    /// `maj,min` for blkparse, `replay` for FlashNet); an event's `disk`
+    /// indexes this.
     pub disks: Vec<String>,
     /// Completed I/Os sorted by issue time (ties keep input order).
     pub events: Vec<TraceEvent>,
@@ -202,6 +229,7 @@ pub fn import_file(
     match format {
         TraceFormat::MsrCsv => parse_msr(r, opts),
         TraceFormat::Blkparse => parse_blkparse(r, opts),
+        TraceFormat::Flashnet => parse_flashnet(r, opts),
     }
     .map_err(wrap)
 }
@@ -225,7 +253,7 @@ impl Disks {
     }
 }
 
-/// Line-level bookkeeping shared by both parsers: error-or-skip.
+/// Line-level bookkeeping shared by the parsers: error-or-skip.
 struct LineSink {
     opts: ImportOptions,
     skipped: u64,
@@ -375,22 +403,42 @@ pub fn parse_msr<R: BufRead>(r: R, opts: ImportOptions) -> Result<ImportedTrace,
     Ok(finish(disks, raw, lineno, sink, 0))
 }
 
-/// Parses `secs.fraction` (up to 9 fraction digits) into ns exactly.
-fn parse_secs(tok: &str) -> Option<u64> {
+/// `digits[.digits]`: a non-negative decimal number.
+fn is_decimal(tok: &str) -> bool {
+    let (i, frac) = tok.split_once('.').unwrap_or((tok, ""));
+    !i.is_empty()
+        && i.bytes().all(|b| b.is_ascii_digit())
+        && frac.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Parses `whole.fraction` (up to `digits` fraction digits) exactly into
+/// units of 10^-`digits` of the whole: `parse_fixed("1.5", 3) == 1500`.
+fn parse_fixed(tok: &str, digits: usize) -> Option<u64> {
     let (s, frac) = tok.split_once('.').unwrap_or((tok, ""));
-    if s.is_empty() || frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty()
+        || !s.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() > digits
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
-    let secs: u64 = s.parse().ok()?;
-    let mut ns: u64 = if frac.is_empty() {
+    let whole: u64 = s.parse().ok()?;
+    let mut part: u64 = if frac.is_empty() {
         0
     } else {
         frac.parse().ok()?
     };
-    for _ in frac.len()..9 {
-        ns *= 10;
+    for _ in frac.len()..digits {
+        part *= 10;
     }
-    secs.checked_mul(1_000_000_000)?.checked_add(ns)
+    whole
+        .checked_mul(10u64.checked_pow(u32::try_from(digits).ok()?)?)?
+        .checked_add(part)
+}
+
+/// Parses `secs.fraction` (up to 9 fraction digits) into ns exactly.
+fn parse_secs(tok: &str) -> Option<u64> {
+    parse_fixed(tok, 9)
 }
 
 fn rwbs_op(rwbs: &str) -> Option<Op> {
@@ -578,6 +626,97 @@ pub fn parse_blkparse<R: BufRead>(r: R, opts: ImportOptions) -> Result<ImportedT
     }
     unmatched += dispatched.values().map(|q| q.len() as u64).sum::<u64>();
     Ok(finish(disks, raw, lineno, sink, unmatched))
+}
+
+const FLASHNET_FIELDS: [&str; 7] = [
+    "arrival_ms",
+    "latency_us",
+    "op",
+    "size",
+    "offset",
+    "submit_ms",
+    "returned",
+];
+
+/// Parses a FlashNet millisecond field (up to 6 decimals) into ns.
+fn flashnet_ms(f: &[&str], idx: usize) -> Result<u64, String> {
+    let tok = f[idx];
+    let name = FLASHNET_FIELDS[idx];
+    if !is_decimal(tok) {
+        return Err(format!(
+            "field {} ({name}) is not a number: '{tok}'",
+            idx + 1
+        ));
+    }
+    parse_fixed(tok, 6).ok_or_else(|| {
+        format!(
+            "field {} ({name}) is out of range or has more than 6 decimals: '{tok}'",
+            idx + 1
+        )
+    })
+}
+
+/// Parses one FlashNet replay line into (issue ns, latency ns, op, offset,
+/// size) — errors are messages.
+fn flashnet_line(l: &str) -> Result<(u64, u64, Op, u64, u32), String> {
+    let f: Vec<&str> = l.split(',').map(str::trim).collect();
+    if f.len() != 7 {
+        return Err(format!(
+            "expected 7 comma-separated fields ({}), found {}",
+            FLASHNET_FIELDS.join(","),
+            f.len()
+        ));
+    }
+    flashnet_ms(&f, 0)?;
+    let lat_us: u64 = num(f[1], 2, FLASHNET_FIELDS[1])?;
+    let op = match f[2] {
+        "1" => Op::Read,
+        "0" => Op::Write,
+        o => return Err(format!("field 3 (op) must be 1 (read) or 0 (write): '{o}'")),
+    };
+    let size: u32 = num(f[3], 4, FLASHNET_FIELDS[3])?;
+    let offset: u64 = num(f[4], 5, FLASHNET_FIELDS[4])?;
+    let t_ns = flashnet_ms(&f, 5)?;
+    num::<i64>(f[6], 7, FLASHNET_FIELDS[6])?;
+    let lat_ns = lat_us
+        .checked_mul(1000)
+        .ok_or_else(|| format!("field 2 (latency_us) is out of range: '{}'", f[1]))?;
+    Ok((t_ns, lat_ns, op, offset, size))
+}
+
+/// Parses FlashNet replayer output from `r` (one disk, `replay`).
+pub fn parse_flashnet<R: BufRead>(r: R, opts: ImportOptions) -> Result<ImportedTrace, TraceError> {
+    let mut disks = Disks::default();
+    let mut sink = LineSink {
+        opts,
+        skipped: 0,
+        examples: Vec::new(),
+    };
+    let mut raw = Vec::new();
+    let mut lineno = 0u64;
+    for line in r.lines() {
+        lineno += 1;
+        let line = line?;
+        let l = line.trim();
+        if l.is_empty() {
+            continue;
+        }
+        match flashnet_line(l) {
+            Ok((t_ns, latency_ns, op, offset, len)) => {
+                let disk = disks.get("replay")?;
+                raw.push(RawIo {
+                    disk,
+                    t_ns,
+                    latency_ns,
+                    op,
+                    offset,
+                    len,
+                });
+            }
+            Err(what) => sink.bad(lineno, what)?,
+        }
+    }
+    Ok(finish(disks, raw, lineno, sink, 0))
 }
 
 impl ImportedTrace {
@@ -843,8 +982,161 @@ Total (8,0):
         assert_eq!(t.unmatched, 1);
     }
 
+    fn flashnet(s: &str, skip_bad: bool) -> Result<ImportedTrace, TraceError> {
+        parse_flashnet(s.as_bytes(), ImportOptions { skip_bad })
+    }
+
+    // Completion order, as the replayer writes it: the 4th line was
+    // submitted before the 3rd (and the 2nd) but completed after them.
+    const FLASHNET: &str = "\
+0.000,134,1,4096,42242048,0.100,4096
+0.000,106,1,4096,4841472,0.152,4096
+0.000,124,0,8192,4841472,0.349,8192
+0.000,2235,1,65536,4837376,0.149,65536
+1000.000,178,1,4096,4841472,1000.2075,4096
+";
+
+    #[test]
+    fn flashnet_parses_sorts_by_submit_time() {
+        let t = flashnet(FLASHNET, false).expect("parses");
+        assert_eq!(t.disks, vec!["replay".to_string()]);
+        assert_eq!((t.lines, t.skipped, t.unmatched), (5, 0, 0));
+        let e = &t.events;
+        assert_eq!(e.len(), 5);
+        // Sorted by column 6, rebased to the first submit (0.100 ms).
+        let got: Vec<(u64, u64, Op, u64, u32)> = e
+            .iter()
+            .map(|e| (e.t_ns, e.latency_ns, e.op, e.offset, e.len))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 134_000, Op::Read, 42_242_048, 4096),
+                (49_000, 2_235_000, Op::Read, 4_837_376, 65536),
+                (52_000, 106_000, Op::Read, 4_841_472, 4096),
+                (249_000, 124_000, Op::Write, 4_841_472, 8192),
+                (1_000_107_500, 178_000, Op::Read, 4_841_472, 4096),
+            ]
+        );
+        assert!(e.iter().all(|e| e.disk == 0));
+        // Features are reconstructed in submit order: the first read
+        // (0 .. 134 us) is pending when the 64 KiB read is issued at 49 us;
+        // both are when the 4 KiB read is at 52 us; only the 64 KiB one
+        // (until 2.284 ms) is when the write is at 249 us.
+        let recs = t.training_records();
+        assert_eq!(recs.len(), 5);
+        assert_eq!(recs[1].features.pending_ios, 1);
+        assert_eq!(recs[1].features.len, 0);
+        let f = recs[2].features;
+        assert_eq!((f.pending_ios, f.pending_pages), (2, 17));
+        let f = recs[3].features;
+        assert_eq!((f.pending_ios, f.pending_pages), (1, 16));
+        assert_eq!(f.len, 2);
+        assert_eq!(f.recent[0].latency_us, 106);
+        assert_eq!(f.recent[1].latency_us, 134);
+        assert_eq!(recs[4].features.pending_ios, 0);
+        assert_eq!(recs[4].latency_us, 178);
+    }
+
+    #[test]
+    fn flashnet_malformed_lines_name_line_and_field() {
+        let good = "0.000,134,1,4096,42242048,0.100,4096\n";
+        let cases = [
+            (
+                "0.000,134,1,4096,x12,0.100,4096",
+                "field 5 (offset) is not a number: 'x12'",
+            ),
+            (
+                "1s,134,1,4096,0,0.100,4096",
+                "field 1 (arrival_ms) is not a number: '1s'",
+            ),
+            (
+                "0.000,1.5,1,4096,0,0.100,4096",
+                "field 2 (latency_us) is not a number: '1.5'",
+            ),
+            (
+                "0.000,134,2,4096,0,0.100,4096",
+                "field 3 (op) must be 1 (read) or 0 (write): '2'",
+            ),
+            (
+                "0.000,134,1,99999999999,0,0.100,4096",
+                "field 4 (size) is out of range: '99999999999'",
+            ),
+            (
+                "0.000,134,1,4096,-8,0.100,4096",
+                "field 5 (offset) is not a number: '-8'",
+            ),
+            (
+                "0.000,134,1,4096,0,,4096",
+                "field 6 (submit_ms) is not a number: ''",
+            ),
+            (
+                "0.000,134,1,4096,0,0.1234567,4096",
+                "field 6 (submit_ms) is out of range or has more than 6 decimals: '0.1234567'",
+            ),
+            (
+                "0.000,134,1,4096,0,0.100,4k",
+                "field 7 (returned) is not a number: '4k'",
+            ),
+            (
+                "0.000,134,1,4096,0,0.100",
+                "expected 7 comma-separated fields \
+                 (arrival_ms,latency_us,op,size,offset,submit_ms,returned), found 6",
+            ),
+        ];
+        for (line, want) in cases {
+            let e = flashnet(&format!("{good}\n{line}\n"), false).expect_err(line);
+            assert_eq!(e.to_string(), format!("line 3: {want}"), "{line}");
+        }
+        // A failed system call's -1 is still a number.
+        let t = flashnet("0.000,134,1,4096,0,0.100,-1\n", false).expect("parses");
+        assert_eq!(t.events.len(), 1);
+    }
+
+    #[test]
+    fn flashnet_skip_bad_counts() {
+        let s = format!("{FLASHNET}garbage\n0.000,1,1,4096,x,0.5,4096\n");
+        let t = flashnet(&s, true).expect("skips");
+        assert_eq!(t.events.len(), 5);
+        assert_eq!((t.lines, t.skipped), (7, 2));
+        assert!(t.skipped_examples[0].starts_with("line 6: expected 7"));
+        assert_eq!(
+            t.skipped_examples[1],
+            "line 7: field 5 (offset) is not a number: 'x'"
+        );
+    }
+
     #[test]
     fn detects_formats() {
+        assert_eq!(
+            TraceFormat::detect("0.000,134,1,4096,42242048,0.100,4096"),
+            Some(TraceFormat::Flashnet)
+        );
+        assert_eq!(
+            TraceFormat::detect("128166372000000000,1,1,1,4096,4096,1000"),
+            Some(TraceFormat::Flashnet)
+        );
+        assert_eq!(
+            TraceFormat::detect("Timestamp,Hostname,DiskNumber,Type,Offset,Size,ResponseTime"),
+            Some(TraceFormat::MsrCsv)
+        );
+        // Six numbers: neither (an MSR line with a bad field still counts
+        // as MSR, so its error names the field).
+        assert_eq!(TraceFormat::detect("0.000,134,1,4096,42242048,0.100"), None);
+        assert_eq!(
+            TraceFormat::detect("1,h,1,Read,x,1,1"),
+            Some(TraceFormat::MsrCsv)
+        );
+        for name in ["flashnet", "FlashNet", "replay", "flashnet-replay"] {
+            assert_eq!(TraceFormat::parse(name), Some(TraceFormat::Flashnet));
+        }
+        for name in TraceFormat::KNOWN.split(", ") {
+            assert!(TraceFormat::parse(name).is_some(), "{name}");
+        }
+        assert_eq!(parse_fixed("0.100", 6), Some(100_000));
+        assert_eq!(parse_fixed("1000.2075", 6), Some(1_000_207_500));
+        assert_eq!(parse_fixed("-1", 6), None);
+        assert_eq!(parse_fixed("+1", 6), None);
         assert_eq!(
             TraceFormat::detect("128166372000000000,hm,1,Read,4096,4096,1000"),
             Some(TraceFormat::MsrCsv)

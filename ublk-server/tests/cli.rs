@@ -765,6 +765,77 @@ fn fixture(name: &str) -> String {
         .to_string()
 }
 
+/// `augur trace import` on a real FlashNet replay recording as published
+/// (the first 2,000 lines of one, byte for byte): the format is detected
+/// from the first line or named, the log it writes is one `augur eval`
+/// reads, and a bad line is named with its number and field. With
+/// `AUGUR_NVME_REPLAYS=DIR` (a directory of the full `*.trace` recordings)
+/// each whole file is imported too.
+#[test]
+fn trace_import_reads_a_flashnet_replay_as_recorded() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("t.log");
+    let out_s = out.to_str().unwrap();
+    let trace = fixture("flashnet/tencent.most_rand_iops.537.head2000.trace");
+    for format in [None, Some("flashnet"), Some("replay")] {
+        let mut args = vec!["trace", "import", trace.as_str(), "--out", out_s];
+        if let Some(f) = format {
+            args.extend(["--format", f]);
+        }
+        let o = augur(&args);
+        assert!(o.status.success(), "{format:?}: {}", stderr(&o));
+        let said = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            said.contains("2000 I/Os on 1 disk(s), 2000 records (667 reads) written")
+                && said.contains("0 malformed line(s) skipped"),
+            "{said}"
+        );
+    }
+    let o = augur(&["eval", "--model", "default", "--log", out_s, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = augur(&[
+        "trace", "import", &trace, "--out", out_s, "--format", "nvme",
+    ]);
+    assert_bad_input(&o, "unknown trace format 'nvme' (msr, blkparse, flashnet)");
+
+    // Line 43's offset spoiled: named, or skipped and counted.
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut f: Vec<&str> = lines[42].split(',').collect();
+    f[4] = "x12";
+    lines[42] = f.join(",");
+    let bad = d.path().join("bad.trace");
+    std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
+    let bad = bad.to_str().unwrap();
+    let o = augur(&["trace", "import", bad, "--out", out_s]);
+    assert_bad_input(&o, "line 43: field 5 (offset) is not a number: 'x12'");
+    let o = augur(&["trace", "import", bad, "--out", out_s, "--skip-bad"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("1999 I/Os on 1 disk(s)"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+
+    let Some(dir) = std::env::var_os("AUGUR_NVME_REPLAYS") else {
+        eprintln!("AUGUR_NVME_REPLAYS not set: the whole recordings are not imported");
+        return;
+    };
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "trace") {
+            continue;
+        }
+        let o = augur(&["trace", "import", p.to_str().unwrap(), "--out", out_s]);
+        assert!(o.status.success(), "{}: {}", p.display(), stderr(&o));
+        let said = String::from_utf8_lossy(&o.stdout);
+        assert!(said.contains(" I/Os on 1 disk(s)"), "{said}");
+        n += 1;
+    }
+    assert!(n > 0, "no *.trace in {}", Path::new(&dir).display());
+}
+
 /// `--predict-on` on the simulated clock with a GPU cost curve (an
 /// illustrative one: a 50 us round trip at every batch size, LAKE's CUDA
 /// floor; not a measurement): `auto` sends the batches past the crossover to

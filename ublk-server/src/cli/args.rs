@@ -63,10 +63,10 @@ pub(crate) struct LoadArgs {
     pub(crate) hedge_pct: f64,
     #[command(flatten)]
     pub(crate) fault: FaultArgs,
-    /// Replay this trace (MSR-Cambridge CSV or blkparse text) instead of --workload.
+    /// Replay this trace (MSR-Cambridge CSV, blkparse text or FlashNet replay output) instead of --workload.
     #[arg(long)]
     pub(crate) trace: Option<PathBuf>,
-    /// Trace format: msr or blkparse (default: detect).
+    /// Trace format: msr, blkparse or flashnet (default: detect).
     #[arg(long, requires = "trace")]
     pub(crate) trace_format: Option<String>,
     /// Replay only this disk of the trace (index in order of appearance).
@@ -181,7 +181,10 @@ pub(crate) fn trace_workload(args: &LoadArgs, path: &std::path::Path) -> anyhow:
     let fmt = match args.trace_format.as_deref() {
         None => None,
         Some(f) => Some(TraceFormat::parse(f).ok_or_else(|| {
-            CliError::BadFlag(format!("unknown trace format '{f}' (msr, blkparse)"))
+            CliError::BadFlag(format!(
+                "unknown trace format '{f}' ({})",
+                TraceFormat::KNOWN
+            ))
         })?),
     };
     let opts = ImportOptions {

@@ -71,7 +71,7 @@ enum Cmd {
     /// Inspect model files.
     #[command(subcommand)]
     Model(model::ModelCmd),
-    /// I/O traces (MSR-Cambridge CSV, blkparse text): import them as training logs, or convert them to fio iologs.
+    /// I/O traces (MSR-Cambridge CSV, blkparse text, FlashNet replay output): import them as training logs, or convert them to fio iologs.
     #[command(subcommand)]
     Trace(model::TraceCmd),
     /// The GPU path (burn's wgpu backend): calibrate it against the CPU on this machine.

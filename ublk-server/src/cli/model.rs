@@ -228,14 +228,14 @@ pub struct VectorArgs {
 /// `augur trace ...`.
 #[derive(Subcommand)]
 pub enum TraceCmd {
-    /// Turn an MSR-Cambridge CSV or blkparse text trace into a training log.
+    /// Turn an MSR-Cambridge CSV, blkparse text or FlashNet replay trace into a training log.
     Import {
         /// The trace file.
         input: PathBuf,
         /// Training log to write.
         #[arg(long)]
         out: PathBuf,
-        /// msr or blkparse (default: detect from the first line).
+        /// msr, blkparse or flashnet (default: detect from the first line).
         #[arg(long)]
         format: Option<String>,
         /// Skip malformed lines (counted) instead of stopping at the first.
@@ -249,7 +249,7 @@ pub enum TraceCmd {
         /// The iolog to write.
         #[arg(long)]
         out: PathBuf,
-        /// msr or blkparse (default: detect from the first line).
+        /// msr, blkparse or flashnet (default: detect from the first line).
         #[arg(long)]
         format: Option<String>,
         /// Only this disk of the trace (its index in order of first appearance; default: all).
@@ -575,7 +575,10 @@ pub fn cmd_trace(c: TraceCmd) -> anyhow::Result<()> {
             let fmt = match format.as_deref() {
                 None => None,
                 Some(f) => Some(TraceFormat::parse(f).ok_or_else(|| {
-                    CliError::BadFlag(format!("unknown trace format '{f}' (msr, blkparse)"))
+                    CliError::BadFlag(format!(
+                        "unknown trace format '{f}' ({})",
+                        TraceFormat::KNOWN
+                    ))
                 })?),
             };
             let trace = import_file(&input, fmt, ImportOptions { skip_bad })
@@ -587,11 +590,14 @@ pub fn cmd_trace(c: TraceCmd) -> anyhow::Result<()> {
             w.write(&recs)?;
             w.finish()?;
             println!(
-                "{}: {} I/Os on {} disk(s), {} read records written to {}, {} malformed line(s) skipped",
+                "{}: {} I/Os on {} disk(s), {} records ({} reads) written to {}, {} malformed line(s) skipped",
                 input.display(),
                 trace.events.len(),
                 trace.disks.len(),
                 recs.len(),
+                recs.iter()
+                    .filter(|r| r.op == augur_feature_store::Op::Read)
+                    .count(),
                 out.display(),
                 trace.skipped
             );
@@ -613,7 +619,10 @@ pub fn cmd_trace(c: TraceCmd) -> anyhow::Result<()> {
             let fmt = match format.as_deref() {
                 None => None,
                 Some(f) => Some(TraceFormat::parse(f).ok_or_else(|| {
-                    CliError::BadFlag(format!("unknown trace format '{f}' (msr, blkparse)"))
+                    CliError::BadFlag(format!(
+                        "unknown trace format '{f}' ({})",
+                        TraceFormat::KNOWN
+                    ))
                 })?),
             };
             let target_size =
