@@ -131,7 +131,7 @@ fn report_numbers_match_the_inputs_and_images_are_valid() {
         let f = json(&fio.join(run["result"].as_str().unwrap()));
         let read = &f["jobs"][0]["read"];
         let pct = &read["clat_ns"]["percentile"];
-        let c = row(&md, "primary", job);
+        let c = row(&md, "baseline", job);
         assert_eq!(c[2], "fio");
         assert_eq!(
             c[6],

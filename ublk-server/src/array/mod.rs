@@ -621,12 +621,7 @@ fn check_config(cfg: &ArrayConfig) -> Result<(), ArrayError> {
 /// A simulated array has no files: every replica must be emulated (its
 /// latency is the emulator's alone), and the size is given.
 fn check_simulated(cfg: &ArrayConfig, sim: &SimOptions) -> Result<(), ArrayError> {
-    if let Some(s) = cfg.replicas.iter().find(|s| s.profile.is_none()) {
-        return Err(ArrayError::BadSpec(format!(
-            "replica {} is not emulated: the simulated clock needs emu:PROFILE:PATH replicas (or --clock real)",
-            s.text
-        )));
-    }
+    check_emulated(cfg)?;
     if sim.size == 0 || !sim.size.is_multiple_of(4096) {
         return Err(ArrayError::BadSpec(format!(
             "size {} must be a non-zero multiple of 4096",
@@ -634,6 +629,37 @@ fn check_simulated(cfg: &ArrayConfig, sim: &SimOptions) -> Result<(), ArrayError
         )));
     }
     Ok(())
+}
+
+/// Checks that the replicas of `cfg` can be opened (created, with
+/// `create_size`) and agree in size, and leaves nothing behind: a tool
+/// refuses bad replicas with this before it does anything slow (calibrating
+/// a GPU), with the same error opening the array would give.
+/// On the simulated clock (`simulated`) there are no files: every replica
+/// must be emulated, and that is all this checks.
+pub fn check_replicas(cfg: &ArrayConfig, simulated: bool) -> Result<(), ArrayError> {
+    if simulated {
+        return check_emulated(cfg);
+    }
+    let existed: Vec<bool> = cfg.replicas.iter().map(|s| s.path.exists()).collect();
+    drop(open_files(cfg)?);
+    for (s, existed) in cfg.replicas.iter().zip(existed) {
+        if !existed {
+            let _ = std::fs::remove_file(&s.path);
+        }
+    }
+    Ok(())
+}
+
+/// Every replica is emulated, as the simulated clock needs.
+fn check_emulated(cfg: &ArrayConfig) -> Result<(), ArrayError> {
+    match cfg.replicas.iter().find(|s| s.profile.is_none()) {
+        Some(s) => Err(ArrayError::BadSpec(format!(
+            "replica {} is not emulated: the simulated clock needs emu:PROFILE:PATH replicas (or --clock real)",
+            s.text
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Opens (and, with `create_size`, creates) every replica's backing and

@@ -206,11 +206,20 @@ pub(crate) fn cmd_bench(args: BenchArgs) -> anyhow::Result<()> {
     if args.load.clock != "sim" && args.load.gpu_curve.is_some() {
         return Err(CliError::BadFlag("--gpu-curve applies to --clock sim only".into()).into());
     }
+    // Bad replicas next, before a model is loaded and a GPU calibrated.
+    if let augur::load::ReplicaSource::Given(specs, size) = &setup.replicas {
+        let mut cfg = augur::ArrayConfig::new(specs.clone());
+        cfg.create_size = *size;
+        augur::array::check_replicas(&cfg, args.load.clock == "sim")?;
+    }
     let cpu = model_for(&pols, &args.model)?;
     let cpu_dyn = cpu.clone().map(|p| p as Arc<dyn augur::SlowPredictor>);
     setup.clock = clock_choice(&args.load, cpu_dyn.as_ref())?;
     if cpu.is_none() && args.load.gpu_curve.is_some() {
-        return Err(CliError::BadFlag("--gpu-curve needs a linnos policy".into()).into());
+        return Err(CliError::BadFlag(
+            "--gpu-curve needs a policy that asks a model (augur, linnos)".into(),
+        )
+        .into());
     }
     let predictor = match cpu {
         Some(m) => {
