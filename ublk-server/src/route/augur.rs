@@ -44,7 +44,10 @@
 use augur_feature_store::HistorySnapshot;
 use augur_predictor::ReadInfo;
 
-use super::{MAX_REPLICAS, PendingRead, PredictInput, ReplicaView, Route, primary_for};
+use super::{
+    MAX_REPLICAS, PendingRead, PredictInput, ReplicaView, Route, ScoredOn, SlowPredictor,
+    primary_for,
+};
 
 /// What a predicted-slow verdict costs a replica, in I/Os in flight, by
 /// default: enough to keep reads off a replica that is slow all the time
@@ -99,6 +102,8 @@ pub struct AugurBatch {
     /// Per read: its primary, the index of its size in `sizes`, and whether
     /// it is the first read of that size (which carries the predictions).
     reads: Vec<(u16, u16, bool)>,
+    /// Verdicts known so far, by size and live replica (`route_here`).
+    known: Vec<Option<bool>>,
 }
 
 impl AugurBatch {
@@ -107,29 +112,21 @@ impl AugurBatch {
         self.reads.len()
     }
 
-    /// Fills the batch from `reads` and writes the predictor's inputs to
-    /// `inputs`: size `s`, live replica `j` is input `s * live + j` (one
-    /// snapshot per replica, shared by every size).
-    pub(super) fn start(
-        &mut self,
-        view: &dyn ReplicaView,
-        now_ns: u64,
-        reads: &[PendingRead],
-        rule: AugurRule,
-        inputs: &mut Vec<PredictInput>,
-    ) {
+    /// Fills the batch from `reads`: the live replicas, their I/Os in
+    /// flight now, each read's primary and size.
+    fn begin(&mut self, view: &dyn ReplicaView, reads: &[PendingRead], rule: AugurRule) {
         self.penalty = rule.penalty;
         self.hedge = rule.hedge_pct > 0.0;
         self.live.clear();
         self.sizes.clear();
         self.reads.clear();
-        inputs.clear();
         let n = view.replica_count().min(MAX_REPLICAS);
         self.n = n;
         for i in 0..n {
             self.pending[i] = 0;
             if view.is_live(i) {
                 self.live.push(i as u16);
+                self.pending[i] = u64::from(view.pending_ios(i));
             }
         }
         for r in reads {
@@ -143,10 +140,25 @@ impl AugurBatch {
             };
             self.reads.push((p, s as u16, first));
         }
+    }
+
+    /// Fills the batch from `reads` and writes every input a decision may
+    /// need to `inputs` (for a batch scored elsewhere, on the GPU): size
+    /// `s`, live replica `j` is input `s * live + j`, one snapshot per
+    /// replica, shared by every size.
+    pub(super) fn start(
+        &mut self,
+        view: &dyn ReplicaView,
+        now_ns: u64,
+        reads: &[PendingRead],
+        rule: AugurRule,
+        inputs: &mut Vec<PredictInput>,
+    ) {
+        self.begin(view, reads, rule);
+        inputs.clear();
         let mut snaps = [HistorySnapshot::default(); MAX_REPLICAS];
         for &i in &self.live {
             snaps[i as usize] = view.snapshot(i as usize, now_ns);
-            self.pending[i as usize] = u64::from(snaps[i as usize].pending_ios);
         }
         for &size_bytes in &self.sizes {
             for &i in &self.live {
@@ -159,45 +171,139 @@ impl AugurBatch {
         }
     }
 
-    /// Routes the batch from its `scores` (one per input of
-    /// [`start`](Self::start)) into `out`, one [`Route`] per read.
+    /// Routes the batch from the `scores` of every input of
+    /// [`start`](Self::start) into `out`, one [`Route`] per read; the first
+    /// read of each size carries that size's predictions.
     pub(super) fn finish(&self, scores: &[i64], out: &mut Vec<Route>) {
+        let l = self.live.len();
+        self.decide(&mut |s, j| (scores[s * l + j] > 0, false), out);
+        for (r, &(_, s, first)) in out.iter_mut().zip(&self.reads) {
+            let verdicts = &scores[s as usize * l..(s as usize + 1) * l];
+            r.predictions = if first { l as u16 } else { 0 };
+            r.slow_verdicts = if first {
+                verdicts.iter().filter(|&&v| v > 0).count() as u16
+            } else {
+                0
+            };
+        }
+    }
+
+    /// Routes `reads` here, asking `predictor` only for the verdicts a
+    /// decision needs: a replica whose queue alone puts it behind the best
+    /// candidate so far is never scored (one to three inputs a batch, not
+    /// every live replica). Same routes as [`start`](Self::start) and
+    /// [`finish`](Self::finish) give.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn route_here(
+        &mut self,
+        view: &dyn ReplicaView,
+        now_ns: u64,
+        reads: &[PendingRead],
+        rule: AugurRule,
+        predictor: &dyn SlowPredictor,
+        placed: &mut Vec<(u32, ScoredOn)>,
+        out: &mut Vec<Route>,
+    ) {
+        self.begin(view, reads, rule);
+        let l = self.live.len();
+        let mut known = std::mem::take(&mut self.known);
+        known.clear();
+        known.resize(self.sizes.len() * l, None);
+        let mut snaps: [Option<HistorySnapshot>; MAX_REPLICAS] = [None; MAX_REPLICAS];
+        let (live, sizes) = (&self.live, &self.sizes);
+        let mut verdict = |s: usize, j: usize| {
+            if let Some(v) = known[s * l + j] {
+                return (v, false);
+            }
+            let i = live[j];
+            let snapshot =
+                *snaps[i as usize].get_or_insert_with(|| view.snapshot(i as usize, now_ns));
+            let input = PredictInput {
+                replica: i,
+                snapshot,
+                read: ReadInfo {
+                    size_bytes: sizes[s],
+                },
+            };
+            let mut score = [0i64];
+            predictor.score_batch(std::slice::from_ref(&input), &mut score);
+            placed.push((1, ScoredOn::Cpu));
+            let v = score[0] > 0;
+            known[s * l + j] = Some(v);
+            (v, true)
+        };
+        self.decide(&mut verdict, out);
+        self.known = known;
+    }
+
+    /// The decision, from a source of verdicts (`verdict(size, live index)`
+    /// gives the verdict and whether it was scored just now, counted in the
+    /// read's predictions): per read, the live replicas in order of
+    /// `(in flight, tie rank)`, each one's verdict asked only while it can
+    /// still beat the best so far, so the least `(cost, rank)` is found
+    /// exactly without scoring the rest; a read whose pick is predicted
+    /// slow asks the others too, to tell whether all are slow.
+    fn decide(&self, verdict: &mut dyn FnMut(usize, usize) -> (bool, bool), out: &mut Vec<Route>) {
         out.clear();
         let l = self.live.len();
         let mut q = self.pending;
-        for &(p, s, first) in &self.reads {
+        for &(p, s, _) in &self.reads {
             let s = s as usize;
-            let verdicts = &scores[s * l..(s + 1) * l];
-            let mut best: Option<(u64, usize, u16, bool)> = None;
-            for (j, &i) in self.live.iter().enumerate() {
-                // Rank in the tie order: the primary first, then the
-                // replicas after it, wrapping.
-                let rank = (i as usize + self.n - p as usize) % self.n;
-                let cost = q[i as usize] + u64::from(self.penalty) * u64::from(verdicts[j] > 0);
-                if best.is_none_or(|b| (cost, rank) < (b.0, b.1)) {
-                    best = Some((cost, rank, i, verdicts[j] > 0));
+            let rank = |i: u16| (i as usize + self.n - p as usize) % self.n;
+            let mut r = Route {
+                replica: p,
+                ..Route::default()
+            };
+            let mut asked = [false; MAX_REPLICAS];
+            // (cost, rank, live index, slow)
+            let mut best: Option<(u64, usize, usize, bool)> = None;
+            let mut ask = |j: usize, r: &mut Route| {
+                let (v, fresh) = verdict(s, j);
+                if fresh {
+                    r.predictions += 1;
+                    r.slow_verdicts += u16::from(v);
+                }
+                v
+            };
+            loop {
+                let next = (0..l)
+                    .filter(|&j| !asked[j])
+                    .min_by_key(|&j| (q[self.live[j] as usize], rank(self.live[j])));
+                let Some(j) = next else { break };
+                let i = self.live[j];
+                let key = (q[i as usize], rank(i));
+                if best.is_some_and(|b| key >= (b.0, b.1)) {
+                    break;
+                }
+                asked[j] = true;
+                let slow = ask(j, &mut r);
+                let cost = key.0 + u64::from(self.penalty) * u64::from(slow);
+                if best.is_none_or(|b| (cost, key.1) < (b.0, b.1)) {
+                    best = Some((cost, key.1, j, slow));
                 }
             }
-            let pick = best.map_or(p, |b| b.2);
-            q[pick as usize] += 1;
-            let all_slow = l > 0 && verdicts.iter().all(|&v| v > 0);
-            let slow_pick = best.is_some_and(|b| b.3);
-            out.push(Route {
-                replica: pick,
-                rerouted: pick != p,
-                // Hedge a read that goes to a replica predicted slow while
-                // another was predicted fast (slow everywhere, the model
-                // tells nothing a copy could use).
-                hedge: self.hedge && slow_pick && !all_slow,
-                predictions: if first { l as u16 } else { 0 },
-                all_slow,
-                slow_verdicts: if first {
-                    verdicts.iter().filter(|&&v| v > 0).count() as u16
-                } else {
-                    0
-                },
-                verdict: (l > 0).then_some(slow_pick),
-            });
+            let Some((_, _, j, slow_pick)) = best else {
+                out.push(r);
+                continue;
+            };
+            let mut all_slow = slow_pick;
+            if slow_pick {
+                for k in 0..l {
+                    if !asked[k] {
+                        all_slow &= ask(k, &mut r);
+                    }
+                }
+            }
+            r.replica = self.live[j];
+            q[r.replica as usize] += 1;
+            r.rerouted = r.replica != p;
+            // Hedge a read that goes to a replica predicted slow while
+            // another was predicted fast (slow everywhere, the model tells
+            // nothing a copy could use).
+            r.hedge = self.hedge && slow_pick && !all_slow;
+            r.all_slow = all_slow;
+            r.verdict = Some(slow_pick);
+            out.push(r);
         }
     }
 }
@@ -317,25 +423,42 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_scores_each_live_replica_once_per_read_size() {
+    fn a_batch_scores_only_the_replicas_that_could_win_and_each_once() {
         let v = Queues {
-            live: vec![true, false, true],
-            pending: vec![0; 3],
+            live: vec![true, true, true],
+            pending: vec![0, 5, 9],
             lat_us: vec![0; 3],
         };
-        let (p, f) = augur("augur", &[]);
         let reads: Vec<PendingRead> = [4096, 8192, 4096, 4096, 8192]
             .iter()
             .map(|&len| PendingRead { offset: 0, len })
             .collect();
-        let mut out = Vec::new();
-        let mut scratch = RouteScratch::default();
-        p.route_batch(&v, 0, &reads, &mut Rng::new(1), &mut scratch, &mut out);
-        // 2 live replicas x 2 sizes, in one call.
-        assert_eq!(f.asked.load(std::sync::atomic::Ordering::Relaxed), 4);
-        assert_eq!(scratch.placed(), [(4, super::super::ScoredOn::Cpu)]);
-        let counted: u16 = out.iter().map(|r| r.predictions).sum();
-        assert_eq!(counted, 4);
+        let route = |slow: &[u16]| {
+            let (p, f) = augur("augur", slow);
+            let mut out = Vec::new();
+            let mut scratch = RouteScratch::default();
+            p.route_batch(&v, 0, &reads, &mut Rng::new(1), &mut scratch, &mut out);
+            let asked = f.asked.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(scratch.placed().iter().all(|&(n, _)| n == 1));
+            assert_eq!(scratch.placed().len(), asked);
+            let counted: usize = out.iter().map(|r| r.predictions as usize).sum();
+            assert_eq!(counted, asked);
+            (out, asked)
+        };
+        // Replica 0 is predicted fast and far the emptiest: only it is
+        // scored, once per size.
+        let (out, asked) = route(&[]);
+        assert_eq!(asked, 2);
+        assert!(
+            out.iter()
+                .all(|r| r.replica == 0 && r.verdict == Some(false))
+        );
+        // Predicted slow, it costs 0 + 3 against replica 1's 5: still
+        // chosen; the others are then asked whether all are slow, each
+        // once per size (3 replicas x 2 sizes), and the reads are hedged.
+        let (out, asked) = route(&[0]);
+        assert_eq!(asked, 6);
+        assert!(out[0].replica == 0 && out[0].hedge && !out[0].all_slow);
     }
 
     #[test]

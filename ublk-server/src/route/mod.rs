@@ -380,19 +380,15 @@ impl Policy {
             PolicyKind::RoundRobin => rules::round_robin(view, reads, &mut scratch.turn, out),
             PolicyKind::LeastPending => rules::least_pending(view, reads, out),
             PolicyKind::ServiceTime => rules::service_time(view, now_ns, reads, out),
-            PolicyKind::Augur { predictor, rule } => {
-                let b = &mut scratch.augur;
-                b.start(view, now_ns, reads, *rule, &mut scratch.inputs);
-                scratch.scores.clear();
-                scratch.scores.resize(scratch.inputs.len(), 0);
-                if !scratch.inputs.is_empty() {
-                    predictor.score_batch(&scratch.inputs, &mut scratch.scores);
-                    scratch
-                        .placed
-                        .push((scratch.inputs.len() as u32, ScoredOn::Cpu));
-                }
-                b.finish(&scratch.scores, out);
-            }
+            PolicyKind::Augur { predictor, rule } => scratch.augur.route_here(
+                view,
+                now_ns,
+                reads,
+                *rule,
+                predictor.as_ref(),
+                &mut scratch.placed,
+                out,
+            ),
             PolicyKind::Primary | PolicyKind::Hedge => {
                 let hedge = matches!(self.kind, PolicyKind::Hedge);
                 for r in reads {
