@@ -288,10 +288,8 @@ impl AugurBatch {
             };
             let mut all_slow = slow_pick;
             if slow_pick {
-                for k in 0..l {
-                    if !asked[k] {
-                        all_slow &= ask(k, &mut r);
-                    }
+                for (k, _) in asked[..l].iter().enumerate().filter(|(_, a)| !**a) {
+                    all_slow &= ask(k, &mut r);
                 }
             }
             r.replica = self.live[j];
