@@ -346,10 +346,11 @@ pub(crate) fn cmd_demo(args: DemoArgs) -> anyhow::Result<()> {
              service-time is dm-multipath's historical-service-time; primary reads the stripe's\n\
              primary replica even while it garbage-collects; hedge sends a second copy after p95;\n\
              linnos asks the shipped model whether the replica is about to be slow and, if so,\n\
-             reads elsewhere; augur, Augur's default, takes md's rule and, when the model says the\n\
-             replica it picked is about to be slow, hedges that read early (at p90, to the least\n\
-             busy other replica, at most 3 copies per 100 reads); greedy-oracle sends each read\n\
-             where the emulator forecasts it finishes first (a reference no real system has).\n\n\
+             reads elsewhere; augur, Augur's default, takes md's rule with a replica the model\n\
+             calls about to be slow counted 3 I/Os busier, and hedges a read that still goes to one\n\
+             early (at p90, to the least busy other replica, at most 3 copies per 100 reads);\n\
+             greedy-oracle sends each read where the emulator forecasts it finishes first (a\n\
+             reference no real system has).\n\n\
              2. The real data path: the same array on replica files in {} through io_uring,\n\
              {} per policy.\n",
             augur::load::default_replica_dir().display(),
