@@ -541,7 +541,7 @@ scenario_7() {
 scenario_8() {
   good=1
   r=1
-  order="baseline linnos"
+  order="primary least-pending augur linnos"
   while [ "$r" -le "$ROUNDS" ]; do
     for p in $order; do
       rm -f /tmp/s8-r*.img
