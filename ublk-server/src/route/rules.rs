@@ -69,6 +69,19 @@ pub(super) fn least_pending(view: &dyn ReplicaView, reads: &[PendingRead], out: 
     for (i, q) in q.iter_mut().enumerate().take(n) {
         *q = u64::from(view.pending_ios(i));
     }
+    least_by(view, reads, q, |q, _| q, out);
+}
+
+/// Each read to the live replica with the least `cost(in flight, replica)`,
+/// a read given out counting as in flight for the reads after it; ties go
+/// to the primary, then to the replicas after it.
+fn least_by(
+    view: &dyn ReplicaView,
+    reads: &[PendingRead],
+    mut q: [u64; MAX_REPLICAS],
+    cost: impl Fn(u64, usize) -> u64,
+    out: &mut Vec<Route>,
+) {
     let mut order = [0u16; MAX_REPLICAS];
     for r in reads {
         let p = primary_for(view, r.offset).unwrap_or(0);
@@ -76,7 +89,7 @@ pub(super) fn least_pending(view: &dyn ReplicaView, reads: &[PendingRead], out: 
         let pick = order[..live]
             .iter()
             .copied()
-            .min_by_key(|&i| q[i as usize])
+            .min_by_key(|&i| cost(q[i as usize], i as usize))
             .unwrap_or(p);
         q[pick as usize] += 1;
         out.push(Route {
@@ -119,22 +132,7 @@ pub(super) fn service_time(
             *m = known.unwrap_or(1);
         }
     }
-    let mut order = [0u16; MAX_REPLICAS];
-    for r in reads {
-        let p = primary_for(view, r.offset).unwrap_or(0);
-        let live = tie_order(view, p, &mut order);
-        let pick = order[..live]
-            .iter()
-            .copied()
-            .min_by_key(|&i| (q[i as usize] + 1) * mean_us[i as usize])
-            .unwrap_or(p);
-        q[pick as usize] += 1;
-        out.push(Route {
-            replica: pick,
-            rerouted: pick != p,
-            ..Route::default()
-        });
-    }
+    least_by(view, reads, q, |q, i| (q + 1) * mean_us[i], out);
 }
 
 #[cfg(test)]
