@@ -370,6 +370,28 @@ fn msr_line(l: &str) -> Result<(String, u64, Op, u64, u32, u64), String> {
 
 /// Parses MSR-Cambridge CSV from `r`.
 pub fn parse_msr<R: BufRead>(r: R, opts: ImportOptions) -> Result<ImportedTrace, TraceError> {
+    parse_lines(
+        r,
+        opts,
+        |lineno, l| lineno == 1 && l.starts_with("Timestamp,"),
+        |l| {
+            msr_line(l).map(|(name, t_ns, op, offset, len, latency_ns)| {
+                (name, t_ns, latency_ns, op, offset, len)
+            })
+        },
+    )
+}
+
+/// The loop every one-I/O-per-line format shares: blank lines and those
+/// `skip` names are passed over, each other line becomes one I/O of the disk
+/// `line` names (`(disk, issue ns, latency ns, op, offset, length)`) or an
+/// error named by its line number (skipped and counted with `skip_bad`).
+fn parse_lines<R: BufRead>(
+    r: R,
+    opts: ImportOptions,
+    skip: impl Fn(u64, &str) -> bool,
+    line: impl Fn(&str) -> Result<(String, u64, u64, Op, u64, u32), String>,
+) -> Result<ImportedTrace, TraceError> {
     let mut disks = Disks::default();
     let mut sink = LineSink {
         opts,
@@ -378,15 +400,15 @@ pub fn parse_msr<R: BufRead>(r: R, opts: ImportOptions) -> Result<ImportedTrace,
     };
     let mut raw = Vec::new();
     let mut lineno = 0u64;
-    for line in r.lines() {
+    for text in r.lines() {
         lineno += 1;
-        let line = line?;
-        let l = line.trim();
-        if l.is_empty() || (lineno == 1 && l.starts_with("Timestamp,")) {
+        let text = text?;
+        let l = text.trim();
+        if l.is_empty() || skip(lineno, l) {
             continue;
         }
-        match msr_line(l) {
-            Ok((name, t_ns, op, offset, len, latency_ns)) => {
+        match line(l) {
+            Ok((name, t_ns, latency_ns, op, offset, len)) => {
                 let disk = disks.get(&name)?;
                 raw.push(RawIo {
                     disk,
@@ -686,37 +708,16 @@ fn flashnet_line(l: &str) -> Result<(u64, u64, Op, u64, u32), String> {
 
 /// Parses FlashNet replayer output from `r` (one disk, `replay`).
 pub fn parse_flashnet<R: BufRead>(r: R, opts: ImportOptions) -> Result<ImportedTrace, TraceError> {
-    let mut disks = Disks::default();
-    let mut sink = LineSink {
+    parse_lines(
+        r,
         opts,
-        skipped: 0,
-        examples: Vec::new(),
-    };
-    let mut raw = Vec::new();
-    let mut lineno = 0u64;
-    for line in r.lines() {
-        lineno += 1;
-        let line = line?;
-        let l = line.trim();
-        if l.is_empty() {
-            continue;
-        }
-        match flashnet_line(l) {
-            Ok((t_ns, latency_ns, op, offset, len)) => {
-                let disk = disks.get("replay")?;
-                raw.push(RawIo {
-                    disk,
-                    t_ns,
-                    latency_ns,
-                    op,
-                    offset,
-                    len,
-                });
-            }
-            Err(what) => sink.bad(lineno, what)?,
-        }
-    }
-    Ok(finish(disks, raw, lineno, sink, 0))
+        |_, _| false,
+        |l| {
+            flashnet_line(l).map(|(t_ns, latency_ns, op, offset, len)| {
+                ("replay".to_string(), t_ns, latency_ns, op, offset, len)
+            })
+        },
+    )
 }
 
 impl ImportedTrace {
